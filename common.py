@@ -1,0 +1,124 @@
+"""Small pieces shared by the scripts: user-facing errors, atomic files, data and checkpoints."""
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class UserError(Exception):
+    """Bad input from the user: reported as one line on stderr, exit code 2, no traceback."""
+
+
+def run_cli(main):
+    """Run main(); turn a UserError into a one-line message and exit code 2."""
+    try:
+        main()
+    except UserError as e:
+        prog = Path(sys.argv[0]).name
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+# --- files --------------------------------------------------------------------
+
+
+def atomic_write(path, write):
+    """Call write(file_object) on a temp file beside `path`, then rename it into place,
+    so a crash never leaves a half-written file under the real name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path, text):
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def write_json(path, obj):
+    write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+# --- prepared data ------------------------------------------------------------
+
+
+def load_meta(data_dir):
+    """The vocabulary and sizes written by prepare_shakespeare.py."""
+    meta_path = Path(data_dir) / "meta.json"
+    missing = [p for p in (meta_path, Path(data_dir) / "train.bin", Path(data_dir) / "val.bin") if not p.exists()]
+    if missing:
+        raise UserError(
+            f"prepared data not found ({missing[0]}); run `python prepare_shakespeare.py` first"
+            f" (or pass --data-dir)"
+        )
+    return json.loads(meta_path.read_text(encoding="utf-8"))
+
+
+def load_tokens(data_dir, split):
+    """A split's token ids as an int64 tensor (tiny Shakespeare is 2 MB: keep it in memory)."""
+    return torch.from_numpy(np.fromfile(Path(data_dir) / f"{split}.bin", dtype=np.uint16).astype(np.int64))
+
+
+class Vocab:
+    """Character <-> id mapping; ids are positions in the sorted character list."""
+
+    def __init__(self, chars):
+        self.chars = list(chars)
+        self.stoi = {c: i for i, c in enumerate(self.chars)}
+
+    def encode(self, text):
+        unknown = sorted(set(text) - self.stoi.keys())
+        if unknown:
+            raise UserError(
+                "prompt has characters outside the model's vocabulary: "
+                + " ".join(repr(c) for c in unknown)
+            )
+        return [self.stoi[c] for c in text]
+
+    def decode(self, ids):
+        return "".join(self.chars[i] for i in ids)
+
+
+# --- devices and checkpoints --------------------------------------------------
+
+
+def pick_device(name="auto"):
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def save_checkpoint(path, ckpt):
+    atomic_write(path, lambda f: torch.save(ckpt, f))
+
+
+def load_checkpoint(path, device="cpu"):
+    """Load a checkpoint written by train.py. weights_only=True: a checkpoint is data,
+    never code, so loading a file from elsewhere cannot run anything."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"no checkpoint at {path}; train first with `python train.py` or check --out-dir")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:
+        raise UserError(f"{path} is not a readable checkpoint ({type(e).__name__}); retrain or restore it") from e
+    if not isinstance(ckpt, dict) or not {"model_args", "model", "vocab"} <= ckpt.keys():
+        raise UserError(f"{path} is not a checkpoint written by train.py")
+    return ckpt

@@ -1,0 +1,138 @@
+"""
+Train one model per positional encoding (same config, seed and data order), then write
+the loss plots, a results table and one sample per encoding.
+
+  python compare.py                                           # CPU config; rope, learned, none
+  python compare.py config/shakespeare_char.toml --device cuda  # the GPU setting
+  python compare.py --pos-encodings rope,none --max-iters 500 --seeds 1,2,3
+
+Runs go to <out-dir>/<config name>/<encoding>_seed<seed>/; a run whose config.json
+matches and that has finished (summary.json) is reused, not retrained. Writes
+<plots-dir>/train_loss.png, val_loss.png, results.md and samples.md.
+"""
+
+import json
+from dataclasses import asdict
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from common import UserError, run_cli, write_text
+from model import POS_ENCODINGS
+from plot import LABELS, plot_runs
+from sample import load_model, sample
+from train import add_config_flags, build_parser, config_from_args, train
+
+DEFAULT_CONFIG = "config/shakespeare_char_cpu.toml"
+ARTICLE_ENCODINGS = ["rope", "learned", "none"]
+
+
+def parse_list(text, kind=str):
+    return [kind(item) for item in text.split(",") if item.strip()]
+
+
+def finished(cfg, run_dir):
+    """The summary of a finished run with exactly this config, else None."""
+    try:
+        old = json.loads((run_dir / "config.json").read_text())
+        new = json.loads(json.dumps(asdict(cfg)))  # as JSON would hold it (tuples -> lists, ...)
+        same = {k: v for k, v in old.items() if k != "progress"} == {k: v for k, v in new.items() if k != "progress"}
+        return json.loads((run_dir / "summary.json").read_text()) if same else None
+    except (OSError, ValueError):
+        return None
+
+
+def mean_std(values, fmt="{:.4f}"):
+    if len(values) == 1:
+        return fmt.format(values[0])
+    return f"{fmt.format(statistics.mean(values))} ± {fmt.format(statistics.stdev(values))}"
+
+
+def results_table(summaries):
+    """Markdown table, one row per encoding; with several seeds, mean ± std."""
+    lines = ["| encoding | parameters | best val loss | at step | final train loss | final val loss "
+             "| wall time (s) | ms/iter | seeds |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for enc, runs in summaries.items():
+        col = lambda key, fmt="{:.4f}": mean_std([r[key] for r in runs], fmt)  # noqa: E731
+        lines.append(f"| {LABELS.get(enc, enc)} | {runs[0]['n_params']:,} | {col('best_val_loss')} "
+                     f"| {col('best_step', '{:.0f}')} | {col('final_train_loss')} | {col('final_val_loss')} "
+                     f"| {col('wall_s', '{:.0f}')} | {col('ms_per_iter', '{:.1f}')} | {len(runs)} |")
+    return "\n".join(lines)
+
+
+def machine():
+    cpu = platform.processor() or platform.machine()
+    if Path("/proc/cpuinfo").is_file():
+        names = [ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                 if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+
+
+def main():
+    parser = build_parser(__doc__)
+    parser.set_defaults(config=DEFAULT_CONFIG)
+    parser.add_argument("--pos-encodings", default=",".join(ARTICLE_ENCODINGS),
+                        help=f"comma-separated encodings, or 'all' ({', '.join(POS_ENCODINGS)}); "
+                             f"default: {','.join(ARTICLE_ENCODINGS)}")
+    parser.add_argument("--seeds", default="1337", help="comma-separated seeds, one run per encoding and seed (default: 1337)")
+    parser.add_argument("--plots-dir", default="plots", help="where plots and tables go (default: plots)")
+    parser.add_argument("--sample-tokens", type=int, default=500, help="length of each sample in samples.md (default: 500)")
+    add_config_flags(parser, exclude=("pos_encoding", "run_name", "seed"))
+    args = parser.parse_args()
+
+    encodings = list(POS_ENCODINGS) if args.pos_encodings == "all" else parse_list(args.pos_encodings)
+    unknown = [e for e in encodings if e not in POS_ENCODINGS]
+    if unknown or not encodings:
+        raise UserError(f"unknown encoding(s) {', '.join(unknown)}; choose from {', '.join(POS_ENCODINGS)} or 'all'")
+    try:
+        seeds = parse_list(args.seeds, int)
+    except ValueError:
+        raise UserError(f"--seeds takes comma-separated integers, got {args.seeds!r}") from None
+    group = Path(args.config).stem
+
+    t0 = time.time()
+    summaries, run_dirs = {}, []
+    for enc in encodings:
+        for seed in seeds:
+            cfg = config_from_args(args, pos_encoding=enc, seed=seed, run_name=f"{group}/{enc}_seed{seed}")
+            run_dir = Path(cfg.out_dir) / cfg.run_name
+            summary = finished(cfg, run_dir)
+            if summary:
+                print(f"{cfg.run_name}: finished earlier, reusing it")
+            else:
+                summary = train(cfg)
+                print(f"{cfg.run_name}: best val loss {summary['best_val_loss']:.4f} "
+                      f"at step {summary['best_step']}, {summary['wall_s']:.0f} s")
+            summaries.setdefault(enc, []).append(summary)
+            run_dirs.append(run_dir)
+    total = time.time() - t0
+
+    plots_dir = Path(args.plots_dir)
+    plot_runs(run_dirs, plots_dir)
+    command = "python " + " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    write_text(plots_dir / "results.md",
+               f"# Results: {group}\n\n{results_table(summaries)}\n\n"
+               f"Machine: {machine()}.  \nWall time of the comparison: {total:.0f} s "
+               f"(runs reused from earlier count 0).  \nRegenerate with `{command}`.\n")
+
+    parts = [f"# One sample per encoding ({group}, seed {seeds[0]}, prompt: a single newline)\n"]
+    for enc in encodings:
+        model, vocab = load_model(Path(args.out_dir) / group / f"{enc}_seed{seeds[0]}")
+        text = sample(model, vocab, "\n", 1, args.sample_tokens, temperature=0.8, top_k=200, seed=seeds[0])[0]
+        parts.append(f"## {LABELS.get(enc, enc)}\n\n```text\n{text.strip()}\n```\n")
+    write_text(plots_dir / "samples.md", "\n".join(parts))
+
+    print(results_table(summaries))
+    print(f"wrote {plots_dir}/train_loss.png, val_loss.png, results.md, samples.md")
+    print(f"total wall time: {total:.0f} s ({total / 60:.1f} min)")
+
+
+if __name__ == "__main__":
+    run_cli(main)

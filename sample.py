@@ -1,0 +1,87 @@
+"""
+Sample text from a trained run.
+
+  python sample.py --out-dir out/rope_seed1337
+  python sample.py --out-dir out/rope_seed1337 --start "ROMEO:" --num-samples 3 --temperature 0.9
+  python sample.py --out-dir out/rope_seed1337 --start FILE:prompt.txt
+
+Backslash escapes in --start are interpreted, so --start "\\n" is a single newline (the
+default, as in the reference article). Samples are printed and written to <out-dir>/samples.txt.
+"""
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from common import UserError, Vocab, load_checkpoint, pick_device, run_cli, write_text
+from model import GPT, GPTConfig
+
+SEPARATOR = "\n" + "-" * 40 + "\n"
+
+
+def load_model(run_dir, device="cpu"):
+    """The best checkpoint of a run as (model in eval mode, vocabulary)."""
+    ckpt = load_checkpoint(Path(run_dir) / "ckpt.pt", device)
+    model = GPT(GPTConfig(**ckpt["model_args"]))
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval(), Vocab(ckpt["vocab"])
+
+
+def read_prompt(start):
+    """--start value -> prompt text: FILE:path reads a file, anything else has its escapes decoded."""
+    if start.startswith("FILE:"):
+        path = Path(start[len("FILE:"):])
+        if not path.is_file():
+            raise UserError(f"prompt file {path} not found")
+        text = path.read_text(encoding="utf-8")
+    else:
+        # "\n" typed in a shell arrives as backslash + n; decode escapes but keep non-ASCII as is
+        text = start.encode("latin-1", "backslashreplace").decode("unicode_escape")
+    if not text:
+        raise UserError("the prompt is empty; give at least one character with --start (default: a newline)")
+    return text
+
+
+def sample(model, vocab, prompt, num_samples, max_new_tokens, temperature, top_k, seed):
+    """num_samples continuations of prompt, generated as one batch with a seeded generator."""
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    idx = torch.tensor([vocab.encode(prompt)], dtype=torch.long, device=device).repeat(num_samples, 1)
+    out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, generator=generator)
+    return [vocab.decode(row.tolist()) for row in out]
+
+
+def positive(kind):
+    def parse(text):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+    return parse
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out-dir", required=True, help="run directory holding ckpt.pt (e.g. out/rope_seed1337)")
+    parser.add_argument("--start", default="\n", help='prompt text, or FILE:path (default: "\\n")')
+    parser.add_argument("--num-samples", type=positive(int), default=3, help="number of samples (default: 3)")
+    parser.add_argument("--max-new-tokens", type=positive(int), default=500, help="characters per sample (default: 500)")
+    parser.add_argument("--temperature", type=positive(float), default=0.8,
+                        help="<1 sharper, >1 more random (default: 0.8)")
+    parser.add_argument("--top-k", type=positive(int), default=200, help="sample only from the k likeliest characters (default: 200)")
+    parser.add_argument("--seed", type=int, default=1337, help="random seed (default: 1337)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default: cpu)")
+    args = parser.parse_args()
+
+    prompt = read_prompt(args.start)
+    model, vocab = load_model(args.out_dir, pick_device(args.device))
+    samples = sample(model, vocab, prompt, args.num_samples, args.max_new_tokens, args.temperature, args.top_k,
+                     args.seed)
+    text = SEPARATOR.join(samples)
+    print(text)
+    write_text(Path(args.out_dir) / "samples.txt", text + "\n")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,160 @@
+"""The scripts as a user runs them: prepare -> train -> sample -> plot -> compare, and their errors."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+from conftest import TINY_FLAGS, make_corpus, run
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A corpus prepared with the CLI and two short training runs."""
+    ws = tmp_path_factory.mktemp("ws")
+    (ws / "input.txt").write_text(make_corpus())
+    run("prepare_shakespeare.py", "--input", ws / "input.txt", "--out-dir", ws / "data")
+    for enc in ("rope", "learned"):
+        run("train.py", "--pos-encoding", enc, "--data-dir", ws / "data", "--out-dir", ws / "out", *TINY_FLAGS)
+    return ws
+
+
+def test_train_writes_config_metrics_checkpoint_summary(workspace):
+    run_dir = workspace / "out" / "rope_seed1337"
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["pos_encoding"] == "rope" and config["n_embd"] == 32 and config["max_iters"] == 30
+    with open(run_dir / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["step", "train_loss", "val_loss", "lr", "tokens", "elapsed_s"]
+    assert [int(r["step"]) for r in rows] == [0, 10, 20, 30]
+    assert [int(r["tokens"]) for r in rows] == [0, 10 * 8 * 16, 20 * 8 * 16, 30 * 8 * 16]
+    losses = [float(r["val_loss"]) for r in rows]
+    vocab = json.loads((workspace / "data" / "meta.json").read_text())["vocab_size"]
+    assert abs(losses[0] - torch.log(torch.tensor(float(vocab))).item()) < 0.3  # starts near uniform
+    assert losses[-1] < losses[0] - 0.5  # and learns
+    ckpt = torch.load(run_dir / "ckpt.pt", weights_only=True)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert ckpt["val_loss"] == summary["best_val_loss"] == min(losses)
+    assert ckpt["step"] == summary["best_step"] == [int(r["step"]) for r in rows][losses.index(min(losses))]
+    assert ckpt["model_args"]["pos_encoding"] == "rope" and len(ckpt["vocab"]) == vocab
+    assert not any("wpe" in k for k in ckpt["model"])
+
+
+def test_same_seed_gives_same_batches_and_shared_weights_across_encodings(workspace):
+    """Step-0 losses are evaluated on the same windows with the same shared weights; only the
+    position signal differs, so rope and learned start within a hair of each other."""
+    first = {}
+    for enc in ("rope", "learned"):
+        with open(workspace / "out" / f"{enc}_seed1337" / "metrics.csv", newline="") as f:
+            first[enc] = next(csv.DictReader(f))
+    assert abs(float(first["rope"]["val_loss"]) - float(first["learned"]["val_loss"])) < 0.05
+
+
+def test_rerun_reproduces_losses_exactly(workspace, tmp_path):
+    run("train.py", "--pos-encoding", "rope", "--data-dir", workspace / "data", "--out-dir", tmp_path, *TINY_FLAGS)
+
+    def losses(path):
+        with open(path, newline="") as f:
+            return [(r["train_loss"], r["val_loss"]) for r in csv.DictReader(f)]
+    assert losses(tmp_path / "rope_seed1337" / "metrics.csv") == losses(
+        workspace / "out" / "rope_seed1337" / "metrics.csv")
+
+
+def test_sample_from_newline(workspace):
+    run_dir = workspace / "out" / "rope_seed1337"
+    proc = run("sample.py", "--out-dir", run_dir, "--num-samples", 2, "--max-new-tokens", 50, "--seed", 1)
+    samples = (run_dir / "samples.txt").read_text().rstrip("\n").split("\n" + "-" * 40 + "\n")
+    assert len(samples) == 2
+    assert all(s.startswith("\n") and len(s) == 51 for s in samples)
+    allowed = set(json.loads((workspace / "data" / "meta.json").read_text())["chars"])
+    assert set("".join(samples)) <= allowed
+    assert samples[0] in proc.stdout
+    again = run("sample.py", "--out-dir", run_dir, "--num-samples", 2, "--max-new-tokens", 50, "--seed", 1)
+    assert again.stdout == proc.stdout  # seeded
+
+
+def test_sample_prompt_from_file(workspace, tmp_path):
+    (tmp_path / "prompt.txt").write_text("ROMEO:")
+    run_dir = workspace / "out" / "learned_seed1337"
+    run("sample.py", "--out-dir", run_dir, "--start", f"FILE:{tmp_path / 'prompt.txt'}", "--num-samples", 1,
+        "--max-new-tokens", 30)
+    text = (run_dir / "samples.txt").read_text()
+    assert text.startswith("ROMEO:") and len(text.rstrip("\n")) >= 6 + 30 - 1
+
+
+def test_plot_writes_both_figures(workspace, tmp_path):
+    proc = run("plot.py", workspace / "out", "--plots-dir", tmp_path)
+    for name in ("train_loss.png", "val_loss.png"):
+        data = (tmp_path / name).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 10_000
+        assert f"wrote {tmp_path / name}" in proc.stdout
+
+
+def test_compare_trains_plots_tabulates_and_reuses(workspace, tmp_path):
+    args = ["--data-dir", workspace / "data", "--out-dir", tmp_path / "out", "--plots-dir", tmp_path / "plots",
+            "--pos-encodings", "rope,none", "--sample-tokens", 40, *TINY_FLAGS]
+    proc = run("compare.py", *args)
+    results = (tmp_path / "plots" / "results.md").read_text()
+    rows = [ln for ln in results.splitlines() if ln.startswith("| RoPE") or ln.startswith("| none")]
+    assert len(rows) == 2
+    summary = json.loads((tmp_path / "out" / "shakespeare_char_cpu" / "rope_seed1337" / "summary.json").read_text())
+    assert f"| {summary['best_val_loss']:.4f} |" in rows[0]
+    samples = (tmp_path / "plots" / "samples.md").read_text()
+    assert "## RoPE" in samples and "## none" in samples and "## learned" not in samples
+    assert (tmp_path / "plots" / "val_loss.png").read_bytes().startswith(PNG_MAGIC)
+    assert "total wall time" in proc.stdout
+    again = run("compare.py", *args)
+    assert again.stdout.count("finished earlier, reusing it") == 2
+    changed = run("compare.py", *args[:-1], "--max-iters=20", "--pos-encodings", "none")
+    assert "reusing" not in changed.stdout  # a changed config is a new run, not a finished one
+
+
+# --- errors: one line on stderr, exit code 2, no traceback ---------------------
+
+def assert_clear_error(proc, *fragments):
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for fragment in fragments:
+        assert fragment in proc.stderr, proc.stderr
+
+
+def test_unknown_pos_encoding(workspace):
+    proc = run("train.py", "--pos-encoding", "fourier", "--data-dir", workspace / "data", check=False)
+    assert_clear_error(proc, "invalid choice: 'fourier'", "'rope'")
+
+
+def test_missing_prepared_data(tmp_path):
+    proc = run("train.py", "--data-dir", tmp_path / "nothing", "--out-dir", tmp_path, *TINY_FLAGS, check=False)
+    assert_clear_error(proc, "prepared data not found", "run `python prepare_shakespeare.py` first")
+
+
+def test_prompt_outside_vocabulary(workspace):
+    proc = run("sample.py", "--out-dir", workspace / "out" / "rope_seed1337", "--start", "ROMEO: 7€", check=False)
+    assert_clear_error(proc, "outside the model's vocabulary", "'7'", "'€'")
+
+
+def test_missing_checkpoint(tmp_path):
+    proc = run("sample.py", "--out-dir", tmp_path, check=False)
+    assert_clear_error(proc, "no checkpoint at")
+
+
+def test_config_file_is_data_with_checked_keys_and_types(workspace, tmp_path):
+    bad_key = tmp_path / "bad_key.toml"
+    bad_key.write_text("n_layers = 4\n")
+    assert_clear_error(run("train.py", bad_key, check=False), "unknown key 'n_layers'")
+    bad_type = tmp_path / "bad_type.toml"
+    bad_type.write_text('n_layer = "four"\n')
+    assert_clear_error(run("train.py", bad_type, check=False), "n_layer must be int, got 'four'")
+    code = tmp_path / "code.toml"
+    code.write_text("import os\n")
+    assert_clear_error(run("train.py", code, check=False), "not valid TOML")
+    # a valid file supplies defaults, flags override them
+    good = tmp_path / "good.toml"
+    good.write_text("weight_decay = 0.05\nmax_iters = 5\nrope_theta = 500\n")
+    run("train.py", good, "--data-dir", workspace / "data", "--out-dir", tmp_path / "o", *TINY_FLAGS)
+    config = json.loads((tmp_path / "o" / "rope_seed1337" / "config.json").read_text())
+    assert config["weight_decay"] == 0.05 and config["rope_theta"] == 500.0  # from the file (int accepted as float)
+    assert config["max_iters"] == 30  # the flag wins

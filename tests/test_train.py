@@ -1,0 +1,66 @@
+"""train.py internals: learning-rate schedule, batches, config validation."""
+
+import math
+
+import pytest
+import torch
+
+from common import UserError
+from train import Batches, TrainConfig, learning_rate
+
+
+def test_learning_rate_schedule():
+    cfg = TrainConfig(learning_rate=1e-3, min_lr=1e-4, warmup_iters=100, max_iters=2000)
+    assert learning_rate(cfg, 0) == pytest.approx(1e-3 / 101)
+    assert learning_rate(cfg, 99) == pytest.approx(1e-3 * 100 / 101)
+    assert learning_rate(cfg, 100) == pytest.approx(1e-3)
+    assert learning_rate(cfg, 1050) == pytest.approx(1e-4 + 0.5 * 9e-4)  # half way through the cosine
+    assert learning_rate(cfg, 2000) == pytest.approx(1e-4)
+    lrs = [learning_rate(cfg, i) for i in range(100, 2001)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))  # decays monotonically after warm-up
+
+
+def test_batches_are_seeded_windows_of_the_data(data_dir):
+    a = Batches(data_dir, block_size=16, batch_size=4, eval_iters=3, seed=7, device="cpu")
+    b = Batches(data_dir, block_size=16, batch_size=4, eval_iters=3, seed=7, device="cpu")
+    for _ in range(3):
+        (xa, ya), (xb, yb) = a.train_batch(), b.train_batch()
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+        assert xa.shape == (4, 16) and torch.equal(xa[:, 1:], ya[:, :-1])  # targets are inputs shifted by one
+    other = Batches(data_dir, block_size=16, batch_size=4, eval_iters=3, seed=8, device="cpu")
+    assert not torch.equal(other.train_batch()[0], Batches(data_dir, 16, 4, 3, 7, "cpu").train_batch()[0])
+    # evaluation windows are fixed: the same at every evaluation
+    first = [x for x, _ in a.eval_batches("val")]
+    assert len(first) == 3 and all(torch.equal(x, y) for x, y in zip(first, [x for x, _ in a.eval_batches("val")]))
+    # every window is a real slice of the split
+    val = a.data["val"]
+    for x, y in a.eval_batches("val"):
+        for row_x, row_y in zip(x, y):
+            start = next(i for i in range(len(val) - 16) if torch.equal(val[i:i + 16], row_x))
+            assert torch.equal(val[start + 1:start + 17], row_y)
+
+
+def test_block_size_larger_than_a_split_is_a_clear_error(data_dir):
+    with pytest.raises(UserError, match="val split has .* fewer than block_size"):
+        Batches(data_dir, block_size=5_000, batch_size=4, eval_iters=1, seed=0, device="cpu")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(n_layer=0), "n_layer must be at least 1"),
+    (dict(dropout=1.0), "dropout must be in"),
+    (dict(max_iters=-1), "must not be negative"),
+])
+def test_config_validation(kwargs, message):
+    with pytest.raises(UserError, match=message):
+        TrainConfig(**kwargs)
+
+
+def test_model_config_errors_become_user_errors():
+    with pytest.raises(UserError, match="divisible"):
+        TrainConfig(n_embd=100, n_head=3).model_config(65)
+    assert TrainConfig(pos_encoding="learned").model_config(65).pos_encoding == "learned"
+    assert math.isclose(TrainConfig().model_config(65).rope_theta, 10000.0)
+
+
+def test_default_run_name():
+    assert TrainConfig(pos_encoding="none", seed=3).run_name == "none_seed3"
