@@ -8,9 +8,9 @@ MLP) -> final LayerNorm -> lm_head tied to the token embedding.
 
 A positional encoding can act at three places, and each class overrides only
 the hook(s) it needs (`pos` is a Python range of the tokens' absolute positions):
-  embed(x, pos)        add something to the token embeddings   (learned)
-  rotate(q, k, pos)    transform queries and keys per head     (rope)
-  attn_bias(pos)       additive bias on the attention scores   (none yet)
+  embed(x, pos)              add something to the token embeddings   (learned, sinusoidal)
+  rotate(q, k, pos)          transform queries and keys per head     (rope)
+  attn_bias(q_pos, k_pos)    additive bias on the attention scores   (alibi)
 """
 
 import hashlib
@@ -33,6 +33,11 @@ class GPTConfig:
     bias: bool = False  # biases in Linear and LayerNorm layers (nanoGPT: False is a bit better and faster)
     pos_encoding: str = "rope"  # a key of POS_ENCODINGS
     rope_theta: float = 10000.0  # RoPE base: theta_i = rope_theta^(-2(i-1)/d)
+    # RoPE context extension at evaluation time (models are trained with "none"):
+    # "linear" divides positions by the factor (position interpolation, Chen et al. 2023),
+    # "ntk" raises the base to theta * factor^(d/(d-2)) (NTK-aware scaling)
+    rope_scaling: str = "none"
+    rope_scaling_factor: float = 1.0
 
     def __post_init__(self):
         if self.pos_encoding not in POS_ENCODINGS:
@@ -53,12 +58,13 @@ class GPTConfig:
 # Position m rotates the channel pair (2i, 2i+1) by the angle m * theta_i.
 
 
-def precompute_theta_pos_frequencies(head_dim, seq_len, theta=10000.0, device=None):
-    """Complex rotations e^(i * m * theta_j), shape (seq_len, head_dim // 2)."""
+def precompute_theta_pos_frequencies(head_dim, seq_len, theta=10000.0, device=None, position_scale=1.0):
+    """Complex rotations e^(i * m * theta_j), shape (seq_len, head_dim // 2).
+    position_scale < 1 squeezes positions (m -> m * position_scale), as position interpolation does."""
     assert head_dim % 2 == 0, "RoPE rotates pairs of channels: head_dim must be even"
     # theta_j = theta^(-2(j-1)/d) for j = 1 .. d/2
     theta_j = theta ** (-torch.arange(0, head_dim, 2, device=device, dtype=torch.float64) / head_dim)
-    m = torch.arange(seq_len, device=device, dtype=torch.float64)
+    m = torch.arange(seq_len, device=device, dtype=torch.float64) * position_scale
     angles = torch.outer(m, theta_j)  # (seq_len, head_dim/2): m * theta_j
     return torch.polar(torch.ones_like(angles), angles).to(torch.complex64)
 
@@ -104,7 +110,7 @@ class PositionalEncoding(nn.Module):
     def rotate(self, q, k, pos):
         return q, k
 
-    def attn_bias(self, pos):
+    def attn_bias(self, q_pos, k_pos):
         return None
 
 
@@ -143,7 +149,9 @@ class RotaryPositionalEncoding(PositionalEncoding):
     def __init__(self, config):
         super().__init__(config)
         self.head_dim = config.head_dim
-        self.theta = config.rope_theta
+        d, s = config.head_dim, config.rope_scaling_factor
+        self.theta = config.rope_theta * (s ** (d / (d - 2)) if config.rope_scaling == "ntk" else 1.0)
+        self.position_scale = 1.0 / s if config.rope_scaling == "linear" else 1.0
         self.register_buffer("cos", torch.empty(0), persistent=False)
         self.register_buffer("sin", torch.empty(0), persistent=False)
 
@@ -153,12 +161,15 @@ class RotaryPositionalEncoding(PositionalEncoding):
             raise ValueError(
                 f"rope needs an even head size, got n_embd/n_head = {config.head_dim}; change n_embd or n_head"
             )
+        if config.rope_scaling not in ("none", "linear", "ntk"):
+            raise ValueError(f"rope_scaling must be none, linear or ntk, got {config.rope_scaling!r}")
+        if config.rope_scaling_factor <= 0:
+            raise ValueError(f"rope_scaling_factor must be positive, got {config.rope_scaling_factor}")
 
     def _tables(self, n, device):
-        if self.cos.shape[0] < n or self.cos.device != torch.device(device):
-            angles = torch.view_as_real(
-                precompute_theta_pos_frequencies(self.head_dim, max(n, 2 * self.cos.shape[0]), self.theta, device)
-            )
+        if self.cos.shape[0] < n or self.cos.device != device:
+            angles = torch.view_as_real(precompute_theta_pos_frequencies(
+                self.head_dim, max(n, 2 * self.cos.shape[0]), self.theta, device, self.position_scale))
             # (seq, head_dim/2) each; for a unit complex number, real = cos and imag = sin
             self.cos, self.sin = angles[..., 0].contiguous(), angles[..., 1].contiguous()
         return self.cos, self.sin
@@ -175,30 +186,116 @@ def rotate_pairs(x, cos, sin):
     return torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).flatten(-2)
 
 
+@register("sinusoidal")
+class SinusoidalPositionalEncoding(PositionalEncoding):
+    """"Attention Is All You Need": fixed sin/cos waves added to the token embeddings,
+    PE(m, 2i) = sin(m / 10000^(2i/d)), PE(m, 2i+1) = cos(m / 10000^(2i/d)).
+    As in the paper, token embeddings are scaled by sqrt(d) first, so that the unit-size
+    waves do not drown the (std 0.02) token vectors. Computed for any length; no parameters."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.n_embd = config.n_embd
+        self.register_buffer("table", torch.empty(0), persistent=False)
+
+    @staticmethod
+    def check_config(config):
+        if config.n_embd % 2:
+            raise ValueError(f"sinusoidal needs an even n_embd, got {config.n_embd}")
+
+    def embed(self, x, pos):
+        if self.table.shape[0] < pos.stop or self.table.device != x.device:
+            self.table = sinusoidal_table(max(pos.stop, 2 * self.table.shape[0]), self.n_embd, x.device)
+        return x * math.sqrt(self.n_embd) + self.table[pos.start:pos.stop].to(x.dtype)
+
+
+def sinusoidal_table(seq_len, dim, device=None):
+    m = torch.arange(seq_len, device=device, dtype=torch.float64)[:, None]
+    inv_freq = 10000.0 ** (-torch.arange(0, dim, 2, device=device, dtype=torch.float64) / dim)
+    table = torch.empty(seq_len, dim, device=device, dtype=torch.float64)
+    table[:, 0::2], table[:, 1::2] = torch.sin(m * inv_freq), torch.cos(m * inv_freq)
+    return table.float()
+
+
+@register("alibi")
+class ALiBiPositionalEncoding(PositionalEncoding):
+    """ALiBi (Press et al. 2022): no embedding; head h subtracts slope_h * distance from
+    every attention score. The bias (causal mask included) goes to
+    scaled_dot_product_attention as an additive float mask."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.register_buffer("slopes", torch.tensor(alibi_slopes(config.n_head)), persistent=False)
+
+    def attn_bias(self, q_pos, k_pos):
+        device = self.slopes.device
+        q = torch.arange(q_pos.start, q_pos.stop, device=device)[:, None]
+        k = torch.arange(k_pos.start, k_pos.stop, device=device)[None, :]
+        distance = (q - k).float()  # >= 0 for keys at or before the query
+        bias = -self.slopes[:, None, None] * distance  # (n_head, Tq, Tk)
+        return bias.masked_fill(distance < 0, float("-inf"))
+
+
+def alibi_slopes(n_head):
+    """Geometric sequence starting at 2^(-8/n): for 8 heads 1/2, 1/4, ..., 1/256. For a head
+    count that is not a power of two, the paper takes the slopes of the nearest smaller power
+    of two, then every other slope of the next power of two."""
+    def power_of_two(n):
+        start = 2 ** (-8 / n)
+        return [start ** (i + 1) for i in range(n)]
+    if math.log2(n_head).is_integer():
+        return power_of_two(n_head)
+    closest = 2 ** math.floor(math.log2(n_head))
+    return power_of_two(closest) + power_of_two(2 * closest)[0::2][:n_head - closest]
+
+
 # -----------------------------------------------------------------------------
 # The decoder
 
 
+class KVCache:
+    """Keys and values of the tokens seen so far, one preallocated slab per layer, so that
+    generating a token costs one token's worth of compute instead of the whole context's."""
+
+    def __init__(self, config, batch_size, device, dtype=torch.float32):
+        shape = (batch_size, config.n_head, config.block_size, config.head_dim)
+        self.k = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.v = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.length = 0  # tokens stored (the same in every layer after a full forward pass)
+
+    def append(self, layer, k, v, pos):
+        """Store this layer's new k, v (B, nh, T, hs) and return all keys and values so far."""
+        self.k[layer][:, :, pos.start:pos.stop] = k
+        self.v[layer][:, :, pos.start:pos.stop] = v
+        return self.k[layer][:, :, :pos.stop], self.v[layer][:, :, :pos.stop]
+
+
 class CausalSelfAttention(nn.Module):
-    def __init__(self, config):
+    def __init__(self, config, layer):
         super().__init__()
+        self.layer = layer  # index into a KVCache
         self.n_head = config.n_head
         self.dropout = config.dropout
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v at once
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, pos_enc, pos, bias):
+    def forward(self, x, pos_enc, pos, bias, cache=None):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         # (B, T, C) -> (B, n_head, T, head_dim)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         q, k = pos_enc.rotate(q, k, pos)  # RoPE acts here: on q and k only, never on v
+        if cache is not None:  # attend to the cached tokens too
+            k, v = cache.append(self.layer, k, v, pos)
         dropout = self.dropout if self.training else 0.0
-        if bias is None:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
-        else:  # the bias must already hold the causal mask (-inf above the diagonal)
+        if bias is not None:  # the bias already holds the causal mask (-inf for later keys)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout)
+        elif T == k.size(2) or T == 1:  # full causal window, or one new token that may see all keys
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=T > 1)
+        else:  # several new tokens after cached ones: causal mask aligned to the end
+            mask = torch.ones(T, k.size(2), dtype=torch.bool, device=x.device).tril(k.size(2) - T)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -215,15 +312,15 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, config):
+    def __init__(self, config, layer):
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.attn = CausalSelfAttention(config)
+        self.attn = CausalSelfAttention(config, layer)
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, pos_enc, pos, bias):
-        x = x + self.attn(self.ln_1(x), pos_enc, pos, bias)
+    def forward(self, x, pos_enc, pos, bias, cache=None):
+        x = x + self.attn(self.ln_1(x), pos_enc, pos, bias, cache)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -235,7 +332,7 @@ class GPT(nn.Module):
             wte=nn.Embedding(config.vocab_size, config.n_embd),
             pos=POS_ENCODINGS[config.pos_encoding](config),
             drop=nn.Dropout(config.dropout),
-            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
             ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
@@ -263,15 +360,20 @@ class GPT(nn.Module):
     def num_params(self):
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, idx, targets=None):
+    def forward(self, idx, targets=None, cache=None):
+        """Logits (and the mean cross-entropy if targets are given) for idx (B, T).
+        With a KVCache, idx holds only the new tokens; they follow the cached ones."""
         B, T = idx.shape
+        start = cache.length if cache is not None else 0
+        pos, k_pos = range(start, start + T), range(0, start + T)  # absolute positions
         pos_enc = self.transformer.pos
-        pos = range(0, T)  # absolute positions of these tokens
         x = pos_enc.embed(self.transformer.wte(idx), pos)
         x = self.transformer.drop(x)
-        bias = pos_enc.attn_bias(pos)
+        bias = pos_enc.attn_bias(pos, k_pos)  # computed once, shared by every layer
         for block in self.transformer.h:
-            x = block(x, pos_enc, pos, bias)
+            x = block(x, pos_enc, pos, bias, cache)
+        if cache is not None:
+            cache.length += T
         x = self.transformer.ln_f(x)
         if targets is None:  # inference: only the last position's logits are needed
             return self.lm_head(x[:, [-1], :]), None
@@ -290,15 +392,24 @@ class GPT(nn.Module):
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None):
-        """Extend idx (B, T) by max_new_tokens sampled characters.
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None, use_cache=True):
+        """Extend idx (B, T) by max_new_tokens sampled characters, all rows as one batch.
 
-        The context fed to the model is cropped to the last block_size tokens: every
-        model was trained on windows of that length (and `learned` has no vectors
-        for later positions)."""
+        Every model was trained on windows of block_size tokens (and `learned` has no
+        vectors for later positions), so the context never grows past block_size: when
+        it is full it is cut back to its last block_size // 2 tokens. With use_cache the
+        keys and values are then recomputed from the cut context, since the positions of
+        its tokens changed and every layer after the first had seen the dropped tokens.
+        With and without the cache the model sees the same contexts and, for the same
+        generator, samples the same tokens."""
+        block, keep = self.config.block_size, max(1, self.config.block_size // 2)
+        context = idx[:, -block:] if idx.size(1) > block else idx
+        cache = None
+        new_tokens = context  # what the next forward pass must process
         for _ in range(max_new_tokens):
-            idx_cond = idx[:, -self.config.block_size:]
-            logits, _ = self(idx_cond)
+            if use_cache and cache is None:
+                cache = KVCache(self.config, idx.size(0), idx.device, self.lm_head.weight.dtype)
+            logits, _ = self(new_tokens if use_cache else context, cache=cache)
             logits = logits[:, -1, :] / temperature
             if top_k is not None:
                 v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
@@ -306,4 +417,7 @@ class GPT(nn.Module):
             probs = F.softmax(logits, dim=-1)
             idx_next = torch.multinomial(probs, num_samples=1, generator=generator)
             idx = torch.cat((idx, idx_next), dim=1)
+            context, new_tokens = torch.cat((context, idx_next), dim=1), idx_next
+            if context.size(1) > block:  # window full: cut it back, rebuild the cache from it
+                context, new_tokens, cache = context[:, -keep:], context[:, -keep:], None
         return idx

@@ -1,9 +1,16 @@
+import os
 import random
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+# Tiny models gain nothing from threads, and two processes both spinning 2 OpenMP threads on
+# 2 cores slow each other down many times over: tests and the scripts they launch use one.
+torch.set_num_threads(1)
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -40,7 +47,7 @@ def data_dir(tmp_path_factory):
 def run(script, *args, cwd=ROOT, check=True):
     """Run one of the project's scripts as a user would; returns the CompletedProcess."""
     proc = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, env=ENV)
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc

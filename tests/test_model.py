@@ -51,9 +51,9 @@ def test_position_signal_matters_except_for_none():
         model = GPT(GPTConfig(**{**SMALL, "n_layer": 1}, pos_encoding=enc), seed=0).eval()
         diff = (all_logits(model, idx)[:, -1] - all_logits(model, shuffled)[:, -1]).abs().max().item()
         if enc == "none":
-            assert diff < 1e-5, enc
+            assert diff < 1e-6, enc
         else:
-            assert diff > 1e-4, enc
+            assert diff > 1e-5, enc  # 300x above the float noise of "none"
 
 
 def test_shared_parameters_start_identical_across_encodings():

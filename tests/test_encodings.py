@@ -1,0 +1,102 @@
+"""Sinusoidal, ALiBi, RoPE scaling and the KV cache."""
+
+import math
+
+import pytest
+import torch
+
+from model import (GPT, POS_ENCODINGS, GPTConfig, KVCache, RotaryPositionalEncoding, alibi_slopes,
+                   sinusoidal_table)
+
+SMALL = dict(vocab_size=20, block_size=16, n_layer=2, n_head=2, n_embd=32)
+
+
+def test_sinusoidal_values_follow_the_formula():
+    table = sinusoidal_table(50, 8)
+    for m in (0, 1, 7, 49):
+        for i in range(4):
+            angle = m / 10000 ** (2 * i / 8)
+            assert math.isclose(table[m, 2 * i].item(), math.sin(angle), abs_tol=1e-6)
+            assert math.isclose(table[m, 2 * i + 1].item(), math.cos(angle), abs_tol=1e-6)
+
+
+def test_sinusoidal_has_no_length_limit_and_no_parameters():
+    model = GPT(GPTConfig(**SMALL, pos_encoding="sinusoidal"), seed=0).eval()
+    logits, _ = model(torch.zeros(1, 100, dtype=torch.long), torch.zeros(1, 100, dtype=torch.long))
+    assert logits.shape == (1, 100, 20) and torch.isfinite(logits).all()
+    assert set(model.state_dict()) == set(GPT(GPTConfig(**SMALL, pos_encoding="none")).state_dict())
+
+
+@pytest.mark.parametrize("n_head, expected", [
+    (4, [1 / 4, 1 / 16, 1 / 64, 1 / 256]),
+    (8, [1 / 2 ** i for i in range(1, 9)]),
+    # not a power of two: the 4-head slopes, then every other slope of the 8-head sequence
+    (6, [1 / 4, 1 / 16, 1 / 64, 1 / 256, 1 / 2, 1 / 8]),
+])
+def test_alibi_slopes_match_the_paper(n_head, expected):
+    assert alibi_slopes(n_head) == pytest.approx(expected)
+
+
+def test_alibi_bias_is_minus_slope_times_distance_and_causal():
+    enc = POS_ENCODINGS["alibi"](GPTConfig(**SMALL, pos_encoding="alibi"))
+    bias = enc.attn_bias(range(0, 4), range(0, 4))
+    assert bias.shape == (2, 4, 4)
+    slopes = alibi_slopes(2)
+    for h in range(2):
+        for i in range(4):
+            for j in range(4):
+                want = -slopes[h] * (i - j) if j <= i else float("-inf")
+                assert bias[h, i, j].item() == pytest.approx(want)
+    # queries after cached keys (positions 4, 5 against keys 0..5)
+    assert torch.equal(enc.attn_bias(range(4, 6), range(0, 6)), enc.attn_bias(range(0, 6), range(0, 6))[:, 4:])
+
+
+def test_rope_scaling_factor_one_is_the_identity():
+    q, k = torch.randn(1, 2, 40, 16), torch.randn(1, 2, 40, 16)
+    plain = RotaryPositionalEncoding(GPTConfig(n_embd=32, n_head=2)).rotate(q, k, range(0, 40))
+    for kind in ("linear", "ntk"):
+        scaled = RotaryPositionalEncoding(GPTConfig(n_embd=32, n_head=2, rope_scaling=kind, rope_scaling_factor=1.0))
+        for a, b in zip(scaled.rotate(q, k, range(0, 40)), plain):
+            assert torch.equal(a, b), kind
+
+
+def test_linear_rope_scaling_at_s_times_m_equals_unscaled_at_m():
+    s = 4
+    q, k = torch.randn(1, 2, 1, 16), torch.randn(1, 2, 1, 16)
+    plain = RotaryPositionalEncoding(GPTConfig(n_embd=32, n_head=2))
+    linear = RotaryPositionalEncoding(GPTConfig(n_embd=32, n_head=2, rope_scaling="linear", rope_scaling_factor=s))
+    for m in (1, 5, 15):
+        for a, b in zip(linear.rotate(q, k, range(s * m, s * m + 1)), plain.rotate(q, k, range(m, m + 1))):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_ntk_scaling_raises_the_base():
+    d, s = 16, 4
+    ntk = RotaryPositionalEncoding(GPTConfig(n_embd=32, n_head=2, rope_scaling="ntk", rope_scaling_factor=s))
+    assert ntk.theta == pytest.approx(10000 * s ** (d / (d - 2)))
+
+
+@pytest.mark.parametrize("enc", POS_ENCODINGS)
+def test_kv_cache_gives_the_same_logits(enc):
+    model = GPT(GPTConfig(**SMALL, pos_encoding=enc), seed=0).eval()
+    idx = torch.randint(0, 20, (3, 12))
+    full = model(idx, torch.zeros_like(idx))[0]
+    cache = KVCache(model.config, 3, "cpu")
+    steps = [model(idx[:, :5], cache=cache)[0]] + [model(idx[:, t:t + 1], cache=cache)[0] for t in range(5, 12)]
+    assert cache.length == 12
+    torch.testing.assert_close(torch.cat(steps, 1), full[:, [4, 5, 6, 7, 8, 9, 10, 11]], atol=1e-5, rtol=1e-5)
+    # several new tokens after cached ones (the causal mask is aligned to the end)
+    cache = KVCache(model.config, 3, "cpu")
+    model(idx[:, :5], cache=cache)
+    torch.testing.assert_close(model(idx[:, 5:9], cache=cache)[0][:, 0], full[:, 8], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("enc", POS_ENCODINGS)
+def test_sampling_with_and_without_cache_gives_the_same_tokens(enc):
+    model = GPT(GPTConfig(**SMALL, pos_encoding=enc), seed=1).eval()
+    idx = torch.zeros(4, 1, dtype=torch.long)
+    kwargs = dict(max_new_tokens=50, temperature=1.0, top_k=10)  # 50 > 3 x block_size: crosses several cuts
+    with_cache = model.generate(idx, generator=torch.Generator().manual_seed(5), use_cache=True, **kwargs)
+    without = model.generate(idx, generator=torch.Generator().manual_seed(5), use_cache=False, **kwargs)
+    assert with_cache.shape == (4, 51)
+    assert torch.equal(with_cache, without)
