@@ -109,7 +109,11 @@ def save_checkpoint(path, ckpt):
     atomic_write(path, lambda f: torch.save(ckpt, f))
 
 
-def load_checkpoint(path, device="cpu"):
+CHECKPOINT_KEYS = {"model": {"model_args", "model", "vocab"},  # ckpt.pt: the best weights, for sampling
+                   "training": {"trainer", "best", "train_time", "config"}}  # last.pt: to resume
+
+
+def load_checkpoint(path, device="cpu", kind="model"):
     """Load a checkpoint written by train.py. weights_only=True: a checkpoint is data,
     never code, so loading a file from elsewhere cannot run anything."""
     path = Path(path)
@@ -119,6 +123,6 @@ def load_checkpoint(path, device="cpu"):
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:
         raise UserError(f"{path} is not a readable checkpoint ({type(e).__name__}); retrain or restore it") from e
-    if not isinstance(ckpt, dict) or not {"model_args", "model", "vocab"} <= ckpt.keys():
+    if not isinstance(ckpt, dict) or not CHECKPOINT_KEYS[kind] <= ckpt.keys():
         raise UserError(f"{path} is not a checkpoint written by train.py")
     return ckpt

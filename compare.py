@@ -36,15 +36,31 @@ def parse_list(text, kind=str):
     return [kind(item) for item in text.split(",") if item.strip()]
 
 
-def finished(cfg, run_dir):
-    """The summary of a finished run with exactly this config, else None."""
+def same_config(cfg, run_dir):
+    """Does run_dir hold a run of exactly this config? (settings that do not change results aside)"""
     try:
         old = json.loads((run_dir / "config.json").read_text())
-        new = json.loads(json.dumps(asdict(cfg)))  # as JSON would hold it (tuples -> lists, ...)
-        same = {k: v for k, v in old.items() if k != "progress"} == {k: v for k, v in new.items() if k != "progress"}
-        return json.loads((run_dir / "summary.json").read_text()) if same else None
     except (OSError, ValueError):
-        return None
+        return False
+    new = json.loads(json.dumps(asdict(cfg)))  # as JSON holds it
+    ignore = ("progress",)
+    return {k: v for k, v in old.items() if k not in ignore} == {k: v for k, v in new.items() if k not in ignore}
+
+
+def run_or_reuse(cfg):
+    """A finished run with this config is reused, an interrupted one resumed; anything else in
+    its directory (another config) is replaced."""
+    run_dir = Path(cfg.out_dir) / cfg.run_name
+    if same_config(cfg, run_dir) and (run_dir / "summary.json").exists():
+        print(f"{cfg.run_name}: finished earlier, reusing it")
+        return json.loads((run_dir / "summary.json").read_text())
+    resume = same_config(cfg, run_dir) and (run_dir / "last.pt").exists()
+    if resume:
+        print(f"{cfg.run_name}: resuming the interrupted run")
+    summary = train(cfg, resume=resume, overwrite=True)
+    print(f"{cfg.run_name}: best val loss {summary['best_val_loss']:.4f} "
+          f"at step {summary['best_step']}, {summary['wall_s']:.0f} s")
+    return summary
 
 
 def mean_std(values, fmt="{:.4f}"):
@@ -102,16 +118,8 @@ def main():
     for enc in encodings:
         for seed in seeds:
             cfg = config_from_args(args, pos_encoding=enc, seed=seed, run_name=f"{group}/{enc}_seed{seed}")
-            run_dir = Path(cfg.out_dir) / cfg.run_name
-            summary = finished(cfg, run_dir)
-            if summary:
-                print(f"{cfg.run_name}: finished earlier, reusing it")
-            else:
-                summary = train(cfg)
-                print(f"{cfg.run_name}: best val loss {summary['best_val_loss']:.4f} "
-                      f"at step {summary['best_step']}, {summary['wall_s']:.0f} s")
-            summaries.setdefault(enc, []).append(summary)
-            run_dirs.append(run_dir)
+            summaries.setdefault(enc, []).append(run_or_reuse(cfg))
+            run_dirs.append(Path(cfg.out_dir) / cfg.run_name)
     total = time.time() - t0
 
     plots_dir = Path(args.plots_dir)

@@ -14,7 +14,11 @@ and starts from the same weights for every parameter the models share.
 
 import argparse
 import csv
+import json
 import math
+import os
+import signal
+import sys
 import time
 import tomllib
 import typing
@@ -26,7 +30,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common import UserError, load_meta, load_tokens, pick_device, run_cli, save_checkpoint, write_json
+from common import (UserError, load_checkpoint, load_meta, load_tokens, pick_device, run_cli, save_checkpoint,
+                    write_json, write_text)
 from model import GPT, POS_ENCODINGS, GPTConfig
 
 
@@ -148,10 +153,11 @@ def config_from_args(args, **overrides):
 class Batches:
     """Random training windows and fixed evaluation windows.
 
-    Training windows come from their own numpy generator seeded by `seed`, so the
-    order of batches is the same for every model and every rerun. Evaluation uses
-    one fixed set of windows per split (again seeded), so every evaluation of every
-    model is measured on exactly the same text."""
+    Each optimizer step draws the starts of all its micro-batches at once from a numpy
+    generator seeded by `seed`: the order of batches is the same for every model, every
+    rerun and every number of processes (with torchrun, rank r takes its share of the
+    step's micro-batches). Evaluation uses one fixed set of windows per split, so every
+    evaluation of every model is measured on exactly the same text."""
 
     def __init__(self, data_dir, block_size, batch_size, eval_iters, seed, device):
         self.data = {s: load_tokens(data_dir, s) for s in ("train", "val")}
@@ -177,14 +183,20 @@ class Batches:
             return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
         return x.to(self.device), y.to(self.device)
 
-    def train_batch(self):
-        starts = self.rng.integers(0, len(self.data["train"]) - self.block_size, self.batch_size)
-        return self._windows("train", starts)
+    def step_batches(self, micro_steps, rank=0, world_size=1):
+        """This rank's micro-batches (x, y) for one optimizer step of micro_steps in all."""
+        starts = self.rng.integers(0, len(self.data["train"]) - self.block_size, (micro_steps, self.batch_size))
+        share = micro_steps // world_size
+        return [self._windows("train", s) for s in starts[rank * share:(rank + 1) * share]]
 
-    def eval_batches(self, split):
-        starts = self.eval_starts[split]
-        for i in range(0, len(starts), self.batch_size):
-            yield self._windows(split, starts[i:i + self.batch_size])
+    def train_batch(self):
+        return self.step_batches(1)[0]
+
+    def eval_batches(self, split, rows=None):
+        """The fixed windows of a split, `rows` at a time (default batch_size)."""
+        starts, rows = self.eval_starts[split], rows or self.batch_size
+        for i in range(0, len(starts), rows):
+            yield self._windows(split, starts[i:i + rows])
 
 
 # -----------------------------------------------------------------------------
@@ -202,89 +214,244 @@ def learning_rate(cfg, it):
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.learning_rate - cfg.min_lr)
 
 
+EVAL_ROWS = 48  # sequences per forward pass when evaluating: bigger than a training batch, fewer calls
+
+
 @torch.no_grad()
 def evaluate(model, batches, autocast):
+    """Mean loss over the fixed evaluation windows of each split (equal-size chunks, so the
+    mean of chunk means is the mean over all windows)."""
     model.eval()
     out = {}
     for split in ("train", "val"):
-        losses = []
-        for x, y in batches.eval_batches(split):
+        total, count = 0.0, 0
+        for x, y in batches.eval_batches(split, EVAL_ROWS):
             with autocast:
-                losses.append(model(x, y)[1])
-        out[split] = torch.stack(losses).mean().item()
+                total += model(x, y)[1].float() * len(x)
+            count += len(x)
+        out[split] = (total / count).item()
     model.train()
     return out
+
+
+class Distributed:
+    """torchrun's environment: rank, world size, device; a single process when absent."""
+
+    def __init__(self, device):
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.enabled = self.world_size > 1
+        self.master = self.rank == 0
+        self.device = device
+        if self.enabled:
+            local_rank = int(os.environ["LOCAL_RANK"])
+            if device.startswith("cuda"):
+                self.device = f"cuda:{local_rank}"
+                torch.cuda.set_device(self.device)
+            # gloo for CPU tensors, nccl for CUDA ones
+            torch.distributed.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+
+    def close(self):
+        if self.enabled:
+            torch.distributed.destroy_process_group()
+
+
+class StopRequested:
+    """First Ctrl-C: finish the current step, save, stop. A second Ctrl-C interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __enter__(self):
+        self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nCtrl-C: saving a checkpoint after this step (press again to abort without saving)", file=sys.stderr)
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGINT, self.previous)
+        return False
 
 
 METRIC_FIELDS = ["step", "train_loss", "val_loss", "lr", "tokens", "elapsed_s"]
 
 
-def train(cfg: TrainConfig):
+class Trainer:
+    """Model, optimizer, data and their state: one optimizer step at a time.
+
+    `train()` drives it; bench.py times `step()` alone."""
+
+    def __init__(self, cfg: TrainConfig, vocab_size, device, dist=None):
+        self.cfg = cfg
+        self.dist = dist or Distributed(device)
+        device = self.dist.device
+        device_type = device.split(":")[0]
+        if cfg.gradient_accumulation_steps % self.dist.world_size:
+            raise UserError(f"gradient_accumulation_steps ({cfg.gradient_accumulation_steps}) must be a multiple "
+                            f"of the number of processes ({self.dist.world_size})")
+        self.model_config = cfg.model_config(vocab_size)
+        torch.manual_seed(cfg.seed)  # dropout; weights and data have their own seeded generators
+        self.batches = Batches(cfg.data_dir, cfg.block_size, cfg.batch_size, cfg.eval_iters, cfg.seed, device)
+        self.model = GPT(self.model_config, seed=cfg.seed).to(device)
+        self.optimizer = self.model.configure_optimizer(cfg.weight_decay, cfg.learning_rate,
+                                                        (cfg.beta1, cfg.beta2), device_type)
+        step_model = self.model
+        if self.dist.enabled:
+            step_model = torch.nn.parallel.DistributedDataParallel(
+                step_model, device_ids=[device] if device_type == "cuda" else None)
+        self.step_model = torch.compile(step_model) if cfg.compile else step_model
+        self.autocast = (torch.autocast(device_type="cuda", dtype=torch.bfloat16) if device_type == "cuda"
+                         else nullcontext())
+        self.device_type = device_type
+        self.iter = 0  # optimizer steps taken
+
+    def step(self):
+        """One optimizer step (all micro-batches of this rank); returns the last micro-batch loss."""
+        cfg = self.cfg
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(cfg, self.iter)
+        micro = self.batches.step_batches(cfg.gradient_accumulation_steps, self.dist.rank, self.dist.world_size)
+        for i, (x, y) in enumerate(micro):
+            # DDP: all-reduce gradients only after the last micro-batch
+            sync = self.dist.enabled and i < len(micro) - 1
+            with self.step_model.no_sync() if sync else nullcontext(), self.autocast:
+                _, loss = self.step_model(x, y)
+                (loss / len(micro)).backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.iter += 1
+        return loss
+
+    def evaluate(self):
+        return evaluate(self.model, self.batches, self.autocast)
+
+    def state_dict(self):
+        """Everything needed to continue exactly: weights, optimizer, step, RNG states."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "iter": self.iter,
+                "data_rng": json.dumps(self.batches.rng.bit_generator.state),  # JSON: plain data, no pickle
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state() if self.device_type == "cuda" else torch.empty(0)}
+
+    def load_state_dict(self, state):
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.iter = state["iter"]
+        self.batches.rng.bit_generator.state = json.loads(state["data_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        if self.device_type == "cuda" and state["cuda_rng"].numel():
+            torch.cuda.set_rng_state(state["cuda_rng"])
+
+
+def prepare_run_dir(run_dir, cfg, resume, overwrite):
+    """Refuse to mix two runs' results in one directory."""
+    config_path = run_dir / "config.json"
+    if resume:
+        if not (run_dir / "last.pt").exists():
+            raise UserError(f"--resume: {run_dir} has no last.pt to resume from; start it without --resume")
+        old = json.loads(config_path.read_text())
+        changed = sorted(k for k in set(old) | set(asdict(cfg)) if old.get(k) != asdict(cfg).get(k)
+                         and k not in ("progress", "device", "compile"))
+        if changed:
+            raise UserError(f"--resume: the config differs from the run in {run_dir} in {', '.join(changed)};"
+                            f" resume with the same settings")
+        return
+    if (run_dir / "metrics.csv").exists() and not overwrite:
+        raise UserError(f"{run_dir} already holds a run; --resume to continue it, --overwrite to replace it,"
+                        f" or choose another --run-name")
+    for name in ("metrics.csv", "ckpt.pt", "last.pt", "summary.json", "samples.txt"):
+        (run_dir / name).unlink(missing_ok=True)
+
+
+def read_metrics(path, before_step):
+    """Rows of metrics.csv for steps before `before_step` (a killed run may have left more,
+    or half a line)."""
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if None not in r.values() and "" not in r.values()]
+    return [r for r in rows if int(r["step"]) < before_step]
+
+
+def train(cfg: TrainConfig, resume=False, overwrite=False):
     """Train one model; returns the summary dict also written to summary.json."""
     t_start = time.time()
     meta = load_meta(cfg.data_dir)
-    model_config = cfg.model_config(meta["vocab_size"])
-    device = pick_device(cfg.device)
-    device_type = device.split(":")[0]
+    trainer = Trainer(cfg, meta["vocab_size"], pick_device(cfg.device))
+    dist, model = trainer.dist, trainer.model
+    master = dist.master  # only rank 0 logs and writes files
     run_dir = Path(cfg.out_dir) / cfg.run_name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "config.json", asdict(cfg))
-
-    torch.manual_seed(cfg.seed)  # dropout; weights and data have their own seeded generators
-    batches = Batches(cfg.data_dir, cfg.block_size, cfg.batch_size, cfg.eval_iters, cfg.seed, device)
-    model = GPT(model_config, seed=cfg.seed).to(device)
-    optimizer = model.configure_optimizer(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
-    step_model = torch.compile(model) if cfg.compile else model
-    autocast = (torch.autocast(device_type="cuda", dtype=torch.bfloat16) if device_type == "cuda"
-                else nullcontext())
     tokens_per_step = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
-
-    metrics_file = open(run_dir / "metrics.csv", "w", newline="")
-    writer = csv.DictWriter(metrics_file, fieldnames=METRIC_FIELDS)
-    writer.writeheader()
     best = {"val_loss": float("inf"), "step": -1}
-    last = {}
     train_time = 0.0  # seconds spent in training steps, evaluation excluded
-    bar = tqdm(total=cfg.max_iters, desc=cfg.run_name, disable=not cfg.progress, dynamic_ncols=True)
-    postfix = {}  # latest batch loss and evaluated losses, shown on the bar
-    for it in range(cfg.max_iters + 1):
-        lr = learning_rate(cfg, it)
-        if it % cfg.eval_interval == 0 or it == cfg.max_iters:
-            losses = evaluate(model, batches, autocast)
-            last = {"step": it, "train_loss": losses["train"], "val_loss": losses["val"], "lr": lr,
-                    "tokens": it * tokens_per_step, "elapsed_s": round(time.time() - t_start, 3)}
-            writer.writerow(last)
-            metrics_file.flush()
-            postfix.update(train=f"{losses['train']:.4f}", val=f"{losses['val']:.4f}")
-            if losses["val"] < best["val_loss"]:
-                best = {"val_loss": losses["val"], "step": it}
-                save_checkpoint(run_dir / "ckpt.pt", {
-                    "model_args": asdict(model_config), "model": model.state_dict(), "vocab": meta["chars"],
-                    "step": it, "val_loss": losses["val"], "config": asdict(cfg),
-                })
-        if it == cfg.max_iters:
-            break
+    rows = []
+    if master:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        prepare_run_dir(run_dir, cfg, resume, overwrite)
+    if resume:
+        state = load_checkpoint(run_dir / "last.pt", trainer.dist.device, kind="training")
+        trainer.load_state_dict(state["trainer"])
+        best, train_time, t_start = state["best"], state["train_time"], time.time() - state["elapsed_s"]
+        rows = read_metrics(run_dir / "metrics.csv", trainer.iter)
+    if master:
+        write_json(run_dir / "config.json", asdict(cfg))
+        write_text(run_dir / "metrics.csv", ",".join(METRIC_FIELDS) + "\n"
+                   + "".join(",".join(r[k] for k in METRIC_FIELDS) + "\n" for r in rows))
+        metrics_file = open(run_dir / "metrics.csv", "a", newline="")
+        writer = csv.DictWriter(metrics_file, fieldnames=METRIC_FIELDS)
 
-        t0 = time.perf_counter()
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        for _ in range(cfg.gradient_accumulation_steps):
-            x, y = batches.train_batch()
-            with autocast:
-                _, loss = step_model(x, y)
-            (loss / cfg.gradient_accumulation_steps).backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if it % 10 == 0:
-            postfix["loss"] = f"{loss.item():.4f}"
-            bar.set_postfix(postfix, refresh=False)
-        if device_type == "cuda":
-            torch.cuda.synchronize()
-        train_time += time.perf_counter() - t0
-        bar.update(1)
+    def save_last():
+        if master:
+            save_checkpoint(run_dir / "last.pt", {
+                "trainer": trainer.state_dict(), "best": best, "train_time": train_time,
+                "elapsed_s": time.time() - t_start, "config": asdict(cfg)})
+
+    last = {}
+    bar = tqdm(total=cfg.max_iters, initial=trainer.iter, desc=cfg.run_name, dynamic_ncols=True,
+               disable=not (cfg.progress and master))
+    postfix = {}  # latest batch loss and evaluated losses, shown on the bar
+    with StopRequested() as stop:
+        while True:
+            it = trainer.iter
+            if master and (it % cfg.eval_interval == 0 or it == cfg.max_iters):
+                losses = trainer.evaluate()
+                check_finite(losses["val"], it, "val loss", run_dir)
+                last = {"step": it, "train_loss": losses["train"], "val_loss": losses["val"],
+                        "lr": learning_rate(cfg, it), "tokens": it * tokens_per_step,
+                        "elapsed_s": round(time.time() - t_start, 3)}
+                writer.writerow(last)
+                metrics_file.flush()
+                postfix.update(train=f"{losses['train']:.4f}", val=f"{losses['val']:.4f}")
+                if losses["val"] < best["val_loss"]:
+                    best = {"val_loss": losses["val"], "step": it}
+                    save_checkpoint(run_dir / "ckpt.pt", {
+                        "model_args": asdict(trainer.model_config), "model": model.state_dict(),
+                        "vocab": meta["chars"], "step": it, "val_loss": losses["val"], "config": asdict(cfg)})
+                save_last()  # the state before step `it`, after its evaluation
+            if it == cfg.max_iters:
+                break
+            if stop.requested:
+                save_last()
+                bar.close()
+                raise UserError(f"stopped by Ctrl-C at step {it}; continue with the same command and --resume")
+
+            t0 = time.perf_counter()
+            loss = trainer.step()
+            if it % 10 == 0 or it == cfg.max_iters - 1:  # .item() waits for the device: not every step
+                check_finite(loss.item(), it, "training loss", run_dir)
+                postfix["loss"] = f"{loss.item():.4f}"
+                bar.set_postfix(postfix, refresh=False)
+            if trainer.device_type == "cuda":
+                torch.cuda.synchronize()
+            train_time += time.perf_counter() - t0
+            bar.update(1)
     bar.close()
+    dist.close()
+    if not master:
+        return None
     metrics_file.close()
 
     summary = {
@@ -293,10 +460,17 @@ def train(cfg: TrainConfig):
         "final_train_loss": last["train_loss"], "final_val_loss": last["val_loss"],
         "wall_s": round(time.time() - t_start, 2), "train_s": round(train_time, 2),
         "ms_per_iter": round(1000 * train_time / max(1, cfg.max_iters), 2),
-        "device": device, "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "device": trainer.dist.device, "processes": dist.world_size, "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
     }
     write_json(run_dir / "summary.json", summary)
     return summary
+
+
+def check_finite(value, step, what, run_dir):
+    if not math.isfinite(value):
+        raise UserError(f"{what} became {value} at step {step}; stopped. The checkpoints in {run_dir} are from"
+                        f" before that; lower --learning-rate or --grad-clip and start again")
 
 
 def build_parser(description=__doc__):
@@ -308,8 +482,15 @@ def build_parser(description=__doc__):
 def main():
     parser = build_parser()
     add_config_flags(parser)
-    cfg = config_from_args(parser.parse_args())
-    s = train(cfg)
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in OUT_DIR/RUN_NAME from its last checkpoint (last.pt), exactly")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the results of an earlier run in the same directory")
+    args = parser.parse_args()
+    cfg = config_from_args(args)
+    s = train(cfg, resume=args.resume, overwrite=args.overwrite)
+    if s is None:  # a torchrun worker other than rank 0
+        return
     print(f"{s['run_name']}: best val loss {s['best_val_loss']:.4f} at step {s['best_step']}, "
           f"final train {s['final_train_loss']:.4f} / val {s['final_val_loss']:.4f}, "
           f"{s['ms_per_iter']:.1f} ms/iter, {s['wall_s']:.0f} s -> {Path(cfg.out_dir) / cfg.run_name}")
