@@ -1,5 +1,6 @@
 """Small pieces shared by the scripts: user-facing errors, atomic files, data and checkpoints."""
 
+import argparse
 import json
 import os
 import sys
@@ -12,6 +13,13 @@ import torch
 
 class UserError(Exception):
     """Bad input from the user: reported as one line on stderr, exit code 2, no traceback."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line on stderr (no usage block), exit code 2."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see --help)")
 
 
 def run_cli(main):
@@ -110,7 +118,7 @@ def save_checkpoint(path, ckpt):
 
 
 CHECKPOINT_KEYS = {"model": {"model_args", "model", "vocab"},  # ckpt.pt: the best weights, for sampling
-                   "training": {"trainer", "best", "train_time", "config"}}  # last.pt: to resume
+                   "training": {"trainer", "best", "train_time", "vocab", "config"}}  # last.pt: to resume
 
 
 def load_checkpoint(path, device="cpu", kind="model"):

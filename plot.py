@@ -20,7 +20,7 @@ matplotlib.use("Agg")  # files only, no window
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from common import UserError, atomic_write, run_cli  # noqa: E402
+from common import ArgumentParser, UserError, atomic_write, run_cli  # noqa: E402
 
 # The reference article's colours: RoPE blue, learned orange, none green.
 COLORS = {"rope": "tab:blue", "learned": "tab:orange", "none": "tab:green",
@@ -100,7 +100,7 @@ def plot_runs(runs, plots_dir):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="*", default=["out"], help="run directories, or folders to search (default: out)")
     parser.add_argument("--plots-dir", default="plots", help="where to write the PNG files (default: plots)")
     args = parser.parse_args()

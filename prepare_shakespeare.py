@@ -20,7 +20,7 @@ import numpy as np
 import requests
 from tqdm import tqdm
 
-from common import UserError, atomic_write, run_cli, write_json, write_text
+from common import ArgumentParser, UserError, atomic_write, run_cli, write_json, write_text
 
 URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
@@ -110,7 +110,7 @@ def prepare(out_dir, input_path=None, url=URL, timeout=30.0):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", default=os.environ.get("SHAKESPEARE_INPUT") or None,
                         help="local text file to use instead of downloading (default: $SHAKESPEARE_INPUT)")
     parser.add_argument("--out-dir", default="data/shakespeare_char", help="where to write the prepared data")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from common import UserError, Vocab, load_checkpoint, pick_device, run_cli, write_text
+from common import ArgumentParser, UserError, Vocab, load_checkpoint, pick_device, run_cli, write_text
 from model import GPT, GPTConfig
 
 SEPARATOR = "\n" + "-" * 40 + "\n"
@@ -62,7 +62,7 @@ def positive(kind):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out-dir", required=True, help="run directory holding ckpt.pt (e.g. out/rope_seed1337)")
     parser.add_argument("--start", default="\n", help='prompt text, or FILE:path (default: "\\n")')
     parser.add_argument("--num-samples", type=positive(int), default=3, help="number of samples (default: 3)")

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common import (UserError, load_checkpoint, load_meta, load_tokens, pick_device, run_cli, save_checkpoint,
-                    write_json, write_text)
+from common import (ArgumentParser, UserError, load_checkpoint, load_meta, load_tokens, pick_device, run_cli,
+                    save_checkpoint, write_json, write_text)
 from model import GPT, POS_ENCODINGS, GPTConfig
 
 
@@ -301,8 +301,10 @@ class Trainer:
                                                         (cfg.beta1, cfg.beta2), device_type)
         step_model = self.model
         if self.dist.enabled:
+            # forward_sync_buffers=False: our only buffers are RoPE/sinusoid tables, caches that each
+            # process grows on demand (so their sizes may differ), not state to keep in sync
             step_model = torch.nn.parallel.DistributedDataParallel(
-                step_model, device_ids=[device] if device_type == "cuda" else None)
+                step_model, device_ids=[device] if device_type == "cuda" else None, forward_sync_buffers=False)
         self.step_model = torch.compile(step_model) if cfg.compile else step_model
         self.autocast = (torch.autocast(device_type="cuda", dtype=torch.bfloat16) if device_type == "cuda"
                          else nullcontext())
@@ -393,6 +395,9 @@ def train(cfg: TrainConfig, resume=False, overwrite=False):
         prepare_run_dir(run_dir, cfg, resume, overwrite)
     if resume:
         state = load_checkpoint(run_dir / "last.pt", trainer.dist.device, kind="training")
+        if state["vocab"] != meta["chars"]:
+            raise UserError(f"{run_dir}/last.pt was trained on another vocabulary than {cfg.data_dir};"
+                            f" prepare the same text again or start a new run")
         trainer.load_state_dict(state["trainer"])
         best, train_time, t_start = state["best"], state["train_time"], time.time() - state["elapsed_s"]
         rows = read_metrics(run_dir / "metrics.csv", trainer.iter)
@@ -406,7 +411,7 @@ def train(cfg: TrainConfig, resume=False, overwrite=False):
     def save_last():
         if master:
             save_checkpoint(run_dir / "last.pt", {
-                "trainer": trainer.state_dict(), "best": best, "train_time": train_time,
+                "trainer": trainer.state_dict(), "best": best, "train_time": train_time, "vocab": meta["chars"],
                 "elapsed_s": time.time() - t_start, "config": asdict(cfg)})
 
     last = {}
@@ -474,7 +479,7 @@ def check_finite(value, step, what, run_dir):
 
 
 def build_parser(description=__doc__):
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", nargs="?", help="TOML config file whose keys are the flags below, with underscores")
     return parser
 

@@ -1,0 +1,99 @@
+"""Every script answers bad input with one line on stderr, exit code 2, no traceback, no damage."""
+
+import pytest
+import torch
+
+from conftest import TINY_FLAGS, make_corpus, run
+
+
+@pytest.fixture(scope="module")
+def trained(data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bad")
+    run("train.py", "--data-dir", data_dir, "--out-dir", out, *TINY_FLAGS)
+    return out / "rope_seed1337"
+
+
+def assert_one_line_error(proc, *fragments):
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("flags, fragments", [
+    (["--pos-encoding", "fourier"], ["invalid choice: 'fourier'"]),
+    (["--n-embd=30", "--n-head=4"], ["n_embd (30) must be divisible by n_head (4)"]),
+    (["--n-embd=30", "--n-head=2"], ["rope needs an even head size", "15"]),
+    (["--block-size=5000"], ["val split has", "fewer than block_size + 1 = 5001", "--block-size"]),
+    (["--n-layer=two"], ["--n-layer: invalid int value: 'two'"]),
+    (["--dropout=1.5"], ["dropout must be in [0, 1)"]),
+    (["--gradient-accumulation-steps=0"], ["gradient_accumulation_steps must be at least 1"]),
+])
+def test_train_rejects_bad_settings(data_dir, tmp_path, flags, fragments):
+    proc = run("train.py", "--data-dir", data_dir, "--out-dir", tmp_path, *TINY_FLAGS, *flags, check=False)
+    assert_one_line_error(proc, *fragments)
+    assert not (tmp_path / "rope_seed1337" / "metrics.csv").exists()
+
+
+def test_train_config_file_problems(tmp_path):
+    assert_one_line_error(run("train.py", tmp_path / "missing.toml", check=False), "missing.toml not found")
+    (tmp_path / "c.toml").write_text("block_size = 64.5\n")
+    assert_one_line_error(run("train.py", tmp_path / "c.toml", check=False), "block_size must be int, got 64.5")
+
+
+def test_train_without_prepared_data(tmp_path):
+    proc = run("train.py", "--data-dir", tmp_path, "--out-dir", tmp_path, check=False)
+    assert_one_line_error(proc, "prepared data not found", "prepare_shakespeare.py")
+
+
+def test_resume_after_the_data_was_prepared_from_another_text(tmp_path):
+    (tmp_path / "a.txt").write_text(make_corpus())
+    run("prepare_shakespeare.py", "--input", tmp_path / "a.txt", "--out-dir", tmp_path / "data")
+    run("train.py", "--data-dir", tmp_path / "data", "--out-dir", tmp_path / "out", *TINY_FLAGS)
+    (tmp_path / "b.txt").write_text(make_corpus().upper())  # another vocabulary in the same place
+    run("prepare_shakespeare.py", "--input", tmp_path / "b.txt", "--out-dir", tmp_path / "data")
+    before = (tmp_path / "out" / "rope_seed1337" / "metrics.csv").read_text()
+    proc = run("train.py", "--data-dir", tmp_path / "data", "--out-dir", tmp_path / "out", *TINY_FLAGS, "--resume",
+               check=False)
+    assert_one_line_error(proc, "last.pt was trained on another vocabulary")
+    assert (tmp_path / "out" / "rope_seed1337" / "metrics.csv").read_text() == before
+
+
+@pytest.mark.parametrize("flags, fragments", [
+    (["--start", ""], ["the prompt is empty"]),
+    (["--start", "ROMEO: 7"], ["outside the model's vocabulary", "'7'"]),
+    (["--max-new-tokens", "0"], ["--max-new-tokens: must be positive, got 0"]),
+    (["--temperature", "-1"], ["--temperature: must be positive, got -1"]),
+    (["--top-k", "0"], ["--top-k: must be positive, got 0"]),
+    (["--num-samples", "-2"], ["--num-samples: must be positive"]),
+    (["--start", "FILE:/nonexistent/prompt.txt"], ["prompt file /nonexistent/prompt.txt not found"]),
+])
+def test_sample_rejects_bad_arguments(trained, flags, fragments):
+    proc = run("sample.py", "--out-dir", trained, *flags, check=False)
+    assert_one_line_error(proc, *fragments)
+    assert not (trained / "samples.txt").exists()
+
+
+def test_sample_with_missing_truncated_or_foreign_checkpoint(trained, tmp_path):
+    assert_one_line_error(run("sample.py", "--out-dir", tmp_path, check=False), "no checkpoint at")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    data = (trained / "ckpt.pt").read_bytes()
+    (broken / "ckpt.pt").write_bytes(data[:len(data) // 2])
+    assert_one_line_error(run("sample.py", "--out-dir", broken, check=False), "not a readable checkpoint")
+    (broken / "ckpt.pt").write_text("hello")
+    assert_one_line_error(run("sample.py", "--out-dir", broken, check=False), "not a readable checkpoint")
+    torch.save({"weights": torch.zeros(2)}, broken / "ckpt.pt")
+    assert_one_line_error(run("sample.py", "--out-dir", broken, check=False), "not a checkpoint written by train.py")
+
+
+def test_prepare_and_plot_errors(tmp_path):
+    assert_one_line_error(run("prepare_shakespeare.py", "--input", tmp_path / "none.txt", "--out-dir", tmp_path,
+                              check=False), "does not exist")
+    (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00abc" * 10)
+    assert_one_line_error(run("prepare_shakespeare.py", "--input", tmp_path / "bin.txt", "--out-dir", tmp_path,
+                              check=False), "not UTF-8 text")
+    assert_one_line_error(run("plot.py", tmp_path / "empty", check=False), "is not a run directory")
+    assert_one_line_error(run("compare.py", "--pos-encodings", "rope,bogus", check=False), "unknown encoding(s) bogus")
+    assert_one_line_error(run("compare.py", "--seeds", "1,x", check=False), "--seeds takes comma-separated integers")

@@ -1,0 +1,125 @@
+"""Crash-safe runs: exact resume after SIGKILL or Ctrl-C, refusing to mix runs, stopping on NaN, torchrun."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import ENV, ROOT, TINY_FLAGS, run
+
+# Long enough (about 2 s) to be killed part way.
+SLOW = [*TINY_FLAGS, "--max-iters=300", "--eval-interval=20", "--n-embd=64"]
+
+
+def metrics(run_dir):
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return [(int(r["step"]), float(r["train_loss"]), float(r["val_loss"]), float(r["lr"]))
+                for r in csv.DictReader(f)]
+
+
+def assert_same_rows(got, want, tol=1e-6):
+    assert [r[0] for r in got] == [r[0] for r in want]  # no duplicated or missing rows
+    for a, b in zip(got, want):
+        assert all(abs(x - y) <= tol for x, y in zip(a[1:], b[1:])), (a, b)
+
+
+@pytest.fixture(scope="module")
+def reference(data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref")
+    run("train.py", "--data-dir", data_dir, "--out-dir", out, *SLOW)
+    return metrics(out / "rope_seed1337")
+
+
+def start(data_dir, out, *extra):
+    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), "--data-dir", str(data_dir),
+                             "--out-dir", str(out), *SLOW, *extra], cwd=ROOT, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_rows(run_dir, n, proc, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if (run_dir / "metrics.csv").exists() and len((run_dir / "metrics.csv").read_text().splitlines()) > n:
+            return
+        time.sleep(0.005)
+    pytest.fail(f"run ended or stalled before {n} metrics rows")
+
+
+@pytest.mark.parametrize("rows_before_kill", [2, 7])
+def test_sigkill_then_resume_reproduces_the_uninterrupted_run(data_dir, tmp_path, reference, rows_before_kill):
+    proc = start(data_dir, tmp_path)
+    run_dir = tmp_path / "rope_seed1337"
+    wait_for_rows(run_dir, rows_before_kill, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "summary.json").exists()  # really interrupted
+    assert len(metrics(run_dir)) < len(reference)
+    resumed = run("train.py", "--data-dir", data_dir, "--out-dir", tmp_path, *SLOW, "--resume")
+    assert "best val loss" in resumed.stdout
+    assert_same_rows(metrics(run_dir), reference)
+
+
+def test_ctrl_c_saves_and_resume_continues(data_dir, tmp_path, reference):
+    proc = start(data_dir, tmp_path)
+    run_dir = tmp_path / "rope_seed1337"
+    wait_for_rows(run_dir, 3, proc)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in stderr
+    assert "stopped by Ctrl-C at step" in stderr and "--resume" in stderr
+    step = int(stderr.split("stopped by Ctrl-C at step ")[1].split(";")[0])
+    state = torch.load(run_dir / "last.pt", weights_only=True)
+    assert state["trainer"]["iter"] == step
+    run("train.py", "--data-dir", data_dir, "--out-dir", tmp_path, *SLOW, "--resume")
+    assert_same_rows(metrics(run_dir), reference)
+
+
+def test_a_new_run_never_overwrites_another_silently(data_dir, tmp_path):
+    run("train.py", "--data-dir", data_dir, "--out-dir", tmp_path, *TINY_FLAGS)
+    before = (tmp_path / "rope_seed1337" / "metrics.csv").read_text()
+    proc = run("train.py", "--data-dir", data_dir, "--out-dir", tmp_path, *TINY_FLAGS, "--max-iters=20", check=False)
+    assert proc.returncode == 2 and "already holds a run" in proc.stderr and "--overwrite" in proc.stderr
+    assert (tmp_path / "rope_seed1337" / "metrics.csv").read_text() == before  # untouched
+    run("train.py", "--data-dir", data_dir, "--out-dir", tmp_path, *TINY_FLAGS, "--max-iters=20", "--overwrite")
+    assert metrics(tmp_path / "rope_seed1337")[-1][0] == 20
+
+
+def test_resume_refuses_a_changed_config_or_a_missing_checkpoint(data_dir, tmp_path):
+    run("train.py", "--data-dir", data_dir, "--out-dir", tmp_path, *TINY_FLAGS)
+    proc = run("train.py", "--data-dir", data_dir, "--out-dir", tmp_path, *TINY_FLAGS, "--n-layer=3", "--resume",
+               check=False)
+    assert proc.returncode == 2 and "config differs" in proc.stderr and "n_layer" in proc.stderr
+    proc = run("train.py", "--data-dir", data_dir, "--out-dir", tmp_path, *TINY_FLAGS, "--run-name=new", "--resume",
+               check=False)
+    assert proc.returncode == 2 and "no last.pt to resume from" in proc.stderr
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
+    proc = run("train.py", "--data-dir", data_dir, "--out-dir", tmp_path, *TINY_FLAGS, "--learning-rate=1e12",
+               "--warmup-iters=0", "--grad-clip=0", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "became nan" in proc.stderr or "became inf" in proc.stderr
+    ckpt = torch.load(tmp_path / "rope_seed1337" / "ckpt.pt", weights_only=True)
+    assert ckpt["step"] == 0 and all(torch.isfinite(t).all() for t in ckpt["model"].values())
+
+
+def test_torchrun_two_processes_match_one_process_with_the_same_global_batch(data_dir, tmp_path):
+    flags = ["--data-dir", str(data_dir), *TINY_FLAGS, "--gradient-accumulation-steps=2"]
+    run("train.py", *flags, "--out-dir", tmp_path / "single")
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", str(ROOT / "train.py"), *flags,
+                           "--out-dir", str(tmp_path / "ddp")], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    single, ddp = metrics(tmp_path / "single" / "rope_seed1337"), metrics(tmp_path / "ddp" / "rope_seed1337")
+    # Same batches, gradients averaged by all-reduce instead of summed in place: equal up to
+    # float rounding, which 30 Adam steps amplify a little.
+    assert_same_rows(ddp, single, tol=1e-4)
+    assert single[-1][2] < single[0][2] - 0.5  # and it trained
+    summary = (tmp_path / "ddp" / "rope_seed1337" / "summary.json").read_text()
+    assert '"processes": 2' in summary
