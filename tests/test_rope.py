@@ -41,7 +41,7 @@ def test_complex_form_equals_rotation_matrices():
     torch.testing.assert_close(got, rotate_by_matrices(x, theta=500.0), atol=1e-5, rtol=1e-5)
 
 
-def test_model_real_form_equals_complex_form():
+def test_model_rotation_is_the_reference_form_at_any_offset():
     cfg = GPTConfig(n_embd=64, n_head=4, pos_encoding="rope")
     rope = RotaryPositionalEncoding(cfg)
     torch.manual_seed(1)
@@ -51,6 +51,8 @@ def test_model_real_form_equals_complex_form():
         rq, rk = rope.rotate(q, k, range(start, start + 10))
         torch.testing.assert_close(rq, apply_rotary_embeddings(q, freqs[start:start + 10]), atol=1e-6, rtol=1e-5)
         torch.testing.assert_close(rk, apply_rotary_embeddings(k, freqs[start:start + 10]), atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(rq, rotate_by_matrices(torch.cat([torch.zeros(2, 4, start, 16), q], 2))[:, :, start:],
+                                   atol=1e-5, rtol=1e-5)
 
 
 def test_dot_product_depends_only_on_relative_position():

@@ -1,0 +1,150 @@
+"""
+How fast is each positional encoding? Times training steps and sampling on this machine.
+
+  python bench.py                                 # CPU config, all encodings
+  python bench.py --pos-encodings rope,learned --json bench.json
+
+Training: after a warm-up, rounds of `--steps` optimizer steps per encoding, the encodings
+interleaved (rotated each round) so that drift in the machine's speed hits all alike; the
+median round gives ms/iter. Peak: the best GFLOP/s of square float32 matmuls with the same
+thread count, measured in the same run. Model FLOPs per step are counted from the shapes
+(see `flops_per_step`), so MFU = FLOPs per step / step time / peak.
+Sampling: `--samples` sequences of `--sample-tokens` characters from "\\n" as one batch,
+without and with the KV cache; the two must give the same tokens.
+"""
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from common import ArgumentParser, UserError, load_meta, run_cli, write_json
+from model import GPT, POS_ENCODINGS
+from train import TrainConfig, Trainer, read_config_file
+
+DEFAULT_CONFIG = "config/shakespeare_char_cpu.toml"
+
+
+def flops_per_step(mc, batch_size, grad_accum=1):
+    """Training FLOPs of one optimizer step, counted from the shapes.
+
+    Per token, forward: 2 FLOPs per weight of every matmul (q/k/v, attention output, the two
+    MLP layers: 12 C^2 per layer, plus the lm_head's C x vocab), and the attention itself:
+    q.k^T and att.v, 2 x 2 x T x C per layer (the full T x T square, as nanoGPT/PaLM count
+    it, though causal kernels may skip the masked half). Backward costs twice the forward.
+    Element-wise work (LayerNorm, GELU, softmax, RoPE, AdamW) is not counted."""
+    C, L, T = mc.n_embd, mc.n_layer, mc.block_size
+    matmul_weights = L * 12 * C * C + C * mc.vocab_size
+    forward_per_token = 2 * matmul_weights + L * 4 * T * C
+    return 3 * forward_per_token * T * batch_size * grad_accum
+
+
+def matmul_peak(sizes=(256, 512, 1024, 2048), repeats=5):
+    """Best float32 matmul throughput (GFLOP/s) over a few square sizes, median of repeats."""
+    best = 0.0
+    for n in sizes:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        for _ in range(2):
+            a @ b  # warm-up
+        reps = max(3, int(2e9 / (2 * n ** 3)))  # about 2 GFLOP per timing
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                a @ b
+            times.append((time.perf_counter() - t0) / reps)
+        best = max(best, 2 * n ** 3 / statistics.median(times) / 1e9)
+    return best
+
+
+def time_training(cfg, encodings, vocab_size, steps, rounds, warmup):
+    trainers = {enc: Trainer(TrainConfig(**{**vars(cfg), "pos_encoding": enc}), vocab_size, "cpu")
+                for enc in encodings}
+    for trainer in trainers.values():
+        for _ in range(warmup):
+            trainer.step()
+    times = {enc: [] for enc in encodings}
+    for r in range(rounds):
+        order = encodings[r % len(encodings):] + encodings[:r % len(encodings)]
+        for enc in order:
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                trainers[enc].step()
+            times[enc].append((time.perf_counter() - t0) / steps)
+    mc = next(iter(trainers.values())).model_config
+    return {enc: 1000 * statistics.median(t) for enc, t in times.items()}, mc
+
+
+def time_sampling(model_config, enc, samples, tokens, seed=0):
+    model = GPT(type(model_config)(**{**vars(model_config), "pos_encoding": enc}), seed=seed).eval()
+    idx = torch.zeros(samples, 1, dtype=torch.long)  # "\n" is id 0 in the character vocabulary
+    out, secs = {}, {}
+    for use_cache in (False, True):
+        t0 = time.perf_counter()
+        out[use_cache] = model.generate(idx, tokens, temperature=0.8, top_k=200, use_cache=use_cache,
+                                        generator=torch.Generator().manual_seed(seed))
+        secs[use_cache] = time.perf_counter() - t0
+    return {"no_cache_s": secs[False], "cache_s": secs[True], "speedup": secs[False] / secs[True],
+            "same_tokens": bool(torch.equal(out[False], out[True]))}
+
+
+def main():
+    parser = ArgumentParser(description=__doc__, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+    parser.add_argument("config", nargs="?", default=DEFAULT_CONFIG, help=f"TOML config (default: {DEFAULT_CONFIG})")
+    parser.add_argument("--pos-encodings", default="all", help="comma-separated encodings or 'all' (default: all)")
+    parser.add_argument("--data-dir", default="data/shakespeare_char", help="prepared data for the batches")
+    parser.add_argument("--steps", type=int, default=20, help="optimizer steps per timed round (default: 20)")
+    parser.add_argument("--rounds", type=int, default=7, help="timed rounds per encoding (default: 7)")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed steps per encoding first (default: 10)")
+    parser.add_argument("--samples", type=int, default=10, help="sequences sampled as one batch (default: 10)")
+    parser.add_argument("--sample-tokens", type=int, default=500, help="characters per sample (default: 500)")
+    parser.add_argument("--no-sampling", action="store_true", help="skip the sampling benchmark")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    parser.add_argument("--json", help="also write the figures to this JSON file")
+    args = parser.parse_args()
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    encodings = list(POS_ENCODINGS) if args.pos_encodings == "all" else args.pos_encodings.split(",")
+    unknown = [e for e in encodings if e not in POS_ENCODINGS]
+    if unknown:
+        raise UserError(f"unknown encoding(s) {', '.join(unknown)}; choose from {', '.join(POS_ENCODINGS)}")
+    cfg = TrainConfig(**{**read_config_file(args.config), "data_dir": args.data_dir, "progress": False})
+    vocab_size = load_meta(args.data_dir)["vocab_size"]
+
+    peak = matmul_peak()
+    ms, mc = time_training(cfg, encodings, vocab_size, args.steps, args.rounds, args.warmup)
+    flops = flops_per_step(mc, cfg.batch_size, cfg.gradient_accumulation_steps)
+    tokens = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
+    ref = ms.get("learned")
+
+    print(f"{Path(args.config).stem}: {mc.n_layer} layers, {mc.n_embd} wide, block {mc.block_size}, "
+          f"batch {cfg.batch_size}; {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"matmul peak: {peak:.1f} GFLOP/s (float32); model: {flops / 1e9:.2f} GFLOP per training step\n")
+    print(f"{'encoding':<12}{'ms/iter':>9}{'tokens/s':>11}{'vs learned':>12}{'GFLOP/s':>9}{'MFU':>7}")
+    results = {"config": args.config, "threads": torch.get_num_threads(), "torch": torch.__version__,
+               "matmul_peak_gflops": peak, "flops_per_step": flops, "training": {}, "sampling": {}}
+    for enc in encodings:
+        gflops = flops / (ms[enc] / 1000) / 1e9
+        rel = ms[enc] / ref if ref else float("nan")
+        results["training"][enc] = {"ms_per_iter": ms[enc], "tokens_per_s": tokens / (ms[enc] / 1000),
+                                    "relative_to_learned": rel, "gflops": gflops, "mfu": gflops / peak}
+        print(f"{enc:<12}{ms[enc]:>9.2f}{tokens / (ms[enc] / 1000):>11,.0f}{rel:>11.3f}x{gflops:>9.1f}"
+              f"{100 * gflops / peak:>6.0f}%")
+
+    if not args.no_sampling:
+        print(f"\nsampling {args.samples} x {args.sample_tokens} characters from '\\n' as one batch:")
+        print(f"{'encoding':<12}{'no cache':>10}{'KV cache':>10}{'speed-up':>10}  same tokens")
+        for enc in encodings:
+            r = time_sampling(mc, enc, args.samples, args.sample_tokens)
+            results["sampling"][enc] = r
+            print(f"{enc:<12}{r['no_cache_s']:>9.2f}s{r['cache_s']:>9.2f}s{r['speedup']:>9.1f}x  {r['same_tokens']}")
+    if args.json:
+        write_json(args.json, results)
+        print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
