@@ -13,7 +13,8 @@ Sampling: `--samples` sequences of `--sample-tokens` characters from "\\n" as on
 without and with the KV cache; the two must give the same tokens.
 """
 
-import json
+import argparse
+import os
 import statistics
 import time
 from pathlib import Path
@@ -82,6 +83,7 @@ def time_sampling(model_config, enc, samples, tokens, seed=0):
     idx = torch.zeros(samples, 1, dtype=torch.long)  # "\n" is id 0 in the character vocabulary
     out, secs = {}, {}
     for use_cache in (False, True):
+        model.generate(idx, 2 * model_config.block_size, use_cache=use_cache)  # warm-up, crossing a cut
         t0 = time.perf_counter()
         out[use_cache] = model.generate(idx, tokens, temperature=0.8, top_k=200, use_cache=use_cache,
                                         generator=torch.Generator().manual_seed(seed))
@@ -91,7 +93,7 @@ def time_sampling(model_config, enc, samples, tokens, seed=0):
 
 
 def main():
-    parser = ArgumentParser(description=__doc__, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", nargs="?", default=DEFAULT_CONFIG, help=f"TOML config (default: {DEFAULT_CONFIG})")
     parser.add_argument("--pos-encodings", default="all", help="comma-separated encodings or 'all' (default: all)")
     parser.add_argument("--data-dir", default="data/shakespeare_char", help="prepared data for the batches")
@@ -120,6 +122,9 @@ def main():
     tokens = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
     ref = ms.get("learned")
 
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    if load > 0.5 * (os.cpu_count() or 1):
+        print(f"warning: load average {load:.1f} on {os.cpu_count()} cores: other work skews these figures")
     print(f"{Path(args.config).stem}: {mc.n_layer} layers, {mc.n_embd} wide, block {mc.block_size}, "
           f"batch {cfg.batch_size}; {torch.get_num_threads()} threads, torch {torch.__version__}")
     print(f"matmul peak: {peak:.1f} GFLOP/s (float32); model: {flops / 1e9:.2f} GFLOP per training step\n")

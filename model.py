@@ -391,21 +391,23 @@ class GPT(nn.Module):
         With and without the cache the model sees the same contexts and, for the same
         generator, samples the same tokens."""
         block, keep = self.config.block_size, max(1, self.config.block_size // 2)
-        context = idx[:, -block:] if idx.size(1) > block else idx
-        cache = None
-        new_tokens = context  # what the next forward pass must process
-        for _ in range(max_new_tokens):
+        B, T0 = idx.shape
+        out = torch.empty(B, T0 + max_new_tokens, dtype=idx.dtype, device=idx.device)  # filled as we go
+        out[:, :T0] = idx
+        start = max(0, T0 - block)  # the context is out[:, start:end]
+        cache, new_from = None, start  # tokens from new_from on have not been through the model yet
+        for end in range(T0, T0 + max_new_tokens):
             if use_cache and cache is None:
-                cache = KVCache(self.config, idx.size(0), idx.device, self.lm_head.weight.dtype)
-            logits, _ = self(new_tokens if use_cache else context, cache=cache)
+                cache = KVCache(self.config, B, idx.device, self.lm_head.weight.dtype)
+            logits, _ = self(out[:, new_from if use_cache else start:end], cache=cache)
             logits = logits[:, -1, :] / temperature
             if top_k is not None and top_k < logits.size(-1):  # (top_k >= vocab keeps everything)
                 v, _ = torch.topk(logits, top_k)
                 logits[logits < v[:, [-1]]] = -float("inf")
             probs = F.softmax(logits, dim=-1)
-            idx_next = torch.multinomial(probs, num_samples=1, generator=generator)
-            idx = torch.cat((idx, idx_next), dim=1)
-            context, new_tokens = torch.cat((context, idx_next), dim=1), idx_next
-            if context.size(1) > block:  # window full: cut it back, rebuild the cache from it
-                context, new_tokens, cache = context[:, -keep:], context[:, -keep:], None
-        return idx
+            out[:, end] = torch.multinomial(probs, num_samples=1, generator=generator)[:, 0]
+            new_from = end
+            if end + 1 - start > block:  # window full: cut it back, rebuild the cache from it
+                start = new_from = end + 1 - keep
+                cache = None
+        return out
