@@ -22,9 +22,11 @@ from pathlib import Path
 
 import torch
 
-from common import UserError, run_cli, write_text
+from common import UserError, pick_device, run_cli, write_text
+from evaluate import evaluate_runs, format_table, write_outputs
 from model import POS_ENCODINGS
 from plot import LABELS, plot_runs
+from plot_rope import plot_rope
 from sample import load_model, sample
 from train import add_config_flags, build_parser, config_from_args, train
 
@@ -100,6 +102,9 @@ def main():
     parser.add_argument("--seeds", default="1337", help="comma-separated seeds, one run per encoding and seed (default: 1337)")
     parser.add_argument("--plots-dir", default="plots", help="where plots and tables go (default: plots)")
     parser.add_argument("--sample-tokens", type=int, default=500, help="length of each sample in samples.md (default: 500)")
+    parser.add_argument("--extrapolate", action="store_true",
+                        help="afterwards, evaluate every run at 1x, 2x, 4x, 8x its block size (evaluate.py) and "
+                             "draw the RoPE decay picture (plot_rope.py)")
     add_config_flags(parser, exclude=("pos_encoding", "run_name", "seed"))
     args = parser.parse_args()
 
@@ -120,13 +125,23 @@ def main():
             cfg = config_from_args(args, pos_encoding=enc, seed=seed, run_name=f"{group}/{enc}_seed{seed}")
             summaries.setdefault(enc, []).append(run_or_reuse(cfg))
             run_dirs.append(Path(cfg.out_dir) / cfg.run_name)
-    total = time.time() - t0
 
     plots_dir = Path(args.plots_dir)
     plot_runs(run_dirs, plots_dir)
+    extrapolation = ""
+    if args.extrapolate:
+        t_eval = time.time()
+        cfg = config_from_args(args)
+        results = evaluate_runs(run_dirs, device=pick_device(cfg.device), progress=cfg.progress)
+        write_outputs(results, plots_dir)
+        plot_rope(cfg.n_embd // cfg.n_head, cfg.rope_theta, cfg.block_size, plots_dir / "rope_decay.png")
+        extrapolation = (f"## Length extrapolation (val loss; evaluate.py, {time.time() - t_eval:.0f} s)\n\n"
+                         f"```text\n{format_table(results)}\n```\n\n")
+        print(format_table(results))
+    total = time.time() - t0
     command = "python " + " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
     write_text(plots_dir / "results.md",
-               f"# Results: {group}\n\n{results_table(summaries)}\n\n"
+               f"# Results: {group}\n\n{results_table(summaries)}\n\n{extrapolation}"
                f"Machine: {machine()}.  \nWall time of the comparison: {total:.0f} s "
                f"(runs reused from earlier count 0).  \nRegenerate with `{command}`.\n")
 
@@ -139,6 +154,7 @@ def main():
 
     print(results_table(summaries))
     print(f"wrote {plots_dir}/train_loss.png, val_loss.png, results.md, samples.md")
+    total = time.time() - t0
     print(f"total wall time: {total:.0f} s ({total / 60:.1f} min)")
 
 

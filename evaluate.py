@@ -43,7 +43,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from common import (UserError, atomic_write, load_checkpoint, load_meta, load_tokens, pick_device,  # noqa: E402
+from common import (ArgumentParser, UserError, atomic_write, load_checkpoint, load_meta, load_tokens, pick_device,  # noqa: E402
                     run_cli, write_json)
 from model import GPT, GPTConfig  # noqa: E402
 from plot import COLORS, LABELS, find_runs  # noqa: E402
@@ -394,7 +394,7 @@ def positive_int(text):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="*", default=["out"],
                         help="run directories, or folders to search for them (default: out)")
     parser.add_argument("--lengths", type=parse_lengths, default=None,

@@ -81,6 +81,12 @@ def apply_rotary_embeddings(x, freqs_complex):
 # -----------------------------------------------------------------------------
 # Positional encodings. To add one: subclass, override a hook, register it.
 
+
+def table_mode():
+    """For building cached position tables: a table first built while sampling or evaluating
+    (inference mode) must still be usable by a later training step."""
+    return torch.inference_mode(False)
+
 POS_ENCODINGS = {}
 
 
@@ -168,8 +174,9 @@ class RotaryPositionalEncoding(PositionalEncoding):
 
     def rotate(self, q, k, pos):
         if self.freqs.shape[0] < pos.stop or self.freqs.device != q.device:
-            self.freqs = precompute_theta_pos_frequencies(
-                self.head_dim, max(pos.stop, 2 * self.freqs.shape[0]), self.theta, q.device, self.position_scale)
+            with table_mode():
+                self.freqs = precompute_theta_pos_frequencies(
+                    self.head_dim, max(pos.stop, 2 * self.freqs.shape[0]), self.theta, q.device, self.position_scale)
         freqs = self.freqs[pos.start:pos.stop]  # (T, head_dim/2)
         return apply_rotary_embeddings(q, freqs), apply_rotary_embeddings(k, freqs)
 
@@ -193,7 +200,8 @@ class SinusoidalPositionalEncoding(PositionalEncoding):
 
     def embed(self, x, pos):
         if self.table.shape[0] < pos.stop or self.table.device != x.device:
-            self.table = sinusoidal_table(max(pos.stop, 2 * self.table.shape[0]), self.n_embd, x.device)
+            with table_mode():
+                self.table = sinusoidal_table(max(pos.stop, 2 * self.table.shape[0]), self.n_embd, x.device)
         return x * math.sqrt(self.n_embd) + self.table[pos.start:pos.stop].to(x.dtype)
 
 

@@ -26,7 +26,7 @@ matplotlib.use("Agg")  # files only, no window
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from common import UserError, atomic_write, run_cli  # noqa: E402
+from common import ArgumentParser, UserError, atomic_write, run_cli  # noqa: E402
 
 
 def frequencies(head_dim, theta=10000.0):
@@ -99,7 +99,7 @@ def read_run_config(run_dir):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--head-dim", type=int, default=None, help="channels per attention head (default: 32)")
     parser.add_argument("--theta", type=float, default=None, help="RoPE base (default: 10000)")
     parser.add_argument("--block-size", type=int, default=None, help="training context length (default: 64)")

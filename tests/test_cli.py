@@ -158,3 +158,17 @@ def test_config_file_is_data_with_checked_keys_and_types(workspace, tmp_path):
     config = json.loads((tmp_path / "o" / "rope_seed1337" / "config.json").read_text())
     assert config["weight_decay"] == 0.05 and config["rope_theta"] == 500.0  # from the file (int accepted as float)
     assert config["max_iters"] == 30  # the flag wins
+
+
+def test_compare_extrapolate_writes_the_study(workspace, tmp_path):
+    args = ["--data-dir", workspace / "data", "--out-dir", tmp_path / "out", "--plots-dir", tmp_path / "plots",
+            "--pos-encodings", "rope,learned", "--seeds", "1,2", "--sample-tokens", 20, "--extrapolate", *TINY_FLAGS]
+    run("compare.py", *args)
+    for name in ("extrapolation.png", "loss_by_position.png", "rope_decay.png", "train_loss.png"):
+        assert (tmp_path / "plots" / name).read_bytes().startswith(PNG_MAGIC), name
+    results = (tmp_path / "plots" / "results.md").read_text()
+    assert "## Length extrapolation" in results and "n/a" in results  # learned past its table
+    study = json.loads((tmp_path / "plots" / "extrapolation.json").read_text())
+    assert study  # written by evaluate.py's write_outputs
+    rows = [ln for ln in results.splitlines() if ln.startswith("| RoPE")]
+    assert len(rows) == 1 and " ± " in rows[0] and rows[0].rstrip().endswith("| 2 |")  # mean ± std of 2 seeds

@@ -100,3 +100,14 @@ def test_sampling_with_and_without_cache_gives_the_same_tokens(enc):
     without = model.generate(idx, generator=torch.Generator().manual_seed(5), use_cache=False, **kwargs)
     assert with_cache.shape == (4, 51)
     assert torch.equal(with_cache, without)
+
+
+@pytest.mark.parametrize("enc", POS_ENCODINGS)
+def test_tables_built_during_inference_still_train(enc):
+    model = GPT(GPTConfig(**SMALL, pos_encoding=enc), seed=0)
+    idx = torch.randint(0, 20, (2, 16))
+    with torch.inference_mode():
+        model(idx, idx)  # evaluation first, as train.py does at step 0
+    _, loss = model(idx, idx)
+    loss.backward()
+    assert model.transformer.wte.weight.grad is not None
