@@ -1,13 +1,18 @@
-# make experiment : venv + data + the three-encoding comparison on the CPU config (a few minutes)
-# make test       : venv + the test suite
-# SHAKESPEARE_INPUT=/path/to/input.txt make experiment   works offline
+# make experiment      venv + data + rope/learned/none on the CPU config, 3 seeds, extrapolation study -> plots/
+# make experiment-all  the same for all five encodings -> plots/all/ (reuses the runs above)
+# make test            venv + the test suite
+# make bench           speed of each encoding on this machine
+# SHAKESPEARE_INPUT=/path/to/input.txt make experiment    works offline
+# SEEDS=1337 make experiment                             one seed: a quick look
 
 PYTHON_SYS ?= python3
 VENV       ?= .venv
 PY         := $(VENV)/bin/python
 DATA       := data/shakespeare_char/meta.json
+CONFIG     ?= config/shakespeare_char_cpu.toml
+SEEDS      ?= 1337,1338,1339
 
-.PHONY: experiment test data clean
+.PHONY: experiment experiment-all test bench data clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON_SYS) -m venv $(VENV)
@@ -20,10 +25,16 @@ $(DATA): | $(VENV)/.installed
 data: $(DATA)
 
 experiment: $(VENV)/.installed $(DATA)
-	$(PY) compare.py config/shakespeare_char_cpu.toml
+	$(PY) compare.py $(CONFIG) --seeds $(SEEDS) --extrapolate
+
+experiment-all: $(VENV)/.installed $(DATA)
+	$(PY) compare.py $(CONFIG) --pos-encodings all --seeds $(SEEDS) --extrapolate --plots-dir plots/all
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q tests
+
+bench: $(VENV)/.installed $(DATA)
+	$(PY) bench.py --json plots/bench.json
 
 clean:
 	rm -rf out
