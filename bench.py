@@ -1,5 +1,5 @@
 """
-How fast is each positional encoding? Times training steps and sampling on this machine.
+How fast is each positional encoding? Times training steps and sampling on this machine's CPU.
 
   python bench.py                                 # CPU config, all encodings
   python bench.py --pos-encodings rope,learned --json bench.json
@@ -21,11 +21,10 @@ from pathlib import Path
 
 import torch
 
-from common import ArgumentParser, UserError, load_meta, run_cli, write_json
-from model import GPT, POS_ENCODINGS
+from common import CPU_CONFIG, ArgumentParser, load_meta, parse_encodings, positive, run_cli, write_json
+from model import GPT
 from train import TrainConfig, Trainer, read_config_file
 
-DEFAULT_CONFIG = "config/shakespeare_char_cpu.toml"
 
 
 def flops_per_step(mc, batch_size, grad_accum=1):
@@ -94,14 +93,14 @@ def time_sampling(model_config, enc, samples, tokens, seed=0):
 
 def main():
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config", nargs="?", default=DEFAULT_CONFIG, help=f"TOML config (default: {DEFAULT_CONFIG})")
+    parser.add_argument("config", nargs="?", default=CPU_CONFIG, help=f"TOML config (default: {CPU_CONFIG})")
     parser.add_argument("--pos-encodings", default="all", help="comma-separated encodings or 'all' (default: all)")
     parser.add_argument("--data-dir", default="data/shakespeare_char", help="prepared data for the batches")
-    parser.add_argument("--steps", type=int, default=20, help="optimizer steps per timed round (default: 20)")
-    parser.add_argument("--rounds", type=int, default=7, help="timed rounds per encoding (default: 7)")
+    parser.add_argument("--steps", type=positive(int), default=20, help="optimizer steps per timed round (default: 20)")
+    parser.add_argument("--rounds", type=positive(int), default=7, help="timed rounds per encoding (default: 7)")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps per encoding first (default: 10)")
-    parser.add_argument("--samples", type=int, default=10, help="sequences sampled as one batch (default: 10)")
-    parser.add_argument("--sample-tokens", type=int, default=500, help="characters per sample (default: 500)")
+    parser.add_argument("--samples", type=positive(int), default=10, help="sequences sampled as one batch (default: 10)")
+    parser.add_argument("--sample-tokens", type=positive(int), default=500, help="characters per sample (default: 500)")
     parser.add_argument("--no-sampling", action="store_true", help="skip the sampling benchmark")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     parser.add_argument("--json", help="also write the figures to this JSON file")
@@ -109,10 +108,7 @@ def main():
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    encodings = list(POS_ENCODINGS) if args.pos_encodings == "all" else args.pos_encodings.split(",")
-    unknown = [e for e in encodings if e not in POS_ENCODINGS]
-    if unknown:
-        raise UserError(f"unknown encoding(s) {', '.join(unknown)}; choose from {', '.join(POS_ENCODINGS)}")
+    encodings = parse_encodings(args.pos_encodings)
     cfg = TrainConfig(**{**read_config_file(args.config), "data_dir": args.data_dir, "progress": False})
     vocab_size = load_meta(args.data_dir)["vocab_size"]
 

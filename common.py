@@ -1,6 +1,7 @@
 """Small pieces shared by the scripts: user-facing errors, atomic files, data and checkpoints."""
 
 import argparse
+import csv
 import json
 import os
 import sys
@@ -9,6 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from model import GPT, POS_ENCODINGS, GPTConfig
+
+CPU_CONFIG = "config/shakespeare_char_cpu.toml"  # the default of compare.py and bench.py
 
 
 class UserError(Exception):
@@ -20,6 +25,16 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message):
         raise UserError(f"{message} (see --help)")
+
+
+def parse_encodings(text):
+    """'rope,learned' -> ['rope', 'learned']; 'all' -> every registered encoding."""
+    encodings = list(POS_ENCODINGS) if text == "all" else [e.strip() for e in text.split(",") if e.strip()]
+    unknown = [e for e in encodings if e not in POS_ENCODINGS]
+    if unknown or not encodings:
+        raise UserError(f"unknown encoding(s) {', '.join(unknown) or '(none given)'}; choose from"
+                        f" {', '.join(POS_ENCODINGS)} or 'all'")
+    return encodings
 
 
 def run_cli(main):
@@ -72,12 +87,44 @@ def load_meta(data_dir):
             f"prepared data not found ({missing[0]}); run `python prepare_shakespeare.py` first"
             f" (or pass --data-dir)"
         )
-    return json.loads(meta_path.read_text(encoding="utf-8"))
+    return read_json(meta_path, "run `python prepare_shakespeare.py` again")
+
+
+def read_json(path, fix):
+    """A JSON file written by this project; a damaged one is a UserError that says how to fix it."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {path} ({type(e).__name__}); {fix}") from None
+
+
+def read_metrics(path):
+    """Rows of a metrics.csv as dicts of strings, skipping a half-written last line (a killed run)."""
+    with open(path, newline="") as f:
+        return [r for r in csv.DictReader(f) if None not in r.values() and "" not in r.values()]
+
+
+def positive(kind):
+    """argparse type: a number of `kind` that must be > 0."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+    return parse
 
 
 def load_tokens(data_dir, split):
     """A split's token ids as an int64 tensor (tiny Shakespeare is 2 MB: keep it in memory)."""
-    return torch.from_numpy(np.fromfile(Path(data_dir) / f"{split}.bin", dtype=np.uint16).astype(np.int64))
+    tokens = np.fromfile(Path(data_dir) / f"{split}.bin", dtype=np.uint16)
+    expected = load_meta(data_dir)[f"{split}_tokens"]
+    if len(tokens) != expected:  # e.g. an interrupted prepare_shakespeare.py
+        raise UserError(f"{data_dir}/{split}.bin has {len(tokens)} tokens, meta.json says {expected};"
+                        f" run `python prepare_shakespeare.py` again")
+    return torch.from_numpy(tokens.astype(np.int64))
 
 
 class Vocab:
@@ -134,3 +181,14 @@ def load_checkpoint(path, device="cpu", kind="model"):
     if not isinstance(ckpt, dict) or not CHECKPOINT_KEYS[kind] <= ckpt.keys():
         raise UserError(f"{path} is not a checkpoint written by train.py")
     return ckpt
+
+
+def build_model(ckpt, device="cpu", **overrides):
+    """The model of a checkpoint (ckpt.pt) in eval mode; `overrides` change GPTConfig fields
+    that own no weights (e.g. rope_scaling)."""
+    try:
+        model = GPT(GPTConfig(**{**ckpt["model_args"], **overrides}))
+        model.load_state_dict(ckpt["model"])
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise UserError(f"the checkpoint does not fit this version of model.py ({str(e).splitlines()[0][:150]})")
+    return model.to(device).eval()

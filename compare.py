@@ -12,7 +12,6 @@ matches and that has finished (summary.json) is reused, not retrained. Writes
 """
 
 import json
-from dataclasses import asdict
 import os
 import platform
 import statistics
@@ -22,41 +21,29 @@ from pathlib import Path
 
 import torch
 
-from common import UserError, pick_device, run_cli, write_text
+from common import CPU_CONFIG, UserError, parse_encodings, pick_device, run_cli, write_text
 from evaluate import evaluate_runs, format_table, write_outputs
 from model import POS_ENCODINGS
 from plot import LABELS, plot_runs
 from plot_rope import plot_rope
 from sample import load_model, sample
-from train import add_config_flags, build_parser, config_from_args, train
+from train import add_config_flags, build_parser, config_differences, config_from_args, train
 
-DEFAULT_CONFIG = "config/shakespeare_char_cpu.toml"
 ARTICLE_ENCODINGS = ["rope", "learned", "none"]
 
 
-def parse_list(text, kind=str):
-    return [kind(item) for item in text.split(",") if item.strip()]
-
-
-def same_config(cfg, run_dir):
-    """Does run_dir hold a run of exactly this config? (settings that do not change results aside)"""
-    try:
-        old = json.loads((run_dir / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    new = json.loads(json.dumps(asdict(cfg)))  # as JSON holds it
-    ignore = ("progress",)
-    return {k: v for k, v in old.items() if k not in ignore} == {k: v for k, v in new.items() if k not in ignore}
-
-
-def run_or_reuse(cfg):
-    """A finished run with this config is reused, an interrupted one resumed; anything else in
-    its directory (another config) is replaced."""
+def run_or_reuse(cfg, overwrite):
+    """A finished run with this config is reused and an interrupted one resumed; a run of
+    another config in the same directory is replaced only with --overwrite."""
     run_dir = Path(cfg.out_dir) / cfg.run_name
-    if same_config(cfg, run_dir) and (run_dir / "summary.json").exists():
+    changed = config_differences(run_dir, cfg)
+    if changed == [] and (run_dir / "summary.json").exists():
         print(f"{cfg.run_name}: finished earlier, reusing it")
         return json.loads((run_dir / "summary.json").read_text())
-    resume = same_config(cfg, run_dir) and (run_dir / "last.pt").exists()
+    if changed and not overwrite:
+        raise UserError(f"{run_dir} holds a run with other settings ({', '.join(changed)}); --overwrite replaces"
+                        f" it, --out-dir elsewhere keeps both")
+    resume = changed == [] and (run_dir / "last.pt").exists()
     if resume:
         print(f"{cfg.run_name}: resuming the interrupted run")
     summary = train(cfg, resume=resume, overwrite=True)
@@ -95,35 +82,35 @@ def machine():
 
 def main():
     parser = build_parser(__doc__)
-    parser.set_defaults(config=DEFAULT_CONFIG)
+    parser.set_defaults(config=CPU_CONFIG)
     parser.add_argument("--pos-encodings", default=",".join(ARTICLE_ENCODINGS),
                         help=f"comma-separated encodings, or 'all' ({', '.join(POS_ENCODINGS)}); "
                              f"default: {','.join(ARTICLE_ENCODINGS)}")
     parser.add_argument("--seeds", default="1337", help="comma-separated seeds, one run per encoding and seed (default: 1337)")
     parser.add_argument("--plots-dir", default="plots", help="where plots and tables go (default: plots)")
     parser.add_argument("--sample-tokens", type=int, default=500, help="length of each sample in samples.md (default: 500)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="retrain runs whose directory holds a run with other settings (default: refuse)")
     parser.add_argument("--extrapolate", action="store_true",
                         help="afterwards, evaluate every run at 1x, 2x, 4x, 8x its block size (evaluate.py) and "
                              "draw the RoPE decay picture (plot_rope.py)")
     add_config_flags(parser, exclude=("pos_encoding", "run_name", "seed"))
     args = parser.parse_args()
 
-    encodings = list(POS_ENCODINGS) if args.pos_encodings == "all" else parse_list(args.pos_encodings)
-    unknown = [e for e in encodings if e not in POS_ENCODINGS]
-    if unknown or not encodings:
-        raise UserError(f"unknown encoding(s) {', '.join(unknown)}; choose from {', '.join(POS_ENCODINGS)} or 'all'")
+    encodings = parse_encodings(args.pos_encodings)
     try:
-        seeds = parse_list(args.seeds, int)
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
         raise UserError(f"--seeds takes comma-separated integers, got {args.seeds!r}") from None
     group = Path(args.config).stem
+    out_dir = config_from_args(args).out_dir  # the flag, the config file's value, or the default
 
     t0 = time.time()
     summaries, run_dirs = {}, []
     for enc in encodings:
         for seed in seeds:
             cfg = config_from_args(args, pos_encoding=enc, seed=seed, run_name=f"{group}/{enc}_seed{seed}")
-            summaries.setdefault(enc, []).append(run_or_reuse(cfg))
+            summaries.setdefault(enc, []).append(run_or_reuse(cfg, args.overwrite))
             run_dirs.append(Path(cfg.out_dir) / cfg.run_name)
 
     plots_dir = Path(args.plots_dir)
@@ -142,12 +129,13 @@ def main():
     command = "python " + " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
     write_text(plots_dir / "results.md",
                f"# Results: {group}\n\n{results_table(summaries)}\n\n{extrapolation}"
-               f"Machine: {machine()}.  \nWall time of the comparison: {total:.0f} s "
-               f"(runs reused from earlier count 0).  \nRegenerate with `{command}`.\n")
+               f"Machine: {machine()}.  \nWall time of this command up to here: {total:.0f} s "
+               f"(training{' and extrapolation' if args.extrapolate else ''}; a run reused from an earlier "
+               f"invocation costs nothing).  \nRegenerate with `{command}`.\n")
 
     parts = [f"# One sample per encoding ({group}, seed {seeds[0]}, prompt: a single newline)\n"]
     for enc in encodings:
-        model, vocab = load_model(Path(args.out_dir) / group / f"{enc}_seed{seeds[0]}")
+        model, vocab = load_model(Path(out_dir) / group / f"{enc}_seed{seeds[0]}")
         text = sample(model, vocab, "\n", 1, args.sample_tokens, temperature=0.8, top_k=200, seed=seeds[0])[0]
         parts.append(f"## {LABELS.get(enc, enc)}\n\n```text\n{text.strip()}\n```\n")
     write_text(plots_dir / "samples.md", "\n".join(parts))

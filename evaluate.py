@@ -19,6 +19,7 @@ the unchanged weights; by default s = L / block_size, so at 1x they equal plain 
 A learned position table has no vectors past the training length: reported as n/a.
 Several seeds of one encoding are averaged (their std goes to the JSON).
 
+Each run is measured with its best-val checkpoint (ckpt.pt), the weights sample.py uses.
 Writes <plots-dir>/extrapolation.png, loss_by_position.png and extrapolation.json.
 
 Cost: every length covers the whole val split, so each (run, variant, length) is one pass
@@ -43,9 +44,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from common import (ArgumentParser, UserError, atomic_write, load_checkpoint, load_meta, load_tokens, pick_device,  # noqa: E402
-                    run_cli, write_json)
-from model import GPT, GPTConfig  # noqa: E402
+from common import (ArgumentParser, UserError, atomic_write, build_model, load_checkpoint, load_meta,  # noqa: E402
+                    load_tokens, pick_device, positive, run_cli, write_json)
 from plot import COLORS, LABELS, find_runs  # noqa: E402
 
 SCALINGS = ("none", "linear", "ntk")
@@ -81,16 +81,6 @@ def digest(windows):
 
 
 # --- one model ----------------------------------------------------------------
-
-
-def build_model(ckpt, device, rope_scaling="none", factor=None):
-    """A run's trained weights, with RoPE scaling switched on if asked (it owns no parameters)."""
-    args = dict(ckpt["model_args"])
-    if rope_scaling != "none":
-        args.update(rope_scaling=rope_scaling, rope_scaling_factor=float(factor))
-    model = GPT(GPTConfig(**args))
-    model.load_state_dict(ckpt["model"])
-    return model.to(device).eval()
 
 
 def position_limit(model):
@@ -214,7 +204,8 @@ def evaluate_runs(run_dirs, lengths=None, scalings=SCALINGS, scaling_factor=None
         factor = None
         if scaling != "none":
             factor = auto_factor(L, block_size) if scaling_factor is None else scaling_factor
-        model = build_model(ckpts[i], device, scaling, factor)
+        scaled = {} if scaling == "none" else {"rope_scaling": scaling, "rope_scaling_factor": float(factor)}
+        model = build_model(ckpts[i], device, **scaled)  # RoPE scaling owns no weights: same checkpoint
         limit, reason = position_limit(model)
         if limit is not None and L > limit:
             out = reason
@@ -386,13 +377,6 @@ def parse_factor(text):
     return value
 
 
-def positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return value
-
-
 def main():
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="*", default=["out"],
@@ -405,12 +389,12 @@ def main():
     parser.add_argument("--rope-scaling-factor", type=parse_factor, default=None, metavar="F",
                         help="scaling factor s, or 'auto' for s = length / block size at each length (default: auto)")
     parser.add_argument("--data-dir", default=None, help="prepared data (default: the one the runs were trained on)")
-    parser.add_argument("--max-windows", type=positive_int, default=None,
+    parser.add_argument("--max-windows", type=positive(int), default=None,
                         help="evaluate at most this many evenly spaced windows per length (default: all of them,"
                              " i.e. the whole val split)")
     parser.add_argument("--plots-dir", default="plots", help="where to write the PNG files (default: plots)")
     parser.add_argument("--out-json", default=None, help="results file (default: <plots-dir>/extrapolation.json)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default: cpu)")
+    parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps (default: auto)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar")
     args = parser.parse_args()
 

@@ -63,10 +63,11 @@ def precompute_theta_pos_frequencies(head_dim, seq_len, theta=10000.0, device=No
     position_scale < 1 squeezes positions (m -> m * position_scale), as position interpolation does."""
     assert head_dim % 2 == 0, "RoPE rotates pairs of channels: head_dim must be even"
     # theta_j = theta^(-2(j-1)/d) for j = 1 .. d/2
-    theta_j = theta ** (-torch.arange(0, head_dim, 2, device=device, dtype=torch.float64) / head_dim)
-    m = torch.arange(seq_len, device=device, dtype=torch.float64) * position_scale
+    # computed in float64 on the CPU (Apple's mps has no float64), then moved
+    theta_j = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    m = torch.arange(seq_len, dtype=torch.float64) * position_scale
     angles = torch.outer(m, theta_j)  # (seq_len, head_dim/2): m * theta_j
-    return torch.polar(torch.ones_like(angles), angles).to(torch.complex64)
+    return torch.polar(torch.ones_like(angles), angles).to(torch.complex64).to(device)
 
 
 def apply_rotary_embeddings(x, freqs_complex):
@@ -206,11 +207,11 @@ class SinusoidalPositionalEncoding(PositionalEncoding):
 
 
 def sinusoidal_table(seq_len, dim, device=None):
-    m = torch.arange(seq_len, device=device, dtype=torch.float64)[:, None]
-    inv_freq = 10000.0 ** (-torch.arange(0, dim, 2, device=device, dtype=torch.float64) / dim)
-    table = torch.empty(seq_len, dim, device=device, dtype=torch.float64)
+    m = torch.arange(seq_len, dtype=torch.float64)[:, None]  # float64 on the CPU, then moved
+    inv_freq = 10000.0 ** (-torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+    table = torch.empty(seq_len, dim, dtype=torch.float64)
     table[:, 0::2], table[:, 1::2] = torch.sin(m * inv_freq), torch.cos(m * inv_freq)
-    return table.float()
+    return table.float().to(device)
 
 
 @register("alibi")

@@ -9,8 +9,6 @@ Writes <plots-dir>/train_loss.png and val_loss.png. Several runs of one encoding
 """
 
 import argparse
-import csv
-import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -20,7 +18,7 @@ matplotlib.use("Agg")  # files only, no window
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from common import ArgumentParser, UserError, atomic_write, run_cli  # noqa: E402
+from common import ArgumentParser, UserError, atomic_write, read_json, read_metrics, run_cli  # noqa: E402
 
 # The reference article's colours: RoPE blue, learned orange, none green.
 COLORS = {"rope": "tab:blue", "learned": "tab:orange", "none": "tab:green",
@@ -44,19 +42,32 @@ def find_runs(paths):
 
 
 def read_run(run_dir):
-    config = json.loads((run_dir / "config.json").read_text())
-    with open(run_dir / "metrics.csv", newline="") as f:
-        rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    config = read_json(run_dir / "config.json", "is this a run directory written by train.py?")
+    rows = [{k: float(v) for k, v in row.items()} for row in read_metrics(run_dir / "metrics.csv")]
     if not rows:
         raise UserError(f"{run_dir}/metrics.csv has no rows yet")
     return config, {k: np.array([r[k] for r in rows]) for k in rows[0]}
 
 
+# what may differ between the runs drawn in one figure
+PER_RUN = ("pos_encoding", "seed", "run_name", "out_dir", "progress", "device", "compile")
+
+
 def group_by_encoding(runs):
-    """{encoding: [(config, metrics), ...]} in the order encodings first appear."""
+    """{encoding: [(config, metrics), ...]} in the order encodings first appear. All runs must
+    share one config but for the encoding and the seed: curves of different models or
+    schedules are not averaged together."""
     groups = defaultdict(list)
+    reference = None
     for run in runs:
         config, metrics = read_run(run)
+        shared = {k: v for k, v in config.items() if k not in PER_RUN}
+        if reference is None:
+            reference = (run, shared)
+        elif shared != reference[1]:
+            keys = sorted(k for k in set(shared) | set(reference[1]) if shared.get(k) != reference[1].get(k))
+            raise UserError(f"{run} and {reference[0]} differ in {', '.join(keys)}; plot runs of one config"
+                            f" (name their directories, e.g. out/shakespeare_char_cpu)")
         groups[config["pos_encoding"]].append((config, metrics))
     return groups
 
@@ -66,16 +77,22 @@ def describe(config):
             f"block {config['block_size']}, batch {config['batch_size']}, dropout {config['dropout']:g}")
 
 
+def aggregate(metrics, key):
+    """Steps and the mean, min and max of metrics[i][key] over runs, on the steps all runs
+    have reached (a run still in progress may be shorter)."""
+    n = min(len(m["step"]) for m in metrics)
+    values = np.stack([m[key][:n] for m in metrics])
+    return metrics[0]["step"][:n], values.mean(0), values.min(0), values.max(0)
+
+
 def plot_split(groups, split, path):
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     for enc, items in groups.items():
-        n = min(len(m["step"]) for _, m in items)  # runs still in progress may be shorter
-        steps = items[0][1]["step"][:n]
-        losses = np.stack([m[f"{split}_loss"][:n] for _, m in items])
+        steps, mean, low, high = aggregate([m for _, m in items], f"{split}_loss")
         label = LABELS.get(enc, enc) + (f" (mean of {len(items)} seeds)" if len(items) > 1 else "")
-        ax.plot(steps, losses.mean(0), color=COLORS.get(enc), label=label, marker="o", markersize=3)
+        ax.plot(steps, mean, color=COLORS.get(enc), label=label, marker="o", markersize=3)
         if len(items) > 1:
-            ax.fill_between(steps, losses.min(0), losses.max(0), color=COLORS.get(enc), alpha=0.2, linewidth=0)
+            ax.fill_between(steps, low, high, color=COLORS.get(enc), alpha=0.2, linewidth=0)
     ax.set_xlabel("step")
     ax.set_ylabel(f"{split} loss (cross-entropy, nats/char)")
     config = next(iter(groups.values()))[0][0]
@@ -83,9 +100,9 @@ def plot_split(groups, split, path):
     ax.grid(alpha=0.3)
     ax.legend()
     # the first evaluation (~ln(vocab)) dwarfs the rest; zoom on the interesting range
-    finals = [m[f"{split}_loss"][-1] for items in groups.values() for _, m in items]
+    lowest = [m[f"{split}_loss"].min() for items in groups.values() for _, m in items]
     second = [m[f"{split}_loss"][min(1, len(m["step"]) - 1)] for items in groups.values() for _, m in items]
-    ax.set_ylim(min(finals) - 0.1, max(second) + 0.1)
+    ax.set_ylim(min(lowest) - 0.1, max(second) + 0.1)
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png"))
     plt.close(fig)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from common import ArgumentParser, UserError, Vocab, load_checkpoint, pick_device, run_cli, write_text
-from model import GPT, GPTConfig
+from common import (ArgumentParser, UserError, Vocab, build_model, load_checkpoint, pick_device, positive, run_cli,
+                    write_text)
 
 SEPARATOR = "\n" + "-" * 40 + "\n"
 
@@ -23,9 +23,7 @@ SEPARATOR = "\n" + "-" * 40 + "\n"
 def load_model(run_dir, device="cpu"):
     """The best checkpoint of a run as (model in eval mode, vocabulary)."""
     ckpt = load_checkpoint(Path(run_dir) / "ckpt.pt", device)
-    model = GPT(GPTConfig(**ckpt["model_args"]))
-    model.load_state_dict(ckpt["model"])
-    return model.to(device).eval(), Vocab(ckpt["vocab"])
+    return build_model(ckpt, device), Vocab(ckpt["vocab"])
 
 
 def read_prompt(start):
@@ -37,7 +35,10 @@ def read_prompt(start):
         text = path.read_text(encoding="utf-8")
     else:
         # "\n" typed in a shell arrives as backslash + n; decode escapes but keep non-ASCII as is
-        text = start.encode("latin-1", "backslashreplace").decode("unicode_escape")
+        try:
+            text = start.encode("latin-1", "backslashreplace").decode("unicode_escape")
+        except UnicodeDecodeError:
+            raise UserError(f"cannot read the escapes in --start {start!r}; write a lone backslash as \\\\") from None
     if not text:
         raise UserError("the prompt is empty; give at least one character with --start (default: a newline)")
     return text
@@ -52,15 +53,6 @@ def sample(model, vocab, prompt, num_samples, max_new_tokens, temperature, top_k
     return [vocab.decode(row.tolist()) for row in out]
 
 
-def positive(kind):
-    def parse(text):
-        value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-        return value
-    return parse
-
-
 def main():
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out-dir", required=True, help="run directory holding ckpt.pt (e.g. out/rope_seed1337)")
@@ -71,7 +63,7 @@ def main():
                         help="<1 sharper, >1 more random (default: 0.8)")
     parser.add_argument("--top-k", type=positive(int), default=200, help="sample only from the k likeliest characters (default: 200)")
     parser.add_argument("--seed", type=int, default=1337, help="random seed (default: 1337)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default: cpu)")
+    parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps (default: auto)")
     args = parser.parse_args()
 
     prompt = read_prompt(args.start)

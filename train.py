@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common import (ArgumentParser, UserError, load_checkpoint, load_meta, load_tokens, pick_device, run_cli,
-                    save_checkpoint, write_json, write_text)
+from common import (ArgumentParser, UserError, load_checkpoint, load_meta, load_tokens, pick_device, read_json,
+                    read_metrics, run_cli, save_checkpoint, write_json, write_text)
 from model import GPT, POS_ENCODINGS, GPTConfig
 
 
@@ -84,6 +84,10 @@ class TrainConfig:
             raise UserError("max_iters, warmup_iters and lr_decay_iters must not be negative")
         if not 0.0 <= self.dropout < 1.0:
             raise UserError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.seed < 0:
+            raise UserError(f"seed must not be negative, got {self.seed}")
+        if self.grad_clip < 0 or self.weight_decay < 0 or self.learning_rate <= 0 or self.min_lr < 0:
+            raise UserError("learning_rate must be positive; min_lr, weight_decay and grad_clip must not be negative")
         if not self.run_name:
             self.run_name = f"{self.pos_encoding}_seed{self.seed}"
 
@@ -291,7 +295,8 @@ class Trainer:
             raise UserError(f"gradient_accumulation_steps ({cfg.gradient_accumulation_steps}) must be a multiple "
                             f"of the number of processes ({self.dist.world_size})")
         self.model_config = cfg.model_config(vocab_size)
-        torch.manual_seed(cfg.seed)  # dropout; weights and data have their own seeded generators
+        # dropout: a different stream per process (weights and data have their own seeded generators)
+        torch.manual_seed(cfg.seed + self.dist.rank)
         self.batches = Batches(cfg.data_dir, cfg.block_size, cfg.batch_size, cfg.eval_iters, cfg.seed, device)
         self.model = GPT(self.model_config, seed=cfg.seed).to(device)
         self.optimizer = self.model.configure_optimizer(cfg.weight_decay, cfg.learning_rate,
@@ -316,8 +321,8 @@ class Trainer:
         micro = self.batches.step_batches(cfg.gradient_accumulation_steps, self.dist.rank, self.dist.world_size)
         for i, (x, y) in enumerate(micro):
             # DDP: all-reduce gradients only after the last micro-batch
-            sync = self.dist.enabled and i < len(micro) - 1
-            with self.step_model.no_sync() if sync else nullcontext(), self.autocast:
+            skip_sync = self.dist.enabled and i < len(micro) - 1
+            with self.step_model.no_sync() if skip_sync else nullcontext(), self.autocast:
                 _, loss = self.step_model(x, y)
                 (loss / len(micro)).backward()
         if cfg.grad_clip:
@@ -347,15 +352,25 @@ class Trainer:
             torch.cuda.set_rng_state(state["cuda_rng"])
 
 
+NOT_RESULTS = ("progress", "device", "compile")  # settings that do not change a run's numbers (on CPU)
+
+
+def config_differences(run_dir, cfg):
+    """Keys in which cfg differs from the run in run_dir (None if run_dir holds no run)."""
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        return None
+    old = read_json(path, f"remove {run_dir} or choose another --run-name")
+    new = json.loads(json.dumps(asdict(cfg)))  # as JSON holds it
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in NOT_RESULTS)
+
+
 def prepare_run_dir(run_dir, cfg, resume, overwrite):
     """Refuse to mix two runs' results in one directory."""
-    config_path = run_dir / "config.json"
     if resume:
         if not (run_dir / "last.pt").exists():
             raise UserError(f"--resume: {run_dir} has no last.pt to resume from; start it without --resume")
-        old = json.loads(config_path.read_text())
-        changed = sorted(k for k in set(old) | set(asdict(cfg)) if old.get(k) != asdict(cfg).get(k)
-                         and k not in ("progress", "device", "compile"))
+        changed = config_differences(run_dir, cfg)
         if changed:
             raise UserError(f"--resume: the config differs from the run in {run_dir} in {', '.join(changed)};"
                             f" resume with the same settings")
@@ -367,12 +382,9 @@ def prepare_run_dir(run_dir, cfg, resume, overwrite):
         (run_dir / name).unlink(missing_ok=True)
 
 
-def read_metrics(path, before_step):
-    """Rows of metrics.csv for steps before `before_step` (a killed run may have left more,
-    or half a line)."""
-    with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if None not in r.values() and "" not in r.values()]
-    return [r for r in rows if int(r["step"]) < before_step]
+def metrics_before(path, step):
+    """Rows of metrics.csv for steps before `step` (a killed run may have left more, or half a line)."""
+    return [r for r in read_metrics(path) if int(r["step"]) < step]
 
 
 def train(cfg: TrainConfig, resume=False, overwrite=False):
@@ -397,7 +409,7 @@ def train(cfg: TrainConfig, resume=False, overwrite=False):
                             f" prepare the same text again or start a new run")
         trainer.load_state_dict(state["trainer"])
         best, train_time, t_start = state["best"], state["train_time"], time.time() - state["elapsed_s"]
-        rows = read_metrics(run_dir / "metrics.csv", trainer.iter)
+        rows = metrics_before(run_dir / "metrics.csv", trainer.iter)
     if master:
         write_json(run_dir / "config.json", asdict(cfg))
         write_text(run_dir / "metrics.csv", ",".join(METRIC_FIELDS) + "\n"
@@ -443,7 +455,7 @@ def train(cfg: TrainConfig, resume=False, overwrite=False):
             t0 = time.perf_counter()
             loss = trainer.step()
             if it % 10 == 0 or it == cfg.max_iters - 1:  # .item() waits for the device: not every step
-                check_finite(loss.item(), it, "training loss", run_dir)
+                check_finite(loss.item(), it, "training loss", run_dir, checked_every=10)
                 postfix["loss"] = f"{loss.item():.4f}"
                 bar.set_postfix(postfix, refresh=False)
             if trainer.device_type == "cuda":
@@ -469,9 +481,10 @@ def train(cfg: TrainConfig, resume=False, overwrite=False):
     return summary
 
 
-def check_finite(value, step, what, run_dir):
+def check_finite(value, step, what, run_dir, checked_every=1):
     if not math.isfinite(value):
-        raise UserError(f"{what} became {value} at step {step}; stopped. The checkpoints in {run_dir} are from"
+        when = f"at step {step}" if checked_every == 1 else f"by step {step} (checked every {checked_every} steps)"
+        raise UserError(f"{what} became {value} {when}; stopped. The checkpoints in {run_dir} are from"
                         f" before that; lower --learning-rate or --grad-clip and start again")
 
 

@@ -29,6 +29,8 @@ def assert_one_line_error(proc, *fragments):
     (["--n-layer=two"], ["--n-layer: invalid int value: 'two'"]),
     (["--dropout=1.5"], ["dropout must be in [0, 1)"]),
     (["--gradient-accumulation-steps=0"], ["gradient_accumulation_steps must be at least 1"]),
+    (["--seed=-1"], ["seed must not be negative"]),
+    (["--grad-clip=-1"], ["grad_clip must not be negative"]),
 ])
 def test_train_rejects_bad_settings(data_dir, tmp_path, flags, fragments):
     proc = run("train.py", "--data-dir", data_dir, "--out-dir", tmp_path, *TINY_FLAGS, *flags, check=False)
@@ -68,6 +70,7 @@ def test_resume_after_the_data_was_prepared_from_another_text(tmp_path):
     (["--top-k", "0"], ["--top-k: must be positive, got 0"]),
     (["--num-samples", "-2"], ["--num-samples: must be positive"]),
     (["--start", "FILE:/nonexistent/prompt.txt"], ["prompt file /nonexistent/prompt.txt not found"]),
+    (["--start", "C:\\Users\\"], ["cannot read the escapes in --start"]),
 ])
 def test_sample_rejects_bad_arguments(trained, flags, fragments):
     proc = run("sample.py", "--out-dir", trained, *flags, check=False)

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from conftest import TINY_FLAGS, make_corpus, run
+from conftest import ROOT, TINY_FLAGS, make_corpus, run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -108,8 +108,20 @@ def test_compare_trains_plots_tabulates_and_reuses(workspace, tmp_path):
     assert "total wall time" in proc.stdout
     again = run("compare.py", *args)
     assert again.stdout.count("finished earlier, reusing it") == 2
-    changed = run("compare.py", *args[:-1], "--max-iters=20", "--pos-encodings", "none")
-    assert "reusing" not in changed.stdout  # a changed config is a new run, not a finished one
+    # a changed config is never mistaken for a finished run: refused, or retrained with --overwrite
+    refused = run("compare.py", *args, "--max-iters=20", "--pos-encodings", "none", check=False)
+    assert refused.returncode == 2 and "holds a run with other settings (max_iters)" in refused.stderr
+    changed = run("compare.py", *args, "--max-iters=20", "--pos-encodings", "none", "--overwrite")
+    assert "reusing" not in changed.stdout
+    none_dir = tmp_path / "out" / "shakespeare_char_cpu" / "none_seed1337"
+    assert json.loads((none_dir / "config.json").read_text())["max_iters"] == 20
+
+
+def test_compare_defaults_write_under_out_of_the_working_directory(workspace, tmp_path):
+    run("compare.py", ROOT / "config" / "shakespeare_char_cpu.toml", "--data-dir", workspace / "data",
+        "--plots-dir", tmp_path / "plots", "--pos-encodings", "none", "--sample-tokens", 10, *TINY_FLAGS, cwd=tmp_path)
+    assert (tmp_path / "out" / "shakespeare_char_cpu" / "none_seed1337" / "summary.json").exists()
+    assert "## none" in (tmp_path / "plots" / "samples.md").read_text()
 
 
 # --- errors: one line on stderr, exit code 2, no traceback ---------------------

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from model import (GPT, POS_ENCODINGS, GPTConfig, KVCache, RotaryPositionalEncoding, alibi_slopes,
-                   sinusoidal_table)
+                   apply_rotary_embeddings, precompute_theta_pos_frequencies, sinusoidal_table)
 
 SMALL = dict(vocab_size=20, block_size=16, n_layer=2, n_head=2, n_embd=32)
 
@@ -70,10 +70,18 @@ def test_linear_rope_scaling_at_s_times_m_equals_unscaled_at_m():
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
-def test_ntk_scaling_raises_the_base():
+def test_ntk_scaling_rotates_with_a_raised_base():
     d, s = 16, 4
     ntk = RotaryPositionalEncoding(GPTConfig(n_embd=32, n_head=2, rope_scaling="ntk", rope_scaling_factor=s))
-    assert ntk.theta == pytest.approx(10000 * s ** (d / (d - 2)))
+    q, k = torch.randn(1, 2, 30, d), torch.randn(1, 2, 30, d)
+    freqs = precompute_theta_pos_frequencies(d, 30, theta=10000 * s ** (d / (d - 2)))
+    rq, rk = ntk.rotate(q, k, range(0, 30))
+    torch.testing.assert_close(rq, apply_rotary_embeddings(q, freqs))
+    torch.testing.assert_close(rk, apply_rotary_embeddings(k, freqs))
+    # the fastest pair (i = 0) is untouched, the slowest is slowed down by s (the point of NTK scaling)
+    plain = precompute_theta_pos_frequencies(d, 30)
+    assert torch.allclose(freqs[:, 0], plain[:, 0])
+    assert freqs[1, -1].angle().item() == pytest.approx(plain[1, -1].angle().item() / s, rel=1e-4)
 
 
 @pytest.mark.parametrize("enc", POS_ENCODINGS)
@@ -85,10 +93,11 @@ def test_kv_cache_gives_the_same_logits(enc):
     steps = [model(idx[:, :5], cache=cache)[0]] + [model(idx[:, t:t + 1], cache=cache)[0] for t in range(5, 12)]
     assert cache.length == 12
     torch.testing.assert_close(torch.cat(steps, 1), full[:, [4, 5, 6, 7, 8, 9, 10, 11]], atol=1e-5, rtol=1e-5)
-    # several new tokens after cached ones (the causal mask is aligned to the end)
+    # several new tokens after cached ones (the causal mask is aligned to the end): every row
     cache = KVCache(model.config, 3, "cpu")
     model(idx[:, :5], cache=cache)
-    torch.testing.assert_close(model(idx[:, 5:9], cache=cache)[0][:, 0], full[:, 8], atol=1e-5, rtol=1e-5)
+    chunk = model(idx[:, 5:9], targets=torch.zeros_like(idx[:, 5:9]), cache=cache)[0]
+    torch.testing.assert_close(chunk, full[:, 5:9], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("enc", POS_ENCODINGS)
@@ -111,3 +120,20 @@ def test_tables_built_during_inference_still_train(enc):
     _, loss = model(idx, idx)
     loss.backward()
     assert model.transformer.wte.weight.grad is not None
+
+
+def test_generation_context_is_cut_back_to_half_a_block():
+    """The contexts the model sees while sampling (without cache): they grow to block_size,
+    then restart from the last block_size // 2 tokens of the sequence generated so far."""
+    model = GPT(GPTConfig(**SMALL, pos_encoding="learned"), seed=0).eval()
+    seen = []
+    forward = model.forward
+    model.forward = lambda idx, targets=None, cache=None: seen.append(idx.clone()) or forward(idx, targets, cache)
+    prompt = torch.arange(1, 11).view(1, 10)  # 10 tokens
+    out = model.generate(prompt, 20, top_k=3, generator=torch.Generator().manual_seed(0), use_cache=False)
+    lengths = [x.size(1) for x in seen]
+    assert lengths == [10, 11, 12, 13, 14, 15, 16] + [8, 9, 10, 11, 12, 13, 14, 15, 16] + [8, 9, 10, 11]
+    for x in seen:  # each context is the end of the sequence generated so far
+        n = x.size(1)
+        assert any(torch.equal(x, out[:, end - n:end]) for end in range(n, out.size(1) + 1))
+    assert torch.equal(seen[7], out[:, 9:17])  # after 16 tokens + 1 new: keep the last 8 of 17

@@ -109,7 +109,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_
 
 
 def test_torchrun_two_processes_match_one_process_with_the_same_global_batch(data_dir, tmp_path):
-    flags = ["--data-dir", str(data_dir), *TINY_FLAGS, "--gradient-accumulation-steps=2"]
+    # 4 micro-batches per step: 2 per rank, so the no_sync path (no all-reduce before the last) runs too
+    flags = ["--data-dir", str(data_dir), *TINY_FLAGS, "--gradient-accumulation-steps=4"]
     run("train.py", *flags, "--out-dir", tmp_path / "single")
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", str(ROOT / "train.py"), *flags,

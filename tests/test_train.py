@@ -1,6 +1,7 @@
 """train.py internals: learning-rate schedule, batches, config validation."""
 
 import math
+import shutil
 
 import pytest
 import torch
@@ -64,3 +65,12 @@ def test_model_config_errors_become_user_errors():
 
 def test_default_run_name():
     assert TrainConfig(pos_encoding="none", seed=3).run_name == "none_seed3"
+
+
+def test_data_files_out_of_step_with_meta_are_refused(data_dir, tmp_path):
+    copy = tmp_path / "data"
+    shutil.copytree(data_dir, copy)
+    with open(copy / "val.bin", "r+b") as f:
+        f.truncate(100)  # as if prepare_shakespeare.py had been interrupted
+    with pytest.raises(UserError, match="val.bin has 50 tokens, meta.json says"):
+        Batches(copy, block_size=16, batch_size=4, eval_iters=1, seed=0, device="cpu")
