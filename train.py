@@ -134,7 +134,8 @@ def add_config_flags(parser, exclude=()):
         if f.name in exclude:
             continue
         flag = "--" + f.name.replace("_", "-")
-        kwargs = dict(default=argparse.SUPPRESS, help=f"{f.metadata['help']} (default: {f.default!r})")
+        text = f.metadata["help"]
+        kwargs = dict(default=argparse.SUPPRESS, help=text if "default" in text else f"{text} (default: {f.default!r})")
         if f.type is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         elif f.name == "pos_encoding":
