@@ -10,7 +10,8 @@ import torch
 # Tiny models gain nothing from threads, and two processes both spinning 2 OpenMP threads on
 # 2 cores slow each other down many times over: tests and the scripts they launch use one.
 torch.set_num_threads(1)
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+# Scripts under test take their input from their arguments only (CI sets SHAKESPEARE_INPUT).
+ENV = {**{k: v for k, v in os.environ.items() if k != "SHAKESPEARE_INPUT"}, "OMP_NUM_THREADS": "1"}
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
