@@ -103,7 +103,7 @@ def main():
     except ValueError:
         raise UserError(f"--seeds takes comma-separated integers, got {args.seeds!r}") from None
     group = Path(args.config).stem
-    out_dir = config_from_args(args).out_dir  # the flag, the config file's value, or the default
+    base = config_from_args(args)  # flags over the config file over the defaults, before per-run settings
 
     t0 = time.time()
     summaries, run_dirs = {}, []
@@ -118,10 +118,9 @@ def main():
     extrapolation = ""
     if args.extrapolate:
         t_eval = time.time()
-        cfg = config_from_args(args)
-        results = evaluate_runs(run_dirs, device=pick_device(cfg.device), progress=cfg.progress)
+        results = evaluate_runs(run_dirs, device=pick_device(base.device), progress=base.progress)
         write_outputs(results, plots_dir)
-        plot_rope(cfg.n_embd // cfg.n_head, cfg.rope_theta, cfg.block_size, plots_dir / "rope_decay.png")
+        plot_rope(base.n_embd // base.n_head, base.rope_theta, base.block_size, plots_dir / "rope_decay.png")
         extrapolation = (f"## Length extrapolation (val loss; evaluate.py, {time.time() - t_eval:.0f} s)\n\n"
                          f"```text\n{format_table(results)}\n```\n\n")
         print(format_table(results))
@@ -135,7 +134,7 @@ def main():
 
     parts = [f"# One sample per encoding ({group}, seed {seeds[0]}, prompt: a single newline)\n"]
     for enc in encodings:
-        model, vocab = load_model(Path(out_dir) / group / f"{enc}_seed{seeds[0]}")
+        model, vocab = load_model(Path(base.out_dir) / group / f"{enc}_seed{seeds[0]}")
         text = sample(model, vocab, "\n", 1, args.sample_tokens, temperature=0.8, top_k=200, seed=seeds[0])[0]
         parts.append(f"## {LABELS.get(enc, enc)}\n\n```text\n{text.strip()}\n```\n")
     write_text(plots_dir / "samples.md", "\n".join(parts))

@@ -41,7 +41,6 @@ matplotlib.use("Agg")  # files only, no window
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from common import (ArgumentParser, UserError, atomic_write, build_model, load_checkpoint, load_meta,  # noqa: E402
@@ -102,8 +101,7 @@ def loss_by_position(model, windows, batch_tokens=BATCH_TOKENS, bar=None):
         for i in range(0, len(windows), batch):
             w = windows[i:i + batch].to(device)
             x, y = w[:, :-1], w[:, 1:]
-            logits, _ = model(x, y)
-            loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(y.shape)
+            _, loss = model(x, y, reduction="none")  # (B, L): the loss at every position
             total += loss.double().sum(0).cpu()
             if bar is not None:
                 bar.update(x.numel())

@@ -357,8 +357,9 @@ class GPT(nn.Module):
     def num_params(self):
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, idx, targets=None, cache=None):
-        """Logits (and the mean cross-entropy if targets are given) for idx (B, T).
+    def forward(self, idx, targets=None, cache=None, reduction="mean"):
+        """Logits (and the cross-entropy if targets are given) for idx (B, T). reduction="none"
+        gives the loss of every position, (B, T), as evaluate.py needs it.
         With a KVCache, idx holds only the new tokens; they follow the cached ones."""
         B, T = idx.shape
         start = cache.length if cache is not None else 0
@@ -375,8 +376,8 @@ class GPT(nn.Module):
         if targets is None:  # inference: only the last position's logits are needed
             return self.lm_head(x[:, [-1], :]), None
         logits = self.lm_head(x)
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
-        return logits, loss
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction)
+        return logits, loss if reduction != "none" else loss.view(targets.shape)
 
     def configure_optimizer(self, weight_decay, learning_rate, betas, device_type):
         """AdamW with weight decay on matrices (Linear weights, embeddings) only."""

@@ -194,9 +194,6 @@ class Batches:
         share = micro_steps // world_size
         return [self._windows("train", s) for s in starts[rank * share:(rank + 1) * share]]
 
-    def train_batch(self):
-        return self.step_batches(1)[0]
-
     def eval_batches(self, split, rows=None):
         """The fixed windows of a split, `rows` at a time (default batch_size)."""
         starts, rows = self.eval_starts[split], rows or self.batch_size

@@ -121,3 +121,14 @@ def test_unknown_encoding_and_bad_shapes_are_clear_errors():
     with pytest.raises(ValueError, match="even head size"):
         GPTConfig(n_embd=30, n_head=2, pos_encoding="rope")
     GPTConfig(n_embd=30, n_head=2, pos_encoding="learned")  # odd head size is fine without RoPE
+
+
+def test_per_position_loss_averages_to_the_mean_loss():
+    model = GPT(GPTConfig(**SMALL, pos_encoding="rope"), seed=0).eval()
+    idx, targets = torch.randint(0, 20, (3, 16)), torch.randint(0, 20, (3, 16))
+    logits, mean = model(idx, targets)
+    _, per_position = model(idx, targets, reduction="none")
+    assert per_position.shape == (3, 16)
+    torch.testing.assert_close(per_position.mean(), mean)
+    expected = -torch.log_softmax(logits, -1).gather(-1, targets[..., None])[..., 0]
+    torch.testing.assert_close(per_position, expected, atol=1e-5, rtol=1e-5)

@@ -25,11 +25,11 @@ def test_batches_are_seeded_windows_of_the_data(data_dir):
     a = Batches(data_dir, block_size=16, batch_size=4, eval_iters=3, seed=7, device="cpu")
     b = Batches(data_dir, block_size=16, batch_size=4, eval_iters=3, seed=7, device="cpu")
     for _ in range(3):
-        (xa, ya), (xb, yb) = a.train_batch(), b.train_batch()
+        (xa, ya), (xb, yb) = a.step_batches(1)[0], b.step_batches(1)[0]
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
         assert xa.shape == (4, 16) and torch.equal(xa[:, 1:], ya[:, :-1])  # targets are inputs shifted by one
     other = Batches(data_dir, block_size=16, batch_size=4, eval_iters=3, seed=8, device="cpu")
-    assert not torch.equal(other.train_batch()[0], Batches(data_dir, 16, 4, 3, 7, "cpu").train_batch()[0])
+    assert not torch.equal(other.step_batches(1)[0][0], Batches(data_dir, 16, 4, 3, 7, "cpu").step_batches(1)[0][0])
     # evaluation windows are fixed: the same at every evaluation
     first = [x for x, _ in a.eval_batches("val")]
     assert len(first) == 3 and all(torch.equal(x, y) for x, y in zip(first, [x for x, _ in a.eval_batches("val")]))
