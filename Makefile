@@ -4,6 +4,7 @@
 # make bench           speed of each encoding on this machine
 # SHAKESPEARE_INPUT=/path/to/input.txt make experiment    works offline
 # SEEDS=1337 make experiment                             one seed: a quick look
+# JOBS=3 make experiment                                 3 runs at a time (compare.py --jobs)
 
 PYTHON_SYS ?= python3
 VENV       ?= .venv
@@ -11,6 +12,7 @@ PY         := $(VENV)/bin/python
 DATA       := data/shakespeare_char/meta.json
 CONFIG     ?= config/shakespeare_char_cpu.toml
 SEEDS      ?= 1337,1338,1339
+JOBS       ?= 1
 
 .PHONY: experiment experiment-all test bench data clean
 
@@ -25,10 +27,10 @@ $(DATA): | $(VENV)/.installed
 data: $(DATA)
 
 experiment: $(VENV)/.installed $(DATA)
-	$(PY) compare.py $(CONFIG) --seeds $(SEEDS) --extrapolate
+	$(PY) compare.py $(CONFIG) --seeds $(SEEDS) --jobs $(JOBS) --extrapolate
 
 experiment-all: $(VENV)/.installed $(DATA)
-	$(PY) compare.py $(CONFIG) --pos-encodings all --seeds $(SEEDS) --extrapolate --plots-dir plots/all
+	$(PY) compare.py $(CONFIG) --pos-encodings all --seeds $(SEEDS) --jobs $(JOBS) --extrapolate --plots-dir plots/all
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q tests

@@ -11,17 +11,19 @@ matches and that has finished (summary.json) is reused, not retrained. Writes
 <plots-dir>/train_loss.png, val_loss.png, results.md and samples.md.
 """
 
-import json
+import multiprocessing
 import os
 import platform
+import queue
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
-from common import CPU_CONFIG, UserError, parse_encodings, pick_device, run_cli, write_text
+from common import CPU_CONFIG, UserError, parse_encodings, pick_device, positive, read_json, run_cli, write_text
 from evaluate import evaluate_runs, format_table, write_outputs
 from model import POS_ENCODINGS
 from plot import LABELS, plot_runs
@@ -32,24 +34,106 @@ from train import add_config_flags, build_parser, config_differences, config_fro
 ARTICLE_ENCODINGS = ["rope", "learned", "none"]
 
 
-def run_or_reuse(cfg, overwrite):
-    """A finished run with this config is reused and an interrupted one resumed; a run of
-    another config in the same directory is replaced only with --overwrite."""
+def plan(cfg, overwrite):
+    """"reuse" a finished run with this config, "resume" an interrupted one, else "train".
+    A run of another config in the same directory is replaced only with --overwrite."""
     run_dir = Path(cfg.out_dir) / cfg.run_name
     changed = config_differences(run_dir, cfg)
     if changed == [] and (run_dir / "summary.json").exists():
-        print(f"{cfg.run_name}: finished earlier, reusing it")
-        return json.loads((run_dir / "summary.json").read_text())
+        return "reuse"
     if changed and not overwrite:
         raise UserError(f"{run_dir} holds a run with other settings ({', '.join(changed)}); --overwrite replaces"
                         f" it, --out-dir elsewhere keeps both")
-    resume = changed == [] and (run_dir / "last.pt").exists()
-    if resume:
-        print(f"{cfg.run_name}: resuming the interrupted run")
-    summary = train(cfg, resume=resume, overwrite=True)
-    print(f"{cfg.run_name}: best val loss {summary['best_val_loss']:.4f} "
-          f"at step {summary['best_step']}, {summary['wall_s']:.0f} s")
-    return summary
+    return "resume" if changed == [] and (run_dir / "last.pt").exists() else "train"
+
+
+# Runs side by side (--jobs > 1): each in a process of its own, with its share of the threads
+# and its own progress-bar line. A model this small keeps many threads only partly busy, so on
+# the CPU several runs at once can finish sooner than one after another (the README's "Speed"
+# section has the measurements). The thread count changes losses by ~1e-7 only.
+
+
+def _train_in_process(i, cfg, resume, threads, bar_line, bar_lock, results):
+    torch.set_num_threads(threads)
+    tqdm.set_lock(bar_lock)  # one lock for all processes' progress bars
+    try:
+        results.put((i, train(cfg, resume=resume, overwrite=True, bar_position=bar_line), None))
+    except UserError as e:  # includes Ctrl-C: the run saved its state and stopped
+        results.put((i, None, str(e)))
+    except BaseException as e:
+        results.put((i, None, f"{cfg.run_name} failed with {type(e).__name__}: {e} (traceback above)"))
+        raise
+
+
+def train_side_by_side(cfgs, resume, jobs, done):
+    """Train cfgs `jobs` at a time, then call done(i, summary) for each finished one. After an error or
+    Ctrl-C, start no more runs and wait for the running ones (Ctrl-C reached them too: they
+    save their state and stop), then raise the first error."""
+    threads = max(1, torch.get_num_threads() // jobs)
+    print(f"training {len(cfgs)} runs, {jobs} at a time with {threads} torch thread(s) each")
+    ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked OpenMP or torch state
+    results, bar_lock = ctx.Queue(), ctx.RLock()
+    waiting, running, ended, finished, error = list(range(len(cfgs))), {}, set(), [], None
+    # running: index -> (process, its bar's line)
+    while running or (waiting and error is None):
+        while waiting and error is None and len(running) < jobs:
+            i = waiting.pop(0)
+            line = min(set(range(jobs)) - {line for _, line in running.values()})
+            process = ctx.Process(target=_train_in_process,
+                                  args=(i, cfgs[i], resume[i], threads, line, bar_lock, results))
+            process.start()
+            running[i] = (process, line)
+        try:
+            i, summary, message = results.get(timeout=1.0)
+        except queue.Empty:  # a process that ended a whole timeout ago without a word was killed
+            for i, (process, _) in list(running.items()):
+                if process.exitcode is not None and i in ended:
+                    running.pop(i)
+                    error = error or f"{cfgs[i].run_name}: its process died (exit code {process.exitcode})"
+                elif process.exitcode is not None:
+                    ended.add(i)  # its last words may still be on their way
+            continue
+        except KeyboardInterrupt:
+            error = error or "stopped by Ctrl-C; the same command resumes the interrupted runs"
+            continue
+        running.pop(i)[0].join()
+        if summary is None:
+            error = error or message
+        else:
+            finished.append((i, summary))
+    sys.stderr.write("\r")  # the progress bars are gone; their line may still hold the cursor
+    for i, summary in finished:  # reported now: printing among the other processes' bars garbles them
+        done(i, summary)
+    if error:
+        raise UserError(error)
+
+
+def train_runs(cfgs, overwrite, jobs=1):
+    """The summaries of cfgs, in order: reused, resumed or trained, `jobs` runs at a time."""
+    actions = [plan(cfg, overwrite) for cfg in cfgs]  # refuse a changed run before training anything
+    summaries, todo = [None] * len(cfgs), []
+    for i, (cfg, action) in enumerate(zip(cfgs, actions)):
+        if action == "reuse":
+            print(f"{cfg.run_name}: finished earlier, reusing it")
+            summaries[i] = read_json(Path(cfg.out_dir) / cfg.run_name / "summary.json", "delete the run to retrain it")
+        else:
+            if action == "resume":
+                print(f"{cfg.run_name}: resuming the interrupted run")
+            todo.append(i)
+
+    def done(i, summary):
+        summaries[i] = summary
+        print(f"{summary['run_name']}: best val loss {summary['best_val_loss']:.4f} "
+              f"at step {summary['best_step']}, {summary['wall_s']:.0f} s")
+
+    jobs = min(jobs, len(todo))
+    if jobs <= 1:
+        for i in todo:
+            done(i, train(cfgs[i], resume=actions[i] == "resume", overwrite=True))
+    else:
+        train_side_by_side([cfgs[i] for i in todo], [actions[i] == "resume" for i in todo], jobs,
+                           lambda k, summary: done(todo[k], summary))
+    return summaries
 
 
 def mean_std(values, fmt="{:.4f}"):
@@ -91,6 +175,9 @@ def main():
     parser.add_argument("--sample-tokens", type=int, default=500, help="length of each sample in samples.md (default: 500)")
     parser.add_argument("--overwrite", action="store_true",
                         help="retrain runs whose directory holds a run with other settings (default: refuse)")
+    parser.add_argument("--jobs", type=positive(int), default=1,
+                        help="CPU: runs trained at a time, each in its own process with an equal share of torch's "
+                             "threads (default: 1, one run after another with all threads)")
     parser.add_argument("--extrapolate", action="store_true",
                         help="afterwards, evaluate every run at 1x, 2x, 4x, 8x its block size (evaluate.py) and "
                              "draw the RoPE decay picture (plot_rope.py)")
@@ -106,12 +193,12 @@ def main():
     base = config_from_args(args)  # flags over the config file over the defaults, before per-run settings
 
     t0 = time.time()
-    summaries, run_dirs = {}, []
-    for enc in encodings:
-        for seed in seeds:
-            cfg = config_from_args(args, pos_encoding=enc, seed=seed, run_name=f"{group}/{enc}_seed{seed}")
-            summaries.setdefault(enc, []).append(run_or_reuse(cfg, args.overwrite))
-            run_dirs.append(Path(cfg.out_dir) / cfg.run_name)
+    cfgs = [config_from_args(args, pos_encoding=enc, seed=seed, run_name=f"{group}/{enc}_seed{seed}")
+            for enc in encodings for seed in seeds]
+    summaries = {}
+    for cfg, summary in zip(cfgs, train_runs(cfgs, args.overwrite, args.jobs)):
+        summaries.setdefault(cfg.pos_encoding, []).append(summary)
+    run_dirs = [Path(cfg.out_dir) / cfg.run_name for cfg in cfgs]
 
     plots_dir = Path(args.plots_dir)
     plot_runs(run_dirs, plots_dir)
@@ -128,7 +215,9 @@ def main():
     command = "python " + " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
     write_text(plots_dir / "results.md",
                f"# Results: {group}\n\n{results_table(summaries)}\n\n{extrapolation}"
-               f"Machine: {machine()}.  \nWall time of this command up to here: {total:.0f} s "
+               f"Machine: {machine()}; each run's threads are in its summary.json (runs trained side by side"
+               f" with --jobs share the cores, so each one's wall time and ms/iter are longer than alone).  \n"
+               f"Wall time of this command up to here: {total:.0f} s "
                f"(training{' and extrapolation' if args.extrapolate else ''}; a run reused from an earlier "
                f"invocation costs nothing).  \nRegenerate with `{command}`.\n")
 

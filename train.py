@@ -385,8 +385,9 @@ def metrics_before(path, step):
     return [r for r in read_metrics(path) if int(r["step"]) < step]
 
 
-def train(cfg: TrainConfig, resume=False, overwrite=False):
-    """Train one model; returns the summary dict also written to summary.json."""
+def train(cfg: TrainConfig, resume=False, overwrite=False, bar_position=None):
+    """Train one model; returns the summary dict also written to summary.json.
+    bar_position: the progress bar's line when several runs train side by side (compare.py --jobs)."""
     t_start = time.time()
     meta = load_meta(cfg.data_dir)
     trainer = Trainer(cfg, meta["vocab_size"], pick_device(cfg.device))
@@ -423,7 +424,7 @@ def train(cfg: TrainConfig, resume=False, overwrite=False):
 
     last = {}
     bar = tqdm(total=cfg.max_iters, initial=trainer.iter, desc=cfg.run_name, dynamic_ncols=True,
-               disable=not (cfg.progress and master))
+               disable=not (cfg.progress and master), position=bar_position, leave=bar_position is None)
     postfix = {}  # latest batch loss and evaluated losses, shown on the bar
     with StopRequested() as stop:
         while True:

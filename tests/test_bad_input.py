@@ -91,7 +91,7 @@ def test_sample_with_missing_truncated_or_foreign_checkpoint(trained, tmp_path):
     assert_one_line_error(run("sample.py", "--out-dir", broken, check=False), "not a checkpoint written by train.py")
 
 
-def test_prepare_and_plot_errors(tmp_path):
+def test_prepare_and_plot_errors(data_dir, tmp_path):
     assert_one_line_error(run("prepare_shakespeare.py", "--input", tmp_path / "none.txt", "--out-dir", tmp_path,
                               check=False), "does not exist")
     (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00abc" * 10)
@@ -100,3 +100,7 @@ def test_prepare_and_plot_errors(tmp_path):
     assert_one_line_error(run("plot.py", tmp_path / "empty", check=False), "is not a run directory")
     assert_one_line_error(run("compare.py", "--pos-encodings", "rope,bogus", check=False), "unknown encoding(s) bogus")
     assert_one_line_error(run("compare.py", "--seeds", "1,x", check=False), "--seeds takes comma-separated integers")
+    # an error inside a worker process (compare.py --jobs) reaches the user as the same one line
+    too_long = run("compare.py", "--data-dir", data_dir, "--out-dir", tmp_path, "--plots-dir", tmp_path,
+                   "--pos-encodings", "rope,none", "--jobs", 2, *TINY_FLAGS, "--block-size", 5000, check=False)
+    assert_one_line_error(too_long, "val split has", "fewer than block_size + 1 = 5001")

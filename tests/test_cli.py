@@ -124,6 +124,24 @@ def test_compare_defaults_write_under_out_of_the_working_directory(workspace, tm
     assert "## none" in (tmp_path / "plots" / "samples.md").read_text()
 
 
+def test_compare_jobs_train_side_by_side_to_the_same_numbers(workspace, tmp_path):
+    common = ["--data-dir", workspace / "data", "--pos-encodings", "rope,none", "--seeds", "1,2",
+              "--sample-tokens", 10, *TINY_FLAGS]
+    parallel = run("compare.py", *common, "--out-dir", tmp_path / "par", "--plots-dir", tmp_path / "pp", "--jobs", 3)
+    assert "training 4 runs, 3 at a time with 1 torch thread(s) each" in parallel.stdout
+    run("compare.py", *common, "--out-dir", tmp_path / "seq", "--plots-dir", tmp_path / "sp", "--jobs", 1)
+    for name in ("rope_seed1", "rope_seed2", "none_seed1", "none_seed2"):
+        rows = {}
+        for mode in ("par", "seq"):
+            with open(tmp_path / mode / "shakespeare_char_cpu" / name / "metrics.csv", newline="") as f:
+                rows[mode] = list(csv.DictReader(f))
+        assert [int(r["step"]) for r in rows["par"]] == [0, 10, 20, 30]
+        for key in ("train_loss", "val_loss"):
+            par, seq = ([float(r[key]) for r in rows[mode]] for mode in ("par", "seq"))
+            assert par == pytest.approx(seq, abs=1e-6), (name, key)
+    assert (tmp_path / "pp" / "results.md").read_text().count("| 2 |") == 2  # both encodings, 2 seeds each
+
+
 # --- errors: one line on stderr, exit code 2, no traceback ---------------------
 
 def assert_clear_error(proc, *fragments):
