@@ -10,7 +10,8 @@ median round gives ms/iter. Peak: the best GFLOP/s of square float32 matmuls wit
 thread count, measured in the same run. Model FLOPs per step are counted from the shapes
 (see `flops_per_step`), so MFU = FLOPs per step / step time / peak.
 Sampling: `--samples` sequences of `--sample-tokens` characters from "\\n" as one batch,
-without and with the KV cache; the two must give the same tokens.
+without and with the KV cache, alternately, median of `--sample-repeats`; the two must give
+the same tokens.
 """
 
 import argparse
@@ -77,17 +78,22 @@ def time_training(cfg, encodings, vocab_size, steps, rounds, warmup):
     return {enc: 1000 * statistics.median(t) for enc, t in times.items()}, mc
 
 
-def time_sampling(model_config, enc, samples, tokens, seed=0):
+def time_sampling(model_config, enc, samples, tokens, repeats=3, seed=0):
+    """Seconds to sample with and without the KV cache: the median of `repeats` timings of each,
+    taken alternately so that drift in the machine's speed hits both alike."""
     model = GPT(type(model_config)(**{**vars(model_config), "pos_encoding": enc}), seed=seed).eval()
     idx = torch.zeros(samples, 1, dtype=torch.long)  # "\n" is id 0 in the character vocabulary
-    out, secs = {}, {}
+    out, secs = {}, {False: [], True: []}
     for use_cache in (False, True):
         model.generate(idx, 2 * model_config.block_size, use_cache=use_cache)  # warm-up, crossing a cut
-        t0 = time.perf_counter()
-        out[use_cache] = model.generate(idx, tokens, temperature=0.8, top_k=200, use_cache=use_cache,
-                                        generator=torch.Generator().manual_seed(seed))
-        secs[use_cache] = time.perf_counter() - t0
-    return {"no_cache_s": secs[False], "cache_s": secs[True], "speedup": secs[False] / secs[True],
+    for _ in range(repeats):
+        for use_cache in (False, True):
+            t0 = time.perf_counter()
+            out[use_cache] = model.generate(idx, tokens, temperature=0.8, top_k=200, use_cache=use_cache,
+                                            generator=torch.Generator().manual_seed(seed))
+            secs[use_cache].append(time.perf_counter() - t0)
+    no_cache, cache = statistics.median(secs[False]), statistics.median(secs[True])
+    return {"no_cache_s": no_cache, "cache_s": cache, "speedup": no_cache / cache,
             "same_tokens": bool(torch.equal(out[False], out[True]))}
 
 
@@ -101,6 +107,8 @@ def main():
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps per encoding first (default: 10)")
     parser.add_argument("--samples", type=positive(int), default=10, help="sequences sampled as one batch (default: 10)")
     parser.add_argument("--sample-tokens", type=positive(int), default=500, help="characters per sample (default: 500)")
+    parser.add_argument("--sample-repeats", type=positive(int), default=3,
+                        help="timings of each sampling mode; the median is reported (default: 3)")
     parser.add_argument("--no-sampling", action="store_true", help="skip the sampling benchmark")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     parser.add_argument("--json", help="also write the figures to this JSON file")
@@ -139,7 +147,7 @@ def main():
         print(f"\nsampling {args.samples} x {args.sample_tokens} characters from '\\n' as one batch:")
         print(f"{'encoding':<12}{'no cache':>10}{'KV cache':>10}{'speed-up':>10}  same tokens")
         for enc in encodings:
-            r = time_sampling(mc, enc, args.samples, args.sample_tokens)
+            r = time_sampling(mc, enc, args.samples, args.sample_tokens, args.sample_repeats)
             results["sampling"][enc] = r
             print(f"{enc:<12}{r['no_cache_s']:>9.2f}s{r['cache_s']:>9.2f}s{r['speedup']:>9.1f}x  {r['same_tokens']}")
     if args.json:
