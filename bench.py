@@ -6,12 +6,14 @@ How fast is each positional encoding? Times training steps and sampling on this 
 
 Training: after a warm-up, rounds of `--steps` optimizer steps per encoding, the encodings
 interleaved (rotated each round) so that drift in the machine's speed hits all alike; the
-median round gives ms/iter. Peak: the best GFLOP/s of square float32 matmuls with the same
-thread count, measured in the same run. Model FLOPs per step are counted from the shapes
-(see `flops_per_step`), so MFU = FLOPs per step / step time / peak.
+median round gives ms/iter. Peak: GFLOP/s of a square float32 matmul (of the fastest size)
+with the same thread count, measured again in every round. Model FLOPs per step are counted
+from the shapes (see `flops_per_step`); MFU = FLOPs per step / step time / that round's peak,
+median over rounds.
 Sampling: `--samples` sequences of `--sample-tokens` characters from "\\n" as one batch,
 without and with the KV cache, alternately, median of `--sample-repeats`; the two must give
-the same tokens.
+the same tokens. At the end it reports the share of the CPU that other processes took
+meanwhile (from /proc/stat on Linux): above 5%, the figures are skewed.
 """
 
 import argparse
@@ -60,22 +62,34 @@ def matmul_peak(sizes=(256, 512, 1024, 2048), repeats=5):
     return best
 
 
-def time_training(cfg, encodings, vocab_size, steps, rounds, warmup):
+def matmul_sizes(candidates=(256, 512, 1024, 2048)):
+    """The square size at which this machine's matmul is fastest (one quick sweep)."""
+    return (max(candidates, key=lambda n: matmul_peak((n,), repeats=3)),)
+
+
+def time_training(cfg, encodings, vocab_size, steps, rounds, warmup, peak_sizes):
+    """Median ms/iter of each encoding, and its median MFU: each round also measures the matmul
+    peak, and a round's step times are divided by that round's peak, so slow and fast spells
+    of the machine cancel out."""
     trainers = {enc: Trainer(TrainConfig(**{**vars(cfg), "pos_encoding": enc}), vocab_size, "cpu")
                 for enc in encodings}
     for trainer in trainers.values():
         for _ in range(warmup):
             trainer.step()
-    times = {enc: [] for enc in encodings}
+    mc = next(iter(trainers.values())).model_config
+    flops = flops_per_step(mc, cfg.batch_size, cfg.gradient_accumulation_steps)
+    times, mfu, peaks = {enc: [] for enc in encodings}, {enc: [] for enc in encodings}, []
     for r in range(rounds):
+        peaks.append(matmul_peak(peak_sizes, repeats=3))
         order = encodings[r % len(encodings):] + encodings[:r % len(encodings)]
         for enc in order:
             t0 = time.perf_counter()
             for _ in range(steps):
                 trainers[enc].step()
             times[enc].append((time.perf_counter() - t0) / steps)
-    mc = next(iter(trainers.values())).model_config
-    return {enc: 1000 * statistics.median(t) for enc, t in times.items()}, mc
+            mfu[enc].append(flops / times[enc][-1] / 1e9 / peaks[-1])
+    ms = {enc: 1000 * statistics.median(t) for enc, t in times.items()}
+    return ms, {enc: statistics.median(m) for enc, m in mfu.items()}, peaks, mc, flops
 
 
 def time_sampling(model_config, enc, samples, tokens, repeats=3, seed=0):
@@ -95,6 +109,16 @@ def time_sampling(model_config, enc, samples, tokens, repeats=3, seed=0):
     no_cache, cache = statistics.median(secs[False]), statistics.median(secs[True])
     return {"no_cache_s": no_cache, "cache_s": cache, "speedup": no_cache / cache,
             "same_tokens": bool(torch.equal(out[False], out[True]))}
+
+
+def busy_seconds():
+    """CPU seconds this machine has spent busy since boot, all processes together (Linux), or None."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
+    except OSError:
+        return None
+    user, nice, system, idle, iowait, irq, softirq, steal = map(int, fields)
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def main():
@@ -120,28 +144,31 @@ def main():
     cfg = TrainConfig(**{**read_config_file(args.config), "data_dir": args.data_dir, "progress": False})
     vocab_size = load_meta(args.data_dir)["vocab_size"]
 
-    peak = matmul_peak()
-    ms, mc = time_training(cfg, encodings, vocab_size, args.steps, args.rounds, args.warmup)
-    flops = flops_per_step(mc, cfg.batch_size, cfg.gradient_accumulation_steps)
+    # CPU time that other processes take during the benchmark skews it; measured, not guessed from
+    # the load average (which counts this benchmark's own threads)
+    busy0, own0, wall0 = busy_seconds(), time.process_time(), time.perf_counter()
+    peak_sizes = matmul_sizes()
+    ms, mfu, peaks, mc, flops = time_training(cfg, encodings, vocab_size, args.steps, args.rounds, args.warmup,
+                                              peak_sizes)
+    peak = statistics.median(peaks)
     tokens = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
     ref = ms.get("learned")
 
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    if load > 0.5 * (os.cpu_count() or 1):
-        print(f"warning: load average {load:.1f} on {os.cpu_count()} cores: other work skews these figures")
     print(f"{Path(args.config).stem}: {mc.n_layer} layers, {mc.n_embd} wide, block {mc.block_size}, "
           f"batch {cfg.batch_size}; {torch.get_num_threads()} threads, torch {torch.__version__}")
-    print(f"matmul peak: {peak:.1f} GFLOP/s (float32); model: {flops / 1e9:.2f} GFLOP per training step\n")
+    print(f"matmul peak: {peak:.1f} GFLOP/s (float32; median of {len(peaks)} rounds, {min(peaks):.0f}-{max(peaks):.0f});"
+          f" model: {flops / 1e9:.2f} GFLOP per training step\n")
     print(f"{'encoding':<12}{'ms/iter':>9}{'tokens/s':>11}{'vs learned':>12}{'GFLOP/s':>9}{'MFU':>7}")
     results = {"config": args.config, "threads": torch.get_num_threads(), "torch": torch.__version__,
-               "matmul_peak_gflops": peak, "flops_per_step": flops, "training": {}, "sampling": {}}
+               "matmul_peak_gflops": peak, "matmul_peak_by_round": peaks, "flops_per_step": flops,
+               "training": {}, "sampling": {}}
     for enc in encodings:
         gflops = flops / (ms[enc] / 1000) / 1e9
         rel = ms[enc] / ref if ref else float("nan")
         results["training"][enc] = {"ms_per_iter": ms[enc], "tokens_per_s": tokens / (ms[enc] / 1000),
-                                    "relative_to_learned": rel, "gflops": gflops, "mfu": gflops / peak}
+                                    "relative_to_learned": rel, "gflops": gflops, "mfu": mfu[enc]}
         print(f"{enc:<12}{ms[enc]:>9.2f}{tokens / (ms[enc] / 1000):>11,.0f}{rel:>11.3f}x{gflops:>9.1f}"
-              f"{100 * gflops / peak:>6.0f}%")
+              f"{100 * mfu[enc]:>6.0f}%")
 
     if not args.no_sampling:
         print(f"\nsampling {args.samples} x {args.sample_tokens} characters from '\\n' as one batch:")
@@ -150,6 +177,12 @@ def main():
             r = time_sampling(mc, enc, args.samples, args.sample_tokens, args.sample_repeats)
             results["sampling"][enc] = r
             print(f"{enc:<12}{r['no_cache_s']:>9.2f}s{r['cache_s']:>9.2f}s{r['speedup']:>9.1f}x  {r['same_tokens']}")
+    if busy0 is not None:
+        other = max(0.0, ((busy_seconds() - busy0) - (time.process_time() - own0)) / (
+            (time.perf_counter() - wall0) * (os.cpu_count() or 1)))  # clock ticks round: never below 0
+        results["other_processes_cpu_share"] = other
+        print(f"\nother processes used {100 * other:.0f}% of the CPU meanwhile"
+              + (": they skew these figures" if other > 0.05 else ""))
     if args.json:
         write_json(args.json, results)
         print(f"\nwrote {args.json}")

@@ -1,0 +1,31 @@
+"""bench.py: the FLOP count it divides by, and a short run of the whole command."""
+
+import json
+
+from conftest import run
+from bench import flops_per_step
+from model import GPTConfig
+
+
+def test_flops_per_step_counts_matmuls_and_attention():
+    # CPU config by hand: per token forward 2 * (4 layers * 12 * 128^2 + 128 * 65) weights' FLOPs
+    # plus 4 layers * 4 * 64 * 128 for attention = 1,720,576; x3 for backward, x 12 * 64 tokens
+    mc = GPTConfig(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128)
+    assert flops_per_step(mc, batch_size=12) == 3 * 1_720_576 * 12 * 64
+    assert flops_per_step(mc, batch_size=12, grad_accum=2) == 2 * flops_per_step(mc, batch_size=12)
+
+
+def test_bench_reports_every_encoding_and_same_tokens(data_dir, tmp_path):
+    out = tmp_path / "bench.json"
+    proc = run("bench.py", "--data-dir", data_dir, "--pos-encodings", "rope,learned", "--steps", 2, "--rounds", 2,
+               "--warmup", 1, "--sample-tokens", 80, "--sample-repeats", 1, "--json", out)
+    result = json.loads(out.read_text())
+    assert set(result["training"]) == set(result["sampling"]) == {"rope", "learned"}
+    assert result["training"]["learned"]["relative_to_learned"] == 1.0
+    for enc, r in result["training"].items():
+        assert r["ms_per_iter"] > 0 and 0 < r["mfu"] < 1.5, (enc, r)
+        assert f"{r['ms_per_iter']:.2f}" in proc.stdout
+    assert len(result["matmul_peak_by_round"]) == 2 and result["matmul_peak_gflops"] > 0
+    # 80 new characters cross a cut of the 64-character context: cached and uncached still agree
+    assert all(r["same_tokens"] for r in result["sampling"].values())
+    assert 0 <= result["other_processes_cpu_share"] <= 1
