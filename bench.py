@@ -51,7 +51,7 @@ def matmul_peak(sizes=(256, 512, 1024, 2048), repeats=5):
         a, b = torch.randn(n, n), torch.randn(n, n)
         for _ in range(2):
             a @ b  # warm-up
-        reps = max(3, int(2e9 / (2 * n ** 3)))  # about 2 GFLOP per timing
+        reps = max(3, int(2e9 / (2 * n ** 3)))  # at least about 2 GFLOP per timing
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()

@@ -15,8 +15,10 @@ import multiprocessing
 import os
 import platform
 import queue
+import signal
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -50,58 +52,95 @@ def plan(cfg, overwrite):
 # Runs side by side (--jobs > 1): each in a process of its own, with its share of the threads
 # and its own progress-bar line. A model this small keeps many threads only partly busy, so on
 # the CPU several runs at once can finish sooner than one after another (the README's "Speed"
-# section has the measurements). The thread count changes losses by ~1e-7 only.
+# section has the measurements). The thread count changes losses by ~1e-6 at most.
+#
+# Signals: each worker runs in its own process group, so the terminal's Ctrl-C reaches only
+# this process, which passes each one on to every running worker exactly once (the first makes
+# them save their state and stop, a second aborts them, as for a single run). A worker whose
+# parent died (killed, say) stops the same way instead of training on unseen.
 
 
-def _train_in_process(i, cfg, resume, threads, bar_line, bar_lock, results):
+def _watch_parent(parent):
+    while os.getppid() == parent:
+        time.sleep(2.0)
+    os.kill(os.getpid(), signal.SIGINT)  # orphaned: save the state and stop
+
+
+def _train_in_process(i, cfg, resume, threads, bar_line, bar_lock, results, parent):
+    if hasattr(os, "setpgrp"):
+        os.setpgrp()  # out of the terminal's process group: Ctrl-C comes from the parent only
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # started ignored, see train_side_by_side
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     torch.set_num_threads(threads)
     tqdm.set_lock(bar_lock)  # one lock for all processes' progress bars
     try:
         results.put((i, train(cfg, resume=resume, overwrite=True, bar_position=bar_line), None))
-    except UserError as e:  # includes Ctrl-C: the run saved its state and stopped
+    except UserError as e:  # includes a first Ctrl-C: the run saved its state and stopped
         results.put((i, None, str(e)))
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before training began
+        results.put((i, None, f"{cfg.run_name}: interrupted"))
     except BaseException as e:
         results.put((i, None, f"{cfg.run_name} failed with {type(e).__name__}: {e} (traceback above)"))
         raise
 
 
 def train_side_by_side(cfgs, resume, jobs, done):
-    """Train cfgs `jobs` at a time, then call done(i, summary) for each finished one. After an error or
-    Ctrl-C, start no more runs and wait for the running ones (Ctrl-C reached them too: they
-    save their state and stop), then raise the first error."""
+    """Train cfgs `jobs` at a time; call done(i, summary) for each that finished. After an error
+    or Ctrl-C no new run starts and the running ones save their state and stop; then the
+    first error is raised."""
     threads = max(1, torch.get_num_threads() // jobs)
     print(f"training {len(cfgs)} runs, {jobs} at a time with {threads} torch thread(s) each")
     ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked OpenMP or torch state
     results, bar_lock = ctx.Queue(), ctx.RLock()
     waiting, running, ended, finished, error = list(range(len(cfgs))), {}, set(), [], None
     # running: index -> (process, its bar's line)
-    while running or (waiting and error is None):
-        while waiting and error is None and len(running) < jobs:
-            i = waiting.pop(0)
-            line = min(set(range(jobs)) - {line for _, line in running.values()})
-            process = ctx.Process(target=_train_in_process,
-                                  args=(i, cfgs[i], resume[i], threads, line, bar_lock, results))
-            process.start()
-            running[i] = (process, line)
-        try:
-            i, summary, message = results.get(timeout=1.0)
-        except queue.Empty:  # a process that ended a whole timeout ago without a word was killed
-            for i, (process, _) in list(running.items()):
-                if process.exitcode is not None and i in ended:
-                    running.pop(i)
-                    error = error or f"{cfgs[i].run_name}: its process died (exit code {process.exitcode})"
-                elif process.exitcode is not None:
-                    ended.add(i)  # its last words may still be on their way
-            continue
-        except KeyboardInterrupt:
-            error = error or "stopped by Ctrl-C; the same command resumes the interrupted runs"
-            continue
-        running.pop(i)[0].join()
-        if summary is None:
-            error = error or message
-        else:
-            finished.append((i, summary))
-    sys.stderr.write("\r")  # the progress bars are gone; their line may still hold the cursor
+    ctrl_c = [0, 0]  # Ctrl-Cs received, Ctrl-Cs passed on to the workers
+
+    def stop_workers():
+        for process, _ in running.values():
+            if process.exitcode is None:
+                os.kill(process.pid, signal.SIGINT)
+
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: ctrl_c.__setitem__(0, ctrl_c[0] + 1))
+    try:
+        while running or (waiting and error is None):
+            while waiting and error is None and len(running) < jobs:
+                i = waiting.pop(0)
+                line = min(set(range(jobs)) - {line for _, line in running.values()})
+                process = ctx.Process(target=_train_in_process, args=(
+                    i, cfgs[i], resume[i], threads, line, bar_lock, results, os.getpid()))
+                handler = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited: immune until set up
+                process.start()
+                signal.signal(signal.SIGINT, handler)
+                running[i] = (process, line)
+            if ctrl_c[0] > ctrl_c[1]:
+                ctrl_c[1] += 1
+                error = error or "stopped by Ctrl-C; the same command resumes the interrupted runs"
+                stop_workers()
+            try:
+                i, summary, message = results.get(timeout=1.0)
+            except queue.Empty:  # a process that ended a whole timeout ago without a word was killed
+                for i, (process, _) in list(running.items()):
+                    if process.exitcode is not None and i in ended:
+                        running.pop(i)
+                        if error is None:
+                            error = f"{cfgs[i].run_name}: its process died (exit code {process.exitcode})"
+                            stop_workers()
+                    elif process.exitcode is not None:
+                        ended.add(i)  # its last words may still be on their way
+                continue
+            running.pop(i)[0].join()
+            if summary is not None:
+                finished.append((i, summary))
+            elif error is None:
+                error = message
+                if running:
+                    error += "; the other runs saved their state and stopped: the same command resumes them"
+                stop_workers()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if cfgs[0].progress:
+        sys.stderr.write("\r")  # the bars are gone; their line may still hold the cursor
     for i, summary in finished:  # reported now: printing among the other processes' bars garbles them
         done(i, summary)
     if error:
@@ -184,13 +223,15 @@ def main():
     add_config_flags(parser, exclude=("pos_encoding", "run_name", "seed"))
     args = parser.parse_args()
 
-    encodings = parse_encodings(args.pos_encodings)
+    encodings = list(dict.fromkeys(parse_encodings(args.pos_encodings)))  # a repeat would share a run directory
     try:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        seeds = list(dict.fromkeys(int(s) for s in args.seeds.split(",") if s.strip()))
     except ValueError:
         raise UserError(f"--seeds takes comma-separated integers, got {args.seeds!r}") from None
     group = Path(args.config).stem
     base = config_from_args(args)  # flags over the config file over the defaults, before per-run settings
+    if args.jobs > 1 and pick_device(base.device) != "cpu":
+        raise UserError(f"--jobs trains runs side by side on the CPU; on {pick_device(base.device)} train one at a time")
 
     t0 = time.time()
     cfgs = [config_from_args(args, pos_encoding=enc, seed=seed, run_name=f"{group}/{enc}_seed{seed}")

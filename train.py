@@ -449,7 +449,8 @@ def train(cfg: TrainConfig, resume=False, overwrite=False, bar_position=None):
             if stop.requested:
                 save_last()
                 bar.close()
-                raise UserError(f"stopped by Ctrl-C at step {it}; continue with the same command and --resume")
+                raise UserError(f"stopped by Ctrl-C at step {it}; the same command with --resume continues"
+                                f" (compare.py: the same command)")
 
             t0 = time.perf_counter()
             loss = trainer.step()

@@ -104,3 +104,5 @@ def test_prepare_and_plot_errors(data_dir, tmp_path):
     too_long = run("compare.py", "--data-dir", data_dir, "--out-dir", tmp_path, "--plots-dir", tmp_path,
                    "--pos-encodings", "rope,none", "--jobs", 2, *TINY_FLAGS, "--block-size", 5000, check=False)
     assert_one_line_error(too_long, "val split has", "fewer than block_size + 1 = 5001")
+    assert_one_line_error(run("compare.py", "--jobs", 2, "--device", "cuda", check=False),
+                          "--jobs trains runs side by side on the CPU; on cuda train one at a time")

@@ -125,11 +125,14 @@ def test_compare_defaults_write_under_out_of_the_working_directory(workspace, tm
 
 
 def test_compare_jobs_train_side_by_side_to_the_same_numbers(workspace, tmp_path):
-    common = ["--data-dir", workspace / "data", "--pos-encodings", "rope,none", "--seeds", "1,2",
-              "--sample-tokens", 10, *TINY_FLAGS]
-    parallel = run("compare.py", *common, "--out-dir", tmp_path / "par", "--plots-dir", tmp_path / "pp", "--jobs", 3)
-    assert "training 4 runs, 3 at a time with 1 torch thread(s) each" in parallel.stdout
-    run("compare.py", *common, "--out-dir", tmp_path / "seq", "--plots-dir", tmp_path / "sp", "--jobs", 1)
+    common = ["--data-dir", workspace / "data", "--sample-tokens", 10, *TINY_FLAGS]
+    par = ["--out-dir", tmp_path / "par", "--plots-dir", tmp_path / "pp"]
+    run("compare.py", *common, *par, "--pos-encodings", "none", "--seeds", "2")  # reused below
+    parallel = run("compare.py", *common, *par, "--pos-encodings", "rope,none", "--seeds", "1,2,2", "--jobs", 3)
+    assert "none_seed2: finished earlier, reusing it" in parallel.stdout
+    assert "training 3 runs, 3 at a time with 1 torch thread(s) each" in parallel.stdout
+    run("compare.py", *common, "--out-dir", tmp_path / "seq", "--plots-dir", tmp_path / "sp",
+        "--pos-encodings", "rope,none", "--seeds", "1,2")
     for name in ("rope_seed1", "rope_seed2", "none_seed1", "none_seed2"):
         rows = {}
         for mode in ("par", "seq"):
@@ -137,9 +140,13 @@ def test_compare_jobs_train_side_by_side_to_the_same_numbers(workspace, tmp_path
                 rows[mode] = list(csv.DictReader(f))
         assert [int(r["step"]) for r in rows["par"]] == [0, 10, 20, 30]
         for key in ("train_loss", "val_loss"):
-            par, seq = ([float(r[key]) for r in rows[mode]] for mode in ("par", "seq"))
-            assert par == pytest.approx(seq, abs=1e-6), (name, key)
-    assert (tmp_path / "pp" / "results.md").read_text().count("| 2 |") == 2  # both encodings, 2 seeds each
+            par_losses, seq_losses = ([float(r[key]) for r in rows[mode]] for mode in ("par", "seq"))
+            assert par_losses == pytest.approx(seq_losses, abs=1e-6), (name, key)
+
+    def loss_columns(plots):  # each encoding's best, final train and final val loss (mean ± std of 2 seeds)
+        lines = (tmp_path / plots / "results.md").read_text().splitlines()
+        return [ln.split("|")[3:7] for ln in lines if ln.startswith(("| RoPE", "| none"))]
+    assert len(loss_columns("pp")) == 2 and loss_columns("pp") == loss_columns("sp")
 
 
 # --- errors: one line on stderr, exit code 2, no traceback ---------------------

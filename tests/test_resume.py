@@ -124,3 +124,33 @@ def test_torchrun_two_processes_match_one_process_with_the_same_global_batch(dat
     assert single[-1][2] < single[0][2] - 0.5  # and it trained
     summary = (tmp_path / "ddp" / "rope_seed1337" / "summary.json").read_text()
     assert '"processes": 2' in summary
+
+
+def compare_cmd(data_dir, out, encodings, jobs):
+    return [sys.executable, str(ROOT / "compare.py"), "--data-dir", str(data_dir), "--out-dir", str(out),
+            "--plots-dir", str(out / "plots"), "--pos-encodings", encodings, "--jobs", str(jobs),
+            "--sample-tokens", "10", *SLOW]
+
+
+def test_ctrl_c_stops_compare_jobs_and_the_same_command_resumes(data_dir, tmp_path):
+    # compare.py --jobs: Ctrl-C reaches the parent (its workers sit in their own process group);
+    # it passes it on, every run saves its state and stops, and the same command finishes them
+    cmd = compare_cmd(data_dir, tmp_path, "rope,none", jobs=2)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run_dirs = [tmp_path / "shakespeare_char_cpu" / f"{enc}_seed1337" for enc in ("rope", "none")]
+    for run_dir in run_dirs:
+        wait_for_rows(run_dir, 3, proc)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in stderr
+    assert "compare.py: error: stopped by Ctrl-C; the same command resumes the interrupted runs" in stderr
+    for run_dir in run_dirs:
+        assert (run_dir / "last.pt").exists() and not (run_dir / "summary.json").exists()
+    again = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count("resuming the interrupted run") == 2
+    straight = subprocess.run(compare_cmd(data_dir, tmp_path / "straight", "rope", jobs=1), cwd=ROOT, env=ENV,
+                              capture_output=True, text=True, timeout=300)
+    assert straight.returncode == 0, straight.stderr
+    assert_same_rows(metrics(run_dirs[0]),  # as if never interrupted
+                     metrics(tmp_path / "straight" / "shakespeare_char_cpu" / "rope_seed1337"))
