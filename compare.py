@@ -101,6 +101,12 @@ def train_side_by_side(cfgs, resume, jobs, done):
             if process.exitcode is None:
                 os.kill(process.pid, signal.SIGINT)
 
+    def fail(message):  # the first error is the one reported; the running runs save and stop
+        nonlocal error
+        if error is None:
+            error = message
+            stop_workers()
+
     previous = signal.signal(signal.SIGINT, lambda signum, frame: ctrl_c.__setitem__(0, ctrl_c[0] + 1))
     try:
         while running or (waiting and error is None):
@@ -123,20 +129,16 @@ def train_side_by_side(cfgs, resume, jobs, done):
                 for i, (process, _) in list(running.items()):
                     if process.exitcode is not None and i in ended:
                         running.pop(i)
-                        if error is None:
-                            error = f"{cfgs[i].run_name}: its process died (exit code {process.exitcode})"
-                            stop_workers()
+                        fail(f"{cfgs[i].run_name}: its process died (exit code {process.exitcode})")
                     elif process.exitcode is not None:
                         ended.add(i)  # its last words may still be on their way
                 continue
             running.pop(i)[0].join()
             if summary is not None:
                 finished.append((i, summary))
-            elif error is None:
-                error = message
-                if running:
-                    error += "; the other runs saved their state and stopped: the same command resumes them"
-                stop_workers()
+            else:
+                fail(message + ("; the other runs saved their state and stopped: the same command resumes them"
+                                if running else ""))
     finally:
         signal.signal(signal.SIGINT, previous)
     if cfgs[0].progress:

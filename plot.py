@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from common import ArgumentParser, UserError, atomic_write, read_json, read_metrics, run_cli  # noqa: E402
+from train import NOT_RESULTS, differing_keys  # noqa: E402
 
 # The reference article's colours: RoPE blue, learned orange, none green.
 COLORS = {"rope": "tab:blue", "learned": "tab:orange", "none": "tab:green",
@@ -50,7 +51,7 @@ def read_run(run_dir):
 
 
 # what may differ between the runs drawn in one figure
-PER_RUN = ("pos_encoding", "seed", "run_name", "out_dir", "progress", "device", "compile")
+PER_RUN = ("pos_encoding", "seed", "run_name", "out_dir", *NOT_RESULTS)
 
 
 def group_by_encoding(runs):
@@ -61,11 +62,9 @@ def group_by_encoding(runs):
     reference = None
     for run in runs:
         config, metrics = read_run(run)
-        shared = {k: v for k, v in config.items() if k not in PER_RUN}
         if reference is None:
-            reference = (run, shared)
-        elif shared != reference[1]:
-            keys = sorted(k for k in set(shared) | set(reference[1]) if shared.get(k) != reference[1].get(k))
+            reference = (run, config)
+        elif keys := differing_keys(config, reference[1], ignore=PER_RUN):
             raise UserError(f"{run} and {reference[0]} differ in {', '.join(keys)}; plot runs of one config"
                             f" (name their directories, e.g. out/shakespeare_char_cpu)")
         groups[config["pos_encoding"]].append((config, metrics))

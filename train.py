@@ -359,8 +359,12 @@ def config_differences(run_dir, cfg):
     if not path.exists():
         return None
     old = read_json(path, f"remove {run_dir} or choose another --run-name")
-    new = json.loads(json.dumps(asdict(cfg)))  # as JSON holds it
-    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in NOT_RESULTS)
+    return differing_keys(old, json.loads(json.dumps(asdict(cfg))))  # cfg as JSON holds it
+
+
+def differing_keys(a, b, ignore=NOT_RESULTS):
+    """Sorted keys whose values differ between two configs (dicts), leaving out `ignore`."""
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in ignore)
 
 
 def prepare_run_dir(run_dir, cfg, resume, overwrite):
