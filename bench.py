@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from common import CPU_CONFIG, ArgumentParser, load_meta, parse_encodings, positive, run_cli, write_json
+from common import CPU_CONFIG, ArgumentParser, keep_freed_memory, load_meta, parse_encodings, positive, run_cli, write_json
 from model import GPT
 from train import TrainConfig, Trainer, read_config_file
 
@@ -140,6 +140,7 @@ def main():
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as train.py does
     encodings = parse_encodings(args.pos_encodings)
     cfg = TrainConfig(**{**read_config_file(args.config), "data_dir": args.data_dir, "progress": False})
     vocab_size = load_meta(args.data_dir)["vocab_size"]

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common import (ArgumentParser, UserError, load_checkpoint, load_meta, load_tokens, pick_device, read_json,
-                    read_metrics, run_cli, save_checkpoint, write_json, write_text)
+from common import (ArgumentParser, UserError, keep_freed_memory, load_checkpoint, load_meta, load_tokens,
+                    pick_device, read_json, read_metrics, run_cli, save_checkpoint, write_json, write_text)
 from model import GPT, POS_ENCODINGS, GPTConfig
 
 
@@ -393,6 +393,7 @@ def train(cfg: TrainConfig, resume=False, overwrite=False, bar_position=None):
     """Train one model; returns the summary dict also written to summary.json.
     bar_position: the progress bar's line when several runs train side by side (compare.py --jobs)."""
     t_start = time.time()
+    keep_freed_memory()  # no page faults for each step's activations: 4-6% faster steps on CPU
     meta = load_meta(cfg.data_dir)
     trainer = Trainer(cfg, meta["vocab_size"], pick_device(cfg.device))
     dist, model = trainer.dist, trainer.model
