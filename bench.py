@@ -6,10 +6,12 @@ How fast is each positional encoding? Times training steps and sampling on this 
 
 Training: after a warm-up, rounds of `--steps` optimizer steps per encoding, the encodings
 interleaved (rotated each round) so that drift in the machine's speed hits all alike; the
-median round gives ms/iter. Peak: GFLOP/s of a square float32 matmul (of the fastest size)
-with the same thread count, measured again in every round. Model FLOPs per step are counted
-from the shapes (see `flops_per_step`); MFU = FLOPs per step / step time / that round's peak,
-median over rounds.
+median round gives ms/iter. "vs learned" is paired: each round's time over learned's time in
+the same round, median over rounds, with the middle half of those ratios beside it (how far
+to trust it). Peak: GFLOP/s of a square float32 matmul (of the fastest size) with the same
+thread count, measured again in every round. Model FLOPs per step are counted from the
+shapes (see `flops_per_step`); MFU = FLOPs per step / step time / that round's peak, median
+over rounds.
 Sampling: `--samples` sequences of `--sample-tokens` characters from "\\n" as one batch,
 without and with the KV cache, alternately, median of `--sample-repeats`; the two must give
 the same tokens. At the end it reports the share of the CPU that other processes took
@@ -68,9 +70,9 @@ def matmul_sizes(candidates=(256, 512, 1024, 2048)):
 
 
 def time_training(cfg, encodings, vocab_size, steps, rounds, warmup, peak_sizes):
-    """Median ms/iter of each encoding, and its median MFU: each round also measures the matmul
-    peak, and a round's step times are divided by that round's peak, so slow and fast spells
-    of the machine cancel out."""
+    """Seconds per step of each encoding in every round, and its median MFU: each round also
+    measures the matmul peak, and a round's step times are divided by that round's peak, so slow
+    and fast spells of the machine cancel out."""
     trainers = {enc: Trainer(TrainConfig(**{**vars(cfg), "pos_encoding": enc}), vocab_size, "cpu")
                 for enc in encodings}
     for trainer in trainers.values():
@@ -88,8 +90,21 @@ def time_training(cfg, encodings, vocab_size, steps, rounds, warmup, peak_sizes)
                 trainers[enc].step()
             times[enc].append((time.perf_counter() - t0) / steps)
             mfu[enc].append(flops / times[enc][-1] / 1e9 / peaks[-1])
-    ms = {enc: 1000 * statistics.median(t) for enc, t in times.items()}
-    return ms, {enc: statistics.median(m) for enc, m in mfu.items()}, peaks, mc, flops
+    return times, {enc: statistics.median(m) for enc, m in mfu.items()}, peaks, mc, flops
+
+
+def paired_ratios(times, ref):
+    """Each encoding's round times over the reference's in the same rounds: a slow spell of the
+    machine slows both sides of a ratio, where a ratio of two medians would mix spells."""
+    return {enc: [a / b for a, b in zip(t, times[ref])] for enc, t in times.items()}
+
+
+def middle_half(values):
+    """The interquartile range (low, high) of values (a single value gives itself twice)."""
+    if len(values) < 2:
+        return values[0], values[0]
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q3
 
 
 def time_sampling(model_config, enc, samples, tokens, repeats=3, seed=0):
@@ -126,8 +141,8 @@ def main():
     parser.add_argument("config", nargs="?", default=CPU_CONFIG, help=f"TOML config (default: {CPU_CONFIG})")
     parser.add_argument("--pos-encodings", default="all", help="comma-separated encodings or 'all' (default: all)")
     parser.add_argument("--data-dir", default="data/shakespeare_char", help="prepared data for the batches")
-    parser.add_argument("--steps", type=positive(int), default=20, help="optimizer steps per timed round (default: 20)")
-    parser.add_argument("--rounds", type=positive(int), default=7, help="timed rounds per encoding (default: 7)")
+    parser.add_argument("--steps", type=positive(int), default=10, help="optimizer steps per timed round (default: 10)")
+    parser.add_argument("--rounds", type=positive(int), default=15, help="timed rounds per encoding (default: 15)")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps per encoding first (default: 10)")
     parser.add_argument("--samples", type=positive(int), default=10, help="sequences sampled as one batch (default: 10)")
     parser.add_argument("--sample-tokens", type=positive(int), default=500, help="characters per sample (default: 500)")
@@ -149,27 +164,32 @@ def main():
     # the load average (which counts this benchmark's own threads)
     busy0, own0, wall0 = busy_seconds(), time.process_time(), time.perf_counter()
     peak_sizes = matmul_sizes()
-    ms, mfu, peaks, mc, flops = time_training(cfg, encodings, vocab_size, args.steps, args.rounds, args.warmup,
-                                              peak_sizes)
+    times, mfu, peaks, mc, flops = time_training(cfg, encodings, vocab_size, args.steps, args.rounds, args.warmup,
+                                                 peak_sizes)
+    ms = {enc: 1000 * statistics.median(t) for enc, t in times.items()}
+    ratios = paired_ratios(times, "learned") if "learned" in times else {}
     peak = statistics.median(peaks)
     tokens = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
-    ref = ms.get("learned")
 
     print(f"{Path(args.config).stem}: {mc.n_layer} layers, {mc.n_embd} wide, block {mc.block_size}, "
           f"batch {cfg.batch_size}; {torch.get_num_threads()} threads, torch {torch.__version__}")
     print(f"matmul peak: {peak:.1f} GFLOP/s (float32; median of {len(peaks)} rounds, {min(peaks):.0f}-{max(peaks):.0f});"
           f" model: {flops / 1e9:.2f} GFLOP per training step\n")
-    print(f"{'encoding':<12}{'ms/iter':>9}{'tokens/s':>11}{'vs learned':>12}{'GFLOP/s':>9}{'MFU':>7}")
+    print(f"{'encoding':<12}{'ms/iter':>9}{'tokens/s':>11}{'vs learned':>12}{'middle half':>15}{'GFLOP/s':>9}"
+          f"{'MFU':>7}")
     results = {"config": args.config, "threads": torch.get_num_threads(), "torch": torch.__version__,
                "matmul_peak_gflops": peak, "matmul_peak_by_round": peaks, "flops_per_step": flops,
                "training": {}, "sampling": {}}
     for enc in encodings:
         gflops = flops / (ms[enc] / 1000) / 1e9
-        rel = ms[enc] / ref if ref else float("nan")
-        results["training"][enc] = {"ms_per_iter": ms[enc], "tokens_per_s": tokens / (ms[enc] / 1000),
-                                    "relative_to_learned": rel, "gflops": gflops, "mfu": mfu[enc]}
-        print(f"{enc:<12}{ms[enc]:>9.2f}{tokens / (ms[enc] / 1000):>11,.0f}{rel:>11.3f}x{gflops:>9.1f}"
-              f"{100 * mfu[enc]:>6.0f}%")
+        r = ratios.get(enc, [float("nan")])
+        rel, (low, high) = statistics.median(r), middle_half(r)
+        results["training"][enc] = {"ms_per_iter": ms[enc], "ms_by_round": [1000 * t for t in times[enc]],
+                                    "tokens_per_s": tokens / (ms[enc] / 1000), "relative_to_learned": rel,
+                                    "relative_to_learned_by_round": r if ratios else None,
+                                    "gflops": gflops, "mfu": mfu[enc]}
+        print(f"{enc:<12}{ms[enc]:>9.2f}{tokens / (ms[enc] / 1000):>11,.0f}{rel:>11.3f}x{low:>9.3f}-{high:.3f}"
+              f"{gflops:>9.1f}{100 * mfu[enc]:>6.0f}%")
 
     if not args.no_sampling:
         print(f"\nsampling {args.samples} x {args.sample_tokens} characters from '\\n' as one batch:")

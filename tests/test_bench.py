@@ -2,8 +2,10 @@
 
 import json
 
+import pytest
+
 from conftest import run
-from bench import flops_per_step
+from bench import flops_per_step, middle_half, paired_ratios
 from model import GPTConfig
 
 
@@ -15,6 +17,17 @@ def test_flops_per_step_counts_matmuls_and_attention():
     assert flops_per_step(mc, batch_size=12, grad_accum=2) == 2 * flops_per_step(mc, batch_size=12)
 
 
+def test_ratios_are_paired_by_round():
+    # the machine slows down 2x in round 2: paired ratios are unaffected, a ratio of medians is not
+    times = {"learned": [10.0, 20.0, 10.0], "rope": [10.5, 21.0, 10.5], "slow_start": [30.0, 20.0, 10.0]}
+    ratios = paired_ratios(times, "learned")
+    assert ratios["learned"] == [1.0, 1.0, 1.0]
+    assert ratios["rope"] == [1.05, 1.05, 1.05]
+    assert ratios["slow_start"] == [3.0, 1.0, 1.0]
+    assert middle_half([1.0, 2.0, 3.0, 4.0, 5.0]) == (2.0, 4.0)
+    assert middle_half([1.1]) == (1.1, 1.1)
+
+
 def test_bench_reports_every_encoding_and_same_tokens(data_dir, tmp_path):
     out = tmp_path / "bench.json"
     proc = run("bench.py", "--data-dir", data_dir, "--pos-encodings", "rope,learned", "--steps", 2, "--rounds", 2,
@@ -24,6 +37,9 @@ def test_bench_reports_every_encoding_and_same_tokens(data_dir, tmp_path):
     assert result["training"]["learned"]["relative_to_learned"] == 1.0
     for enc, r in result["training"].items():
         assert r["ms_per_iter"] > 0 and 0 < r["mfu"] < 1.5, (enc, r)
+        paired = [a / b for a, b in zip(r["ms_by_round"], result["training"]["learned"]["ms_by_round"])]
+        assert r["relative_to_learned_by_round"] == pytest.approx(paired)
+        assert r["relative_to_learned"] == pytest.approx(sum(paired) / 2)  # the median of two rounds
         assert f"{r['ms_per_iter']:.2f}" in proc.stdout
     assert len(result["matmul_peak_by_round"]) == 2 and result["matmul_peak_gflops"] > 0
     # 80 new characters cross a cut of the 64-character context: cached and uncached still agree
