@@ -40,15 +40,15 @@ def test_alibi_slopes_match_the_paper(n_head, expected):
 def test_alibi_bias_is_minus_slope_times_distance_and_causal():
     enc = POS_ENCODINGS["alibi"](GPTConfig(**SMALL, pos_encoding="alibi"))
     bias = enc.attn_bias(range(0, 4), range(0, 4))
-    assert bias.shape == (2, 4, 4)
+    assert bias.shape == (1, 2, 4, 4)  # (batch, head, query, key): broadcast over the batch
     slopes = alibi_slopes(2)
     for h in range(2):
         for i in range(4):
             for j in range(4):
                 want = -slopes[h] * (i - j) if j <= i else float("-inf")
-                assert bias[h, i, j].item() == pytest.approx(want)
+                assert bias[0, h, i, j].item() == pytest.approx(want)
     # queries after cached keys (positions 4, 5 against keys 0..5)
-    assert torch.equal(enc.attn_bias(range(4, 6), range(0, 6)), enc.attn_bias(range(0, 6), range(0, 6))[:, 4:])
+    assert torch.equal(enc.attn_bias(range(4, 6), range(0, 6)), enc.attn_bias(range(0, 6), range(0, 6))[:, :, 4:])
 
 
 def test_rope_scaling_factor_one_is_the_identity():
