@@ -26,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-from common import CPU_CONFIG, ArgumentParser, keep_freed_memory, load_meta, parse_encodings, positive, run_cli, write_json
+from common import (CPU_CONFIG, ArgumentParser, keep_freed_memory, load_meta, parse_encodings, positive, run_cli,
+                    write_json)
 from model import GPT
 from train import TrainConfig, Trainer, read_config_file
 
@@ -100,7 +101,8 @@ def paired_ratios(times, ref):
 
 
 def middle_half(values):
-    """The interquartile range (low, high) of values (a single value gives itself twice)."""
+    """The first and third quartiles (low, high) of values; a single value gives itself twice.
+    "inclusive": quartiles within the data's range, as suits a handful of rounds."""
     if len(values) < 2:
         return values[0], values[0]
     q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
@@ -182,14 +184,13 @@ def main():
                "training": {}, "sampling": {}}
     for enc in encodings:
         gflops = flops / (ms[enc] / 1000) / 1e9
-        r = ratios.get(enc, [float("nan")])
-        rel, (low, high) = statistics.median(r), middle_half(r)
+        r = ratios.get(enc)  # None without learned
+        rel, spread = (statistics.median(r), "{:.3f}-{:.3f}".format(*middle_half(r))) if r else (None, "-")
         results["training"][enc] = {"ms_per_iter": ms[enc], "ms_by_round": [1000 * t for t in times[enc]],
                                     "tokens_per_s": tokens / (ms[enc] / 1000), "relative_to_learned": rel,
-                                    "relative_to_learned_by_round": r if ratios else None,
-                                    "gflops": gflops, "mfu": mfu[enc]}
-        print(f"{enc:<12}{ms[enc]:>9.2f}{tokens / (ms[enc] / 1000):>11,.0f}{rel:>11.3f}x{low:>9.3f}-{high:.3f}"
-              f"{gflops:>9.1f}{100 * mfu[enc]:>6.0f}%")
+                                    "relative_to_learned_by_round": r, "gflops": gflops, "mfu": mfu[enc]}
+        print(f"{enc:<12}{ms[enc]:>9.2f}{tokens / (ms[enc] / 1000):>11,.0f}"
+              f"{f'{rel:.3f}x' if r else '-':>12}{spread:>15}{gflops:>9.1f}{100 * mfu[enc]:>6.0f}%")
 
     if not args.no_sampling:
         print(f"\nsampling {args.samples} x {args.sample_tokens} characters from '\\n' as one batch:")

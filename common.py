@@ -1,8 +1,8 @@
 """Small pieces shared by the scripts: user-facing errors, atomic files, data and checkpoints."""
 
 import argparse
-import ctypes
 import csv
+import ctypes
 import json
 import os
 import sys
@@ -163,21 +163,24 @@ def pick_device(name="auto"):
 
 def keep_freed_memory():
     """Ask glibc's malloc to keep the memory that freed tensors give back, instead of returning
-    it to the OS. Returns True if the C library took the settings (glibc), False elsewhere.
+    it to the OS. Affects the whole process; returns True if the C library took both settings
+    (glibc), False elsewhere (then nothing changes).
 
     PyTorch's CPU tensors come straight from malloc, with no cache of their own. A training step
     frees some MB of activations, and by default glibc hands the top of its heap back to the
     OS (trimming), so the next step faults those pages in again and the kernel zeroes each one:
-    1,000-2,000 page faults per step of the CPU config, a few percent of its time (README,
+    500-2,600 page faults per step of the CPU config, a few percent of its time (README,
     "Speed"). The cost: the process keeps its peak memory until it exits."""
     try:
         mallopt = ctypes.CDLL(None).mallopt  # the process's own C library
-    except (OSError, AttributeError):  # no mallopt: not glibc (macOS, Windows)
+    except (OSError, AttributeError, TypeError):  # not glibc: no mallopt (macOS), no CDLL(None) (Windows)
         return False
     M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # from glibc's malloc.h
-    # never trim; serve blocks up to 32 MB (the largest glibc allows) from the heap, not from
-    # fresh mmaps that are unmapped again on free
-    return bool(mallopt(M_TRIM_THRESHOLD, 1 << 30)) and bool(mallopt(M_MMAP_THRESHOLD, 32 << 20))
+    # trim only above 1 GiB free; serve blocks up to 32 MB (the most glibc allows) from the heap,
+    # not from fresh mmaps that are unmapped again on free
+    trim_ok = mallopt(M_TRIM_THRESHOLD, 1 << 30)
+    mmap_ok = mallopt(M_MMAP_THRESHOLD, 32 << 20)
+    return bool(trim_ok and mmap_ok)
 
 
 def save_checkpoint(path, ckpt):

@@ -1,6 +1,7 @@
 """bench.py: the FLOP count it divides by, and a short run of the whole command."""
 
 import json
+import statistics
 
 import pytest
 
@@ -18,13 +19,16 @@ def test_flops_per_step_counts_matmuls_and_attention():
 
 
 def test_ratios_are_paired_by_round():
-    # the machine slows down 2x in round 2: paired ratios are unaffected, a ratio of medians is not
-    times = {"learned": [10.0, 20.0, 10.0], "rope": [10.5, 21.0, 10.5], "slow_start": [30.0, 20.0, 10.0]}
+    # twin runs as fast as learned, but a 3x slow spell covers round 2 for everyone and twin's turn
+    # in round 1: its paired ratios (3, 1, 1) have the median 1.0; the ratio of medians says 3.0
+    times = {"learned": [10.0, 30.0, 10.0], "rope": [10.5, 31.5, 10.5], "twin": [30.0, 30.0, 10.0]}
     ratios = paired_ratios(times, "learned")
     assert ratios["learned"] == [1.0, 1.0, 1.0]
-    assert ratios["rope"] == [1.05, 1.05, 1.05]
-    assert ratios["slow_start"] == [3.0, 1.0, 1.0]
+    assert ratios["rope"] == pytest.approx([1.05, 1.05, 1.05])
+    assert ratios["twin"] == [3.0, 1.0, 1.0] and statistics.median(ratios["twin"]) == 1.0
+    assert statistics.median(times["twin"]) / statistics.median(times["learned"]) == 3.0
     assert middle_half([1.0, 2.0, 3.0, 4.0, 5.0]) == (2.0, 4.0)
+    assert middle_half([1.0, 2.0]) == (1.25, 1.75)
     assert middle_half([1.1]) == (1.1, 1.1)
 
 
