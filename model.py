@@ -10,8 +10,8 @@ A positional encoding can act at three places, and each class overrides only
 the hook(s) it needs (`pos` is a Python range of the tokens' absolute positions):
   embed(x, pos)              add something to the token embeddings   (learned, sinusoidal)
   rotate(q, k, pos)          transform queries and keys per head     (rope)
-  attn_bias(q_pos, k_pos)    additive bias on the attention scores,  (alibi)
-                             shape (1, n_head, len(q_pos), len(k_pos))
+  attn_bias(q_pos, k_pos)    additive bias on the attention scores   (alibi)
+                             of shape (1, n_head, len(q_pos), len(k_pos))
 """
 
 import hashlib
