@@ -60,6 +60,9 @@ def plan(cfg, overwrite):
 # parent died (killed, say) stops the same way instead of training on unseen.
 
 
+POLL = 0.2  # seconds between the parent's checks for Ctrl-C and for workers that died
+
+
 def _watch_parent(parent):
     while os.getppid() == parent:
         time.sleep(2.0)
@@ -69,19 +72,24 @@ def _watch_parent(parent):
 def _train_in_process(i, cfg, resume, threads, bar_line, bar_lock, results, parent):
     if hasattr(os, "setpgrp"):
         os.setpgrp()  # out of the terminal's process group: Ctrl-C comes from the parent only
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # started ignored, see train_side_by_side
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     torch.set_num_threads(threads)
     tqdm.set_lock(bar_lock)  # one lock for all processes' progress bars
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # started ignored, see train_side_by_side
     try:
-        results.put((i, train(cfg, resume=resume, overwrite=True, bar_position=bar_line), None))
+        outcome = (i, train(cfg, resume=resume, overwrite=True, bar_position=bar_line), None)
     except UserError as e:  # includes a first Ctrl-C: the run saved its state and stopped
-        results.put((i, None, str(e)))
+        outcome = (i, None, str(e))
     except KeyboardInterrupt:  # a second Ctrl-C, or one before training began
-        results.put((i, None, f"{cfg.run_name}: interrupted"))
+        outcome = (i, None, f"{cfg.run_name}: interrupted")
     except BaseException as e:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         results.put((i, None, f"{cfg.run_name} failed with {type(e).__name__}: {e} (traceback above)"))
         raise
+    # The run is over. The parent passes on its Ctrl-C, or stops the others after another run's
+    # error, at any moment: one arriving now must not cut the report short with a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    results.put(outcome)
 
 
 def train_side_by_side(cfgs, resume, jobs, done):
@@ -123,8 +131,8 @@ def train_side_by_side(cfgs, resume, jobs, done):
                 ctrl_c[1] += 1
                 error = error or "stopped by Ctrl-C; the same command resumes the interrupted runs"
                 stop_workers()
-            try:
-                i, summary, message = results.get(timeout=1.0)
+            try:  # a short timeout: a Ctrl-C caught meanwhile is passed on within POLL seconds
+                i, summary, message = results.get(timeout=POLL)
             except queue.Empty:  # a process that ended a whole timeout ago without a word was killed
                 for i, (process, _) in list(running.items()):
                     if process.exitcode is not None and i in ended:

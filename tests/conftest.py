@@ -10,8 +10,12 @@ import torch
 # Tiny models gain nothing from threads, and two processes both spinning 2 OpenMP threads on
 # 2 cores slow each other down many times over: tests and the scripts they launch use one.
 torch.set_num_threads(1)
-# Scripts under test take their input from their arguments only (CI sets SHAKESPEARE_INPUT).
-ENV = {**{k: v for k, v in os.environ.items() if k != "SHAKESPEARE_INPUT"}, "OMP_NUM_THREADS": "1"}
+# Scripts under test see none of the settings that would change what they do: their input
+# comes from their arguments only (CI sets SHAKESPEARE_INPUT), no torchrun variables (train.py
+# would wait for its peers), no GPU, glibc's malloc untuned.
+IGNORED = ("SHAKESPEARE_INPUT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "GLIBC_TUNABLES")
+ENV = {**{k: v for k, v in os.environ.items() if k not in IGNORED and not k.startswith("MALLOC_")},
+       "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))

@@ -135,7 +135,9 @@ def compare_cmd(data_dir, out, encodings, jobs):
 def test_ctrl_c_stops_compare_jobs_and_the_same_command_resumes(data_dir, tmp_path):
     # compare.py --jobs: Ctrl-C reaches the parent (its workers sit in their own process group);
     # it passes it on, every run saves its state and stops, and the same command finishes them
-    cmd = compare_cmd(data_dir, tmp_path, "rope,none", jobs=2)
+    # twice SLOW's steps: each run must still be going when the Ctrl-C the parent passes on reaches it
+    longer = "--max-iters=600"
+    cmd = [*compare_cmd(data_dir, tmp_path, "rope,none", jobs=2), longer]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run_dirs = [tmp_path / "shakespeare_char_cpu" / f"{enc}_seed1337" for enc in ("rope", "none")]
     for run_dir in run_dirs:
@@ -149,7 +151,7 @@ def test_ctrl_c_stops_compare_jobs_and_the_same_command_resumes(data_dir, tmp_pa
     again = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("resuming the interrupted run") == 2
-    straight = subprocess.run(compare_cmd(data_dir, tmp_path / "straight", "rope", jobs=1), cwd=ROOT, env=ENV,
+    straight = subprocess.run([*compare_cmd(data_dir, tmp_path / "straight", "rope", jobs=1), longer], cwd=ROOT, env=ENV,
                               capture_output=True, text=True, timeout=300)
     assert straight.returncode == 0, straight.stderr
     assert_same_rows(metrics(run_dirs[0]),  # as if never interrupted
