@@ -4,6 +4,7 @@ import argparse
 import csv
 import ctypes
 import json
+import math
 import os
 import sys
 import tempfile
@@ -106,12 +107,14 @@ def read_metrics(path):
 
 
 def positive(kind):
-    """argparse type: a number of `kind` that must be > 0."""
+    """argparse type: a finite number of `kind` that must be > 0."""
     def parse(text):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}") from None
+        if not math.isfinite(value):  # float("nan") and float("inf") parse, and nan <= 0 is False
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
         if value <= 0:
             raise argparse.ArgumentTypeError(f"must be positive, got {text}")
         return value

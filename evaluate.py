@@ -30,7 +30,6 @@ of N windows per length instead, for a quick look.
 
 import argparse
 import hashlib
-import math
 import statistics
 import time
 from pathlib import Path
@@ -364,15 +363,8 @@ def parse_lengths(text):
 
 
 def parse_factor(text):
-    if text == "auto":
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"takes 'auto' or a number, got {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
+    """--rope-scaling-factor: None for 'auto', else a positive number."""
+    return None if text == "auto" else positive(float)(text)
 
 
 def main():

@@ -76,6 +76,9 @@ class TrainConfig:
     progress: bool = option(True, "show a progress bar")
 
     def __post_init__(self):
+        for f in fields(self):  # nan passes every "< 0" check below; inf breaks the schedule
+            if isinstance(getattr(self, f.name), float) and not math.isfinite(getattr(self, f.name)):
+                raise UserError(f"{f.name} must be a finite number, got {getattr(self, f.name)}")
         for name in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "gradient_accumulation_steps",
                      "eval_interval", "eval_iters"):
             if getattr(self, name) < 1:
@@ -88,6 +91,10 @@ class TrainConfig:
             raise UserError(f"seed must not be negative, got {self.seed}")
         if self.grad_clip < 0 or self.weight_decay < 0 or self.learning_rate <= 0 or self.min_lr < 0:
             raise UserError("learning_rate must be positive; min_lr, weight_decay and grad_clip must not be negative")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise UserError(f"beta1 and beta2 must be in [0, 1), got {self.beta1} and {self.beta2}")
+        if self.rope_theta <= 1:  # theta_i = rope_theta^(-2(i-1)/d): 1 rotates nothing, below 1 reverses the scales
+            raise UserError(f"rope_theta must be greater than 1, got {self.rope_theta}")
         if not self.run_name:
             self.run_name = f"{self.pos_encoding}_seed{self.seed}"
 

@@ -31,6 +31,7 @@ def assert_one_line_error(proc, *fragments):
     (["--gradient-accumulation-steps=0"], ["gradient_accumulation_steps must be at least 1"]),
     (["--seed=-1"], ["seed must not be negative"]),
     (["--grad-clip=-1"], ["grad_clip must not be negative"]),
+    (["--learning-rate=nan"], ["learning_rate must be a finite number, got nan"]),
 ])
 def test_train_rejects_bad_settings(data_dir, tmp_path, flags, fragments):
     proc = run("train.py", "--data-dir", data_dir, "--out-dir", tmp_path, *TINY_FLAGS, *flags, check=False)
@@ -67,6 +68,7 @@ def test_resume_after_the_data_was_prepared_from_another_text(tmp_path):
     (["--start", "ROMEO: 7"], ["outside the model's vocabulary", "'7'"]),
     (["--max-new-tokens", "0"], ["--max-new-tokens: must be positive, got 0"]),
     (["--temperature", "-1"], ["--temperature: must be positive, got -1"]),
+    (["--temperature", "nan"], ["--temperature: must be a finite number, got nan"]),
     (["--top-k", "0"], ["--top-k: must be positive, got 0"]),
     (["--num-samples", "-2"], ["--num-samples: must be positive"]),
     (["--start", "FILE:/nonexistent/prompt.txt"], ["prompt file /nonexistent/prompt.txt not found"]),

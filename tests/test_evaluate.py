@@ -1,5 +1,6 @@
 """evaluate.py (length extrapolation) and plot_rope.py (RoPE's decay and wavelengths), on tiny runs."""
 
+import argparse
 import json
 import math
 import statistics
@@ -10,7 +11,7 @@ import torch
 
 from common import UserError, load_checkpoint, load_tokens
 from conftest import TINY, TINY_FLAGS, run
-from evaluate import build_model, eval_windows, evaluate_runs, format_table, write_outputs
+from evaluate import build_model, eval_windows, evaluate_runs, format_table, parse_factor, write_outputs
 from plot_rope import decay_bound, wavelengths
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -155,6 +156,14 @@ def test_user_errors(runs, data_dir):
         evaluate_runs([runs / "learned_seed1337"], lengths=[10_000], data_dir=data_dir, progress=False)
     with pytest.raises(UserError, match="no checkpoint"):
         evaluate_runs([runs / "missing"], progress=False)
+
+
+def test_scaling_factor_flag():
+    assert parse_factor("auto") is None and parse_factor("2.5") == 2.5
+    for text, message in [("0", "must be positive, got 0"), ("nan", "must be a finite number, got nan"),
+                          ("inf", "must be a finite number, got inf"), ("two", "invalid float value: 'two'")]:
+        with pytest.raises(argparse.ArgumentTypeError, match=message):
+            parse_factor(text)
 
 
 # --- plot_rope.py ---------------------------------------------------------------

@@ -54,6 +54,10 @@ def test_block_size_larger_than_a_split_is_a_clear_error(data_dir):
     (dict(n_layer=0), "n_layer must be at least 1"),
     (dict(dropout=1.0), "dropout must be in"),
     (dict(max_iters=-1), "must not be negative"),
+    (dict(learning_rate=float("nan")), "learning_rate must be a finite number, got nan"),
+    (dict(grad_clip=float("inf")), "grad_clip must be a finite number, got inf"),
+    (dict(beta2=1.0), r"beta1 and beta2 must be in \[0, 1\), got 0.9 and 1.0"),
+    (dict(rope_theta=1.0), "rope_theta must be greater than 1, got 1.0"),
 ])
 def test_config_validation(kwargs, message):
     with pytest.raises(UserError, match=message):
