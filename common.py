@@ -113,7 +113,7 @@ def positive(kind):
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}") from None
-        if not math.isfinite(value):  # float("nan") and float("inf") parse, and nan <= 0 is False
+        if isinstance(value, float) and not math.isfinite(value):  # "nan" and "inf" parse; nan <= 0 is False
             raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
         if value <= 0:
             raise argparse.ArgumentTypeError(f"must be positive, got {text}")
@@ -169,11 +169,11 @@ def keep_freed_memory():
     it to the OS. Affects the whole process; returns True if the C library took both settings
     (glibc), False elsewhere (then nothing changes).
 
-    PyTorch's CPU tensors come straight from malloc, with no cache of their own. A training step
-    frees some MB of activations, and by default glibc hands the top of its heap back to the
-    OS (trimming), so the next step faults those pages in again and the kernel zeroes each one:
-    500-2,600 page faults per step of the CPU config, a few percent of its time (README,
-    "Speed"). The cost: the process keeps its peak memory until it exits."""
+    PyTorch's CPU tensors come straight from malloc (posix_memalign), with no cache of their own.
+    A training step frees some MB of activations, and by default glibc often hands the top of its
+    heap back to the OS (trimming), so the next step faults those pages in again and the kernel
+    zeroes each one: hundreds to thousands of page faults per step of the CPU config, a few
+    percent of its time (README, "Speed"). The cost: the process keeps its peak memory until it exits."""
     try:
         mallopt = ctypes.CDLL(None).mallopt  # the process's own C library
     except (OSError, AttributeError, TypeError):  # not glibc: no mallopt (macOS), no CDLL(None) (Windows)

@@ -57,7 +57,10 @@ def plan(cfg, overwrite):
 # Signals: each worker runs in its own process group, so the terminal's Ctrl-C reaches only
 # this process, which passes each one on to every running worker exactly once (the first makes
 # them save their state and stop, a second aborts them, as for a single run). A worker whose
-# parent died (killed, say) stops the same way instead of training on unseen.
+# parent died (killed, say) stops the same way instead of training on unseen. A worker starts
+# with SIGINT ignored (it would otherwise die of one while importing torch); while it starts,
+# the parent holds back its own SIGINT (blocked, not lost), and a worker that set up after the
+# parent passed one on learns of it from the `stopping` event.
 
 
 POLL = 0.2  # seconds between the parent's checks for Ctrl-C and for workers that died
@@ -69,7 +72,9 @@ def _watch_parent(parent):
     os.kill(os.getpid(), signal.SIGINT)  # orphaned: save the state and stop
 
 
-def _train_in_process(i, cfg, resume, threads, bar_line, bar_lock, results, parent):
+def _train_in_process(i, cfg, resume, threads, bar_line, bar_lock, results, parent, stopping):
+    if hasattr(signal, "pthread_sigmask"):  # inherited blocked (see train_side_by_side); still ignored
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     if hasattr(os, "setpgrp"):
         os.setpgrp()  # out of the terminal's process group: Ctrl-C comes from the parent only
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
@@ -77,6 +82,8 @@ def _train_in_process(i, cfg, resume, threads, bar_line, bar_lock, results, pare
     tqdm.set_lock(bar_lock)  # one lock for all processes' progress bars
     signal.signal(signal.SIGINT, signal.default_int_handler)  # started ignored, see train_side_by_side
     try:
+        if stopping.is_set():  # the parent passed a Ctrl-C on while this process started, SIGINT ignored
+            raise KeyboardInterrupt
         outcome = (i, train(cfg, resume=resume, overwrite=True, bar_position=bar_line), None)
     except UserError as e:  # includes a first Ctrl-C: the run saved its state and stopped
         outcome = (i, None, str(e))
@@ -97,14 +104,16 @@ def train_side_by_side(cfgs, resume, jobs, done):
     or Ctrl-C no new run starts and the running ones save their state and stop; then the
     first error is raised."""
     threads = max(1, torch.get_num_threads() // jobs)
-    print(f"training {len(cfgs)} runs, {jobs} at a time with {threads} torch thread(s) each")
     ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked OpenMP or torch state
     results, bar_lock = ctx.Queue(), ctx.RLock()
     waiting, running, ended, finished, error = list(range(len(cfgs))), {}, set(), [], None
     # running: index -> (process, its bar's line)
     ctrl_c = [0, 0]  # Ctrl-Cs received, Ctrl-Cs passed on to the workers
 
+    stopping = ctx.Event()  # for workers still starting up when stop_workers' SIGINT came
+
     def stop_workers():
+        stopping.set()
         for process, _ in running.values():
             if process.exitcode is None:
                 os.kill(process.pid, signal.SIGINT)
@@ -116,16 +125,21 @@ def train_side_by_side(cfgs, resume, jobs, done):
             stop_workers()
 
     previous = signal.signal(signal.SIGINT, lambda signum, frame: ctrl_c.__setitem__(0, ctrl_c[0] + 1))
+    print(f"training {len(cfgs)} runs, {jobs} at a time with {threads} torch thread(s) each")
     try:
         while running or (waiting and error is None):
             while waiting and error is None and len(running) < jobs:
                 i = waiting.pop(0)
                 line = min(set(range(jobs)) - {line for _, line in running.values()})
                 process = ctx.Process(target=_train_in_process, args=(
-                    i, cfgs[i], resume[i], threads, line, bar_lock, results, os.getpid()))
+                    i, cfgs[i], resume[i], threads, line, bar_lock, results, os.getpid(), stopping))
                 handler = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited: immune until set up
+                if hasattr(signal, "pthread_sigmask"):  # one arriving meanwhile waits for the handler
+                    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
                 process.start()
                 signal.signal(signal.SIGINT, handler)
+                if hasattr(signal, "pthread_sigmask"):
+                    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
                 running[i] = (process, line)
             if ctrl_c[0] > ctrl_c[1]:
                 ctrl_c[1] += 1

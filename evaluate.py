@@ -364,7 +364,12 @@ def parse_lengths(text):
 
 def parse_factor(text):
     """--rope-scaling-factor: None for 'auto', else a positive number."""
-    return None if text == "auto" else positive(float)(text)
+    if text == "auto":
+        return None
+    try:
+        return positive(float)(text)
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(f"takes 'auto' or a positive number: {e}") from None
 
 
 def main():

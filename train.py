@@ -53,7 +53,7 @@ class TrainConfig:
     block_size: int = option(64, "context length in characters")
     dropout: float = option(0.0, "dropout probability (0 for small data / short runs)")
     bias: bool = option(False, "biases in Linear and LayerNorm layers")
-    rope_theta: float = option(10000.0, "RoPE base theta (only for --pos-encoding rope)")
+    rope_theta: float = option(10000.0, "RoPE base theta, above 1 (only for --pos-encoding rope)")
     # optimisation
     batch_size: int = option(12, "sequences per micro-batch")
     gradient_accumulation_steps: int = option(1, "micro-batches per optimizer step")
@@ -93,7 +93,7 @@ class TrainConfig:
             raise UserError("learning_rate must be positive; min_lr, weight_decay and grad_clip must not be negative")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise UserError(f"beta1 and beta2 must be in [0, 1), got {self.beta1} and {self.beta2}")
-        if self.rope_theta <= 1:  # theta_i = rope_theta^(-2(i-1)/d): 1 rotates nothing, below 1 reverses the scales
+        if self.rope_theta <= 1:  # theta_i = rope_theta^(-2(i-1)/d): 1 gives every pair one frequency, below 1 reverses them
             raise UserError(f"rope_theta must be greater than 1, got {self.rope_theta}")
         if not self.run_name:
             self.run_name = f"{self.pos_encoding}_seed{self.seed}"
@@ -261,7 +261,9 @@ class Distributed:
         if self.enabled:
             # Together, as torch's docs ask: rank 0 still evaluates after the last step, and a
             # rank that tore gloo down meanwhile once aborted on its way out ("terminate called
-            # without an active exception", in 1 of 20 runs of the torchrun test under load)
+            # without an active exception", in 1 of 20 runs of the torchrun test under load).
+            # Reached only when the run ended normally: after an error on rank 0 the other ranks
+            # wait here until torchrun stops them
             torch.distributed.barrier()
             torch.distributed.destroy_process_group()
 

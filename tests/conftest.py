@@ -12,8 +12,8 @@ import torch
 torch.set_num_threads(1)
 # Scripts under test see none of the settings that would change what they do: their input
 # comes from their arguments only (CI sets SHAKESPEARE_INPUT), no torchrun variables (train.py
-# would wait for its peers), no GPU, glibc's malloc untuned.
-IGNORED = ("SHAKESPEARE_INPUT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "GLIBC_TUNABLES")
+# would wait for its peers), no GPU, glibc's own malloc, untuned.
+IGNORED = ("SHAKESPEARE_INPUT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "GLIBC_TUNABLES", "LD_PRELOAD")
 ENV = {**{k: v for k, v in os.environ.items() if k not in IGNORED and not k.startswith("MALLOC_")},
        "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
 

@@ -161,7 +161,8 @@ def test_user_errors(runs, data_dir):
 def test_scaling_factor_flag():
     assert parse_factor("auto") is None and parse_factor("2.5") == 2.5
     for text, message in [("0", "must be positive, got 0"), ("nan", "must be a finite number, got nan"),
-                          ("inf", "must be a finite number, got inf"), ("two", "invalid float value: 'two'")]:
+                          ("inf", "must be a finite number, got inf"),
+                          ("two", "takes 'auto' or a positive number: invalid float value: 'two'")]:
         with pytest.raises(argparse.ArgumentTypeError, match=message):
             parse_factor(text)
 

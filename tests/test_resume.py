@@ -156,3 +156,18 @@ def test_ctrl_c_stops_compare_jobs_and_the_same_command_resumes(data_dir, tmp_pa
     assert straight.returncode == 0, straight.stderr
     assert_same_rows(metrics(run_dirs[0]),  # as if never interrupted
                      metrics(tmp_path / "straight" / "shakespeare_char_cpu" / "rope_seed1337"))
+
+
+def test_ctrl_c_while_compare_workers_start_up_stops_them_too(data_dir, tmp_path):
+    # a worker ignores SIGINT until it has imported torch and set up (seconds); a Ctrl-C passed on
+    # in that time used to be lost, and that run trained to its end
+    cmd = [*compare_cmd(data_dir, tmp_path, "rope,none", jobs=2), "--max-iters=600"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**ENV, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().startswith("training 2 runs, 2 at a time")  # the workers are starting
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in stderr
+    assert "compare.py: error: stopped by Ctrl-C; the same command resumes the interrupted runs" in stderr
+    for enc in ("rope", "none"):
+        assert not (tmp_path / "shakespeare_char_cpu" / f"{enc}_seed1337" / "summary.json").exists()
