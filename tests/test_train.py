@@ -1,5 +1,6 @@
 """train.py internals: learning-rate schedule, batches, config validation."""
 
+import argparse
 import math
 import platform
 import shutil
@@ -9,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from common import UserError
+from common import UserError, positive
 from conftest import ENV, ROOT
 from train import Batches, TrainConfig, learning_rate
 
@@ -62,6 +63,16 @@ def test_block_size_larger_than_a_split_is_a_clear_error(data_dir):
 def test_config_validation(kwargs, message):
     with pytest.raises(UserError, match=message):
         TrainConfig(**kwargs)
+
+
+def test_positive_flags():
+    assert positive(int)("3") == 3 and positive(int)("1" + "0" * 400) == 10 ** 400  # too big for a float
+    assert positive(float)("0.5") == 0.5
+    for kind, text, message in [(int, "0", "must be positive, got 0"), (float, "-1e-9", "must be positive"),
+                                (float, "nan", "must be a finite number, got nan"),
+                                (float, "-inf", "must be a finite number, got -inf"), (int, "2.5", "invalid int value")]:
+        with pytest.raises(argparse.ArgumentTypeError, match=message):
+            positive(kind)(text)
 
 
 def test_model_config_errors_become_user_errors():
