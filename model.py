@@ -169,6 +169,8 @@ class RotaryPositionalEncoding(PositionalEncoding):
             raise ValueError(
                 f"rope needs an even head size, got n_embd/n_head = {config.head_dim}; change n_embd or n_head"
             )
+        if not config.rope_theta > 1:  # theta_i = rope_theta^(-2(i-1)/d): 1 gives every pair one frequency
+            raise ValueError(f"rope_theta must be greater than 1, got {config.rope_theta}")
         if config.rope_scaling not in ("none", "linear", "ntk"):
             raise ValueError(f"rope_scaling must be none, linear or ntk, got {config.rope_scaling!r}")
         if config.rope_scaling_factor <= 0:

@@ -93,8 +93,6 @@ class TrainConfig:
             raise UserError("learning_rate must be positive; min_lr, weight_decay and grad_clip must not be negative")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise UserError(f"beta1 and beta2 must be in [0, 1), got {self.beta1} and {self.beta2}")
-        if self.rope_theta <= 1:  # theta_i = rope_theta^(-2(i-1)/d): 1 gives every pair one frequency, below 1 reverses them
-            raise UserError(f"rope_theta must be greater than 1, got {self.rope_theta}")
         if not self.run_name:
             self.run_name = f"{self.pos_encoding}_seed{self.seed}"
 

@@ -58,7 +58,6 @@ def test_block_size_larger_than_a_split_is_a_clear_error(data_dir):
     (dict(learning_rate=float("nan")), "learning_rate must be a finite number, got nan"),
     (dict(grad_clip=float("inf")), "grad_clip must be a finite number, got inf"),
     (dict(beta2=1.0), r"beta1 and beta2 must be in \[0, 1\), got 0.9 and 1.0"),
-    (dict(rope_theta=1.0), "rope_theta must be greater than 1, got 1.0"),
 ])
 def test_config_validation(kwargs, message):
     with pytest.raises(UserError, match=message):
@@ -78,6 +77,9 @@ def test_positive_flags():
 def test_model_config_errors_become_user_errors():
     with pytest.raises(UserError, match="divisible"):
         TrainConfig(n_embd=100, n_head=3).model_config(65)
+    with pytest.raises(UserError, match="rope_theta must be greater than 1, got 1.0"):
+        TrainConfig(rope_theta=1.0).model_config(65)
+    assert TrainConfig(pos_encoding="learned", rope_theta=1.0).model_config(65).pos_encoding == "learned"  # not RoPE's
     assert TrainConfig(pos_encoding="learned").model_config(65).pos_encoding == "learned"
     assert math.isclose(TrainConfig().model_config(65).rope_theta, 10000.0)
 
