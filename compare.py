@@ -73,14 +73,14 @@ def _watch_parent(parent):
 
 
 def _train_in_process(i, cfg, resume, threads, bar_line, bar_lock, results, parent, stopping):
-    if hasattr(signal, "pthread_sigmask"):  # inherited blocked (see train_side_by_side); still ignored
+    if hasattr(signal, "pthread_sigmask"):  # inherited blocked (see _start_immune); still ignored
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     if hasattr(os, "setpgrp"):
         os.setpgrp()  # out of the terminal's process group: Ctrl-C comes from the parent only
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     torch.set_num_threads(threads)
     tqdm.set_lock(bar_lock)  # one lock for all processes' progress bars
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # started ignored, see train_side_by_side
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # started ignored, see _start_immune
     try:
         if stopping.is_set():  # the parent passed a Ctrl-C on while this process started, SIGINT ignored
             raise KeyboardInterrupt
@@ -97,6 +97,22 @@ def _train_in_process(i, cfg, resume, threads, bar_line, bar_lock, results, pare
     # error, at any moment: one arriving now must not cut the report short with a traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     results.put(outcome)
+
+
+def _start_immune(process):
+    """Start a worker with SIGINT ignored, which it inherits (see the Signals comment). Meanwhile
+    this process's SIGINT is also blocked, where the OS allows, so one arriving then waits for
+    the handler to come back instead of being lost."""
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    can_block = hasattr(signal, "pthread_sigmask")  # not on Windows
+    if can_block:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        process.start()
+    finally:
+        signal.signal(signal.SIGINT, handler)
+        if can_block:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def train_side_by_side(cfgs, resume, jobs, done):
@@ -133,13 +149,7 @@ def train_side_by_side(cfgs, resume, jobs, done):
                 line = min(set(range(jobs)) - {line for _, line in running.values()})
                 process = ctx.Process(target=_train_in_process, args=(
                     i, cfgs[i], resume[i], threads, line, bar_lock, results, os.getpid(), stopping))
-                handler = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited: immune until set up
-                if hasattr(signal, "pthread_sigmask"):  # one arriving meanwhile waits for the handler
-                    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-                process.start()
-                signal.signal(signal.SIGINT, handler)
-                if hasattr(signal, "pthread_sigmask"):
-                    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+                _start_immune(process)
                 running[i] = (process, line)
             if ctrl_c[0] > ctrl_c[1]:
                 ctrl_c[1] += 1

@@ -77,8 +77,9 @@ class TrainConfig:
 
     def __post_init__(self):
         for f in fields(self):  # nan passes every "< 0" check below; inf breaks the schedule
-            if isinstance(getattr(self, f.name), float) and not math.isfinite(getattr(self, f.name)):
-                raise UserError(f"{f.name} must be a finite number, got {getattr(self, f.name)}")
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UserError(f"{f.name} must be a finite number, got {value}")
         for name in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "gradient_accumulation_steps",
                      "eval_interval", "eval_iters"):
             if getattr(self, name) < 1:

@@ -14,6 +14,9 @@ from conftest import ENV, ROOT, TINY_FLAGS, run
 
 # Long enough (about 2 s) to be killed part way.
 SLOW = [*TINY_FLAGS, "--max-iters=300", "--eval-interval=20", "--n-embd=64"]
+# Twice that, for compare.py --jobs: each run must still be going when the Ctrl-C the parent
+# passes on reaches it, even on a faster machine
+LONGER = "--max-iters=600"
 
 
 def metrics(run_dir):
@@ -135,9 +138,7 @@ def compare_cmd(data_dir, out, encodings, jobs):
 def test_ctrl_c_stops_compare_jobs_and_the_same_command_resumes(data_dir, tmp_path):
     # compare.py --jobs: Ctrl-C reaches the parent (its workers sit in their own process group);
     # it passes it on, every run saves its state and stops, and the same command finishes them
-    # twice SLOW's steps: each run must still be going when the Ctrl-C the parent passes on reaches it
-    longer = "--max-iters=600"
-    cmd = [*compare_cmd(data_dir, tmp_path, "rope,none", jobs=2), longer]
+    cmd = [*compare_cmd(data_dir, tmp_path, "rope,none", jobs=2), LONGER]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run_dirs = [tmp_path / "shakespeare_char_cpu" / f"{enc}_seed1337" for enc in ("rope", "none")]
     for run_dir in run_dirs:
@@ -151,7 +152,7 @@ def test_ctrl_c_stops_compare_jobs_and_the_same_command_resumes(data_dir, tmp_pa
     again = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("resuming the interrupted run") == 2
-    straight = subprocess.run([*compare_cmd(data_dir, tmp_path / "straight", "rope", jobs=1), longer], cwd=ROOT, env=ENV,
+    straight = subprocess.run([*compare_cmd(data_dir, tmp_path / "straight", "rope", jobs=1), LONGER], cwd=ROOT, env=ENV,
                               capture_output=True, text=True, timeout=300)
     assert straight.returncode == 0, straight.stderr
     assert_same_rows(metrics(run_dirs[0]),  # as if never interrupted
@@ -161,7 +162,7 @@ def test_ctrl_c_stops_compare_jobs_and_the_same_command_resumes(data_dir, tmp_pa
 def test_ctrl_c_while_compare_workers_start_up_stops_them_too(data_dir, tmp_path):
     # a worker ignores SIGINT until it has imported torch and set up (seconds); a Ctrl-C passed on
     # in that time used to be lost, and that run trained to its end
-    cmd = [*compare_cmd(data_dir, tmp_path, "rope,none", jobs=2), "--max-iters=600"]
+    cmd = [*compare_cmd(data_dir, tmp_path, "rope,none", jobs=2), LONGER]
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**ENV, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     assert proc.stdout.readline().startswith("training 2 runs, 2 at a time")  # the workers are starting
