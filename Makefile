@@ -1,5 +1,8 @@
 # make experiment      venv + data + rope/learned/none on the CPU config, 3 seeds, extrapolation study -> plots/
-# make experiment-all  the same for all five encodings -> plots/all/ (reuses the runs above)
+# make experiment-all  all five encodings and sinusoidal without its sqrt(d) scale, 5 seeds -> plots/all/
+#                      (reuses the runs above)
+# make sweep           learning-rate sweep of the same six, then 3 seeds at each one's best rate
+#                      -> plots/lr_sweep.png, plots/lr_sweep/
 # make test            venv + the test suite
 # make bench           speed of each encoding on this machine
 # SHAKESPEARE_INPUT=/path/to/input.txt make experiment    works offline
@@ -12,11 +15,14 @@ PY         := $(VENV)/bin/python
 DATA       := data/shakespeare_char/meta.json
 CONFIG     ?= config/shakespeare_char_cpu.toml
 SEEDS      ?= 1337,1338,1339
+SEEDS_ALL  ?= 1337,1338,1339,1340,1341
+VARIANTS   := all,sinusoidal:sinusoidal_scale=false
 JOBS       ?= 1
 
-.PHONY: experiment experiment-all test bench data clean
+.PHONY: experiment experiment-all sweep test bench data clean
 
 $(VENV)/.installed: requirements.txt
+	@$(PYTHON_SYS) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "error: Python 3.11 or newer is needed (tomllib); $(PYTHON_SYS) is " + sys.version.split()[0] + ". Use PYTHON_SYS=python3.11 make ...")'
 	$(PYTHON_SYS) -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $@
@@ -30,7 +36,11 @@ experiment: $(VENV)/.installed $(DATA)
 	$(PY) compare.py $(CONFIG) --seeds $(SEEDS) --jobs $(JOBS) --extrapolate
 
 experiment-all: $(VENV)/.installed $(DATA)
-	$(PY) compare.py $(CONFIG) --pos-encodings all --seeds $(SEEDS) --jobs $(JOBS) --extrapolate --plots-dir plots/all
+	$(PY) compare.py $(CONFIG) --pos-encodings $(VARIANTS) --seeds $(SEEDS_ALL) --jobs $(JOBS) --extrapolate \
+		--plots-dir plots/all
+
+sweep: $(VENV)/.installed $(DATA)
+	$(PY) sweep.py $(CONFIG) --pos-encodings $(VARIANTS) --seeds $(SEEDS) --jobs $(JOBS) --plots-dir plots
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q tests

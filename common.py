@@ -3,11 +3,13 @@
 import argparse
 import csv
 import ctypes
+import hashlib
 import json
 import math
 import os
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +25,22 @@ class UserError(Exception):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one line on stderr (no usage block), exit code 2."""
+    """argparse, but a bad flag is one line on stderr (no usage block), exit code 2, and every
+    --flag-name is also accepted as --flag_name, as nanoGPT users type it (--max_iters=3000)."""
 
     def error(self, message):
         raise UserError(f"{message} (see --help)")
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        return super().parse_known_args([self._dashed(a) for a in args], namespace)
+
+    def _dashed(self, arg):
+        name, eq, value = arg.partition("=")
+        dashed = name.replace("_", "-")
+        if arg.startswith("--") and dashed != name and dashed in self._option_string_actions:
+            return dashed + eq + value
+        return arg
 
 
 def parse_encodings(text):
@@ -69,6 +83,27 @@ def atomic_write(path, write):
         raise
 
 
+@contextmanager
+def run_lock(run_dir):
+    """Hold run_dir (created if needed) for this process until the block ends: a second
+    process asking for it meanwhile gets a UserError. An advisory flock on run_dir/.lock,
+    released by the OS when the process dies; where there is no fcntl (Windows), no lock."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(run_dir / ".lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"{run_dir} is in use by another training process; wait for it to end,"
+                            f" or choose another --run-name") from None
+        yield
+
+
 def write_text(path, text):
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
@@ -80,10 +115,13 @@ def write_json(path, obj):
 # --- prepared data ------------------------------------------------------------
 
 
+SPLITS = ("train", "val", "test")  # prepare_shakespeare.py: the first 90%, the next 5%, the last 5%
+
+
 def load_meta(data_dir):
     """The vocabulary and sizes written by prepare_shakespeare.py."""
     meta_path = Path(data_dir) / "meta.json"
-    missing = [p for p in (meta_path, Path(data_dir) / "train.bin", Path(data_dir) / "val.bin") if not p.exists()]
+    missing = [p for p in (meta_path, *(Path(data_dir) / f"{s}.bin" for s in SPLITS)) if not p.exists()]
     if missing:
         raise UserError(
             f"prepared data not found ({missing[0]}); run `python prepare_shakespeare.py` first"
@@ -131,6 +169,30 @@ def load_tokens(data_dir, split):
     return torch.from_numpy(tokens.astype(np.int64))
 
 
+def eval_windows(tokens, length, max_windows=None, split="val"):
+    """Non-overlapping (n, length + 1) windows of `tokens`, window i starting at i * length.
+
+    Consecutive windows share one token (the last target of one is the first input of the
+    next), so the targets tile tokens[1 : n*length + 1] exactly once. With max_windows, an
+    evenly spaced subset of them (deterministic, still spread over the whole split)."""
+    n = (len(tokens) - 1) // length
+    if n < 1:
+        raise UserError(f"the {split} split has {len(tokens)} tokens, too few for a window of {length} + 1;"
+                        f" use a shorter length or more text")
+    windows = tokens[:n * length + 1].unfold(0, length + 1, length)  # a view: (n, length + 1)
+    if max_windows is not None and max_windows < n:
+        windows = windows[torch.linspace(0, n - 1, max_windows).round().long()]
+    return windows
+
+
+def digest(*tensors):
+    """A short fingerprint of token tensors, so results can be checked to come from the same text."""
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 class Vocab:
     """Character <-> id mapping; ids are positions in the sorted character list."""
 
@@ -155,8 +217,23 @@ class Vocab:
 
 
 def pick_device(name="auto"):
-    if name != "auto":
-        return name
+    """The device to run on: `name` if this machine has it, else a one-line UserError."""
+    kind, _, index = name.partition(":")
+    if name == "auto":
+        return auto_device()
+    if kind not in ("cpu", "cuda", "mps") or (index and not (kind == "cuda" and index.isdigit())):
+        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
+    if kind == "cuda" and not torch.cuda.is_available():
+        why = "this torch is built without CUDA" if torch.version.cuda is None else "no GPU is visible"
+        raise UserError(f"device {name!r} is not available ({why}); use --device cpu or auto")
+    if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
+        raise UserError(f"device {name!r} is not available: this machine has {torch.cuda.device_count()} GPU(s)")
+    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError(f"device {name!r} is not available (Apple-silicon GPUs only); use --device cpu or auto")
+    return name
+
+
+def auto_device():
     if torch.cuda.is_available():
         return "cuda"
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():

@@ -11,6 +11,7 @@ matches and that has finished (summary.json) is reused, not retrained. Writes
 <plots-dir>/train_loss.png, val_loss.png, results.md and samples.md.
 """
 
+import json
 import multiprocessing
 import os
 import platform
@@ -25,28 +26,49 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from common import CPU_CONFIG, UserError, parse_encodings, pick_device, positive, read_json, run_cli, write_text
+from analysis import paired_table, real_word_shares, words
+from common import (CPU_CONFIG, UserError, load_meta, load_tokens, pick_device, positive, read_json, run_cli,
+                    write_json, write_text)
 from evaluate import evaluate_runs, format_table, write_outputs
 from model import POS_ENCODINGS
-from plot import LABELS, plot_runs
+from plot import plot_runs
 from plot_rope import plot_rope
+from runs import group_variants, parse_variants, read_config, variant_labels, variant_name
 from sample import load_model, sample
-from train import add_config_flags, build_parser, config_differences, config_from_args, train
+from train import (FIELD_TYPES, add_config_flags, build_parser, config_differences, config_from_args, explain,
+                   provenance, train)
 
 ARTICLE_ENCODINGS = ["rope", "learned", "none"]
 
 
-def plan(cfg, overwrite):
-    """"reuse" a finished run with this config, "resume" an interrupted one, else "train".
-    A run of another config in the same directory is replaced only with --overwrite."""
+def plan(cfg, overwrite, prov):
+    """"reuse" a finished run with this config and provenance, "resume" an interrupted one, else
+    "train". A run of another config, or evaluated another way (an older version of the
+    evaluation, other text), is replaced only with --overwrite."""
     run_dir = Path(cfg.out_dir) / cfg.run_name
-    changed = config_differences(run_dir, cfg)
+    changed = config_differences(run_dir, cfg, prov)
     if changed == [] and (run_dir / "summary.json").exists():
         return "reuse"
     if changed and not overwrite:
-        raise UserError(f"{run_dir} holds a run with other settings ({', '.join(changed)}); --overwrite replaces"
-                        f" it, --out-dir elsewhere keeps both")
+        raise UserError(f"{explain(changed, run_dir)}; --overwrite retrains it, --out-dir elsewhere keeps both")
     return "resume" if changed == [] and (run_dir / "last.pt").exists() else "train"
+
+
+def make_configs(args, variants, seeds, learning_rates=None):
+    """One TrainConfig per variant (x learning rate) x seed, named <config stem>/<variant>_seed<seed>.
+    A learning rate r comes with min_lr = r / 10, as in the config files."""
+    base = config_from_args(args)
+    pick_device(base.device)  # a device this machine lacks: one line now, not after the first run's set-up
+    rates = [{}] if not learning_rates else [{"learning_rate": r, "min_lr": float(f"{r / 10:.6g}")}
+                                              for r in learning_rates]
+    group, cfgs = Path(args.config).stem, []
+    for enc, overrides in variants:
+        for rate in rates:
+            changed = {k: v for k, v in {**overrides, **rate}.items() if getattr(base, k) != v}
+            for seed in seeds:
+                cfgs.append(config_from_args(args, pos_encoding=enc, seed=seed, **changed,
+                                             run_name=f"{group}/{variant_name(enc, changed)}_seed{seed}"))
+    return cfgs
 
 
 # Runs side by side (--jobs > 1): each in a process of its own, with its share of the threads
@@ -183,7 +205,9 @@ def train_side_by_side(cfgs, resume, jobs, done):
 
 def train_runs(cfgs, overwrite, jobs=1):
     """The summaries of cfgs, in order: reused, resumed or trained, `jobs` runs at a time."""
-    actions = [plan(cfg, overwrite) for cfg in cfgs]  # refuse a changed run before training anything
+    provs = {}  # the evaluated text depends on the data and the block size only
+    actions = [plan(cfg, overwrite, provs.setdefault((cfg.data_dir, cfg.block_size), provenance(cfg)))
+               for cfg in cfgs]  # refuse a changed run before training anything
     summaries, todo = [None] * len(cfgs), []
     for i, (cfg, action) in enumerate(zip(cfgs, actions)):
         if action == "reuse":
@@ -215,17 +239,110 @@ def mean_std(values, fmt="{:.4f}"):
     return f"{fmt.format(statistics.mean(values))} ± {fmt.format(statistics.stdev(values))}"
 
 
-def results_table(summaries):
-    """Markdown table, one row per encoding; with several seeds, mean ± std."""
-    lines = ["| encoding | parameters | best val loss | at step | final train loss | final val loss "
+class Study:
+    """Finished runs read back: their configs and summaries, grouped into variants (runs that
+    differ only in the seed) and labelled (runs.py)."""
+
+    def __init__(self, run_dirs):
+        self.run_dirs = [Path(d) for d in run_dirs]
+        self.configs = [read_config(d) for d in self.run_dirs]
+        self.summaries = [read_json(d / "summary.json", "retrain the run") for d in self.run_dirs]
+        self.groups = group_variants(self.configs)  # variant key -> indices of its runs
+        self.labels = variant_labels(self.configs, self.groups)
+
+    def runs(self, key):
+        return [self.summaries[i] for i in self.groups[key]]
+
+    def encoding(self, key):
+        return self.configs[self.groups[key][0]]["pos_encoding"]
+
+    def per_seed(self, key, field):
+        return {s["seed"]: s[field] for s in self.runs(key)}
+
+    def pairs(self):
+        """Each variant against learned, and RoPE against each other variant (learned excepted)."""
+        keys = list(self.groups)
+        learned = [k for k in keys if self.encoding(k) == "learned"]
+        rope = [k for k in keys if self.encoding(k) == "rope"]
+        pairs = [(k, b) for b in learned for k in keys if k != b]
+        return pairs + [(r, k) for r in rope for k in keys if k != r and k not in learned and (k, r) not in pairs]
+
+
+def results_table(study):
+    """Markdown table, one row per variant; with several seeds, mean ± std over them."""
+    lines = ["| variant | parameters | best val loss | at step | final train loss | final val loss | final test loss "
              "| wall time (s) | ms/iter | seeds |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for enc, runs in summaries.items():
-        col = lambda key, fmt="{:.4f}": mean_std([r[key] for r in runs], fmt)  # noqa: E731
-        lines.append(f"| {LABELS.get(enc, enc)} | {runs[0]['n_params']:,} | {col('best_val_loss')} "
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for key in study.groups:
+        runs = study.runs(key)
+        col = lambda field, fmt="{:.4f}": mean_std([r[field] for r in runs], fmt)  # noqa: E731
+        lines.append(f"| {study.labels[key]} | {runs[0]['n_params']:,} | {col('best_val_loss')} "
                      f"| {col('best_step', '{:.0f}')} | {col('final_train_loss')} | {col('final_val_loss')} "
-                     f"| {col('wall_s', '{:.0f}')} | {col('ms_per_iter', '{:.1f}')} | {len(runs)} |")
+                     f"| {col('final_test_loss')} | {col('wall_s', '{:.0f}')} | {col('ms_per_iter', '{:.1f}')} "
+                     f"| {len(runs)} |")
     return "\n".join(lines)
+
+
+def differences_table(study):
+    """The paired differences of final losses (analysis.py), or '' when there is nothing to pair."""
+    pairs = study.pairs()
+    if not pairs:
+        return ""
+    values = {k: {"val": study.per_seed(k, "final_val_loss"), "test": study.per_seed(k, "final_test_loss")}
+              for k in study.groups}
+    return paired_table(values, pairs, study.labels)
+
+
+# --- samples and their real-word share ----------------------------------------------
+
+SAMPLING = dict(prompt="\n", num_samples=20, temperature=0.8, top_k=None)  # the article's prompt
+
+
+def sample_metrics(run_dir, seed, tokens, vocabulary):
+    """SAMPLING's samples of `tokens` characters from a run's best checkpoint (the sliding-window
+    sampler), and their real-word shares; kept in the run's sample_metrics.json."""
+    settings = {**SAMPLING, "max_new_tokens": tokens, "seed": seed}
+    path = Path(run_dir) / "sample_metrics.json"
+    if path.exists() and read_json(path, "delete it").get("settings") == settings:
+        return read_json(path, "delete it")
+    model, vocab = load_model(run_dir)
+    texts = sample(model, vocab, SAMPLING["prompt"], SAMPLING["num_samples"], tokens, SAMPLING["temperature"],
+                   SAMPLING["top_k"], seed)
+    texts = [t[len(SAMPLING["prompt"]):] for t in texts]  # the generated part only
+    result = {"settings": settings, **real_word_shares(texts, vocabulary), "first_sample": texts[0]}
+    write_json(path, result)
+    return result
+
+
+def train_vocabulary(data_dir):
+    """The set of lower-cased words of the train split (analysis.words)."""
+    chars = load_meta(data_dir)["chars"]
+    return set(words("".join(chars[i] for i in load_tokens(data_dir, "train").tolist())))
+
+
+def samples_report(study, tokens, progress=True):
+    """samples.md (one sample per variant, its first seed) and a markdown table of real-word shares."""
+    vocabulary = train_vocabulary(study.configs[0]["data_dir"])
+    metrics = {}
+    for i in tqdm(range(len(study.run_dirs)), desc="samples", disable=not progress, dynamic_ncols=True):
+        metrics[i] = sample_metrics(study.run_dirs[i], study.configs[i]["seed"], tokens, vocabulary)
+    n = SAMPLING["num_samples"]
+    lines = [f"| variant | real words, all | real words, 5+ letters | words per run | seeds |", "|---|---:|---:|---:|---:|"]
+    parts = [f"# One sample per variant ({tokens} characters from a single newline; temperature "
+             f"{SAMPLING['temperature']}, no top-k, sliding {study.configs[0]['block_size']}-character context)\n"]
+    for key, idx in study.groups.items():
+        col = lambda field: mean_std([metrics[i][field] for i in idx], "{:.3f}")  # noqa: E731
+        lines.append(f"| {study.labels[key]} | {col('real')} | {col('real_long')} "
+                     f"| {mean_std([metrics[i]['words'] for i in idx], '{:.0f}')} | {len(idx)} |")
+        first = idx[0]
+        parts.append(f"## {study.labels[key]} (seed {study.configs[first]['seed']})\n\n"
+                     f"```text\n{metrics[first]['first_sample'].strip()}\n```\n")
+    note = (f"Share of generated words found in the train split's vocabulary ({len(vocabulary):,} words; a word is"
+            f" a maximal run of letters and apostrophes, lower-cased; every occurrence counts). {n} samples of"
+            f" {tokens} characters per run from its best checkpoint, from a single newline, temperature"
+            f" {SAMPLING['temperature']}, no top-k, each character predicted from the last block_size characters;"
+            f" mean ± std over seeds.")
+    return "\n".join(lines) + "\n\n" + note, "\n".join(parts)
 
 
 def machine():
@@ -237,74 +354,92 @@ def machine():
     return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
 
 
-def main():
-    parser = build_parser(__doc__)
+def parse_seeds(text):
+    try:
+        seeds = list(dict.fromkeys(int(s) for s in text.split(",") if s.strip()))
+    except ValueError:
+        raise UserError(f"--seeds takes comma-separated integers, got {text!r}") from None
+    if not seeds:
+        raise UserError("--seeds is empty")
+    return seeds
+
+
+def write_report(study, plots_dir, title, args, extrapolate=False, t0=None, intro=""):
+    """Everything a study's readers look at, in plots_dir: the loss curves, results.md (`intro`,
+    results table, paired differences, real-word shares, extrapolation) and samples.md."""
+    t0 = t0 or time.time()
+    plots_dir = Path(plots_dir)
+    plot_runs(study.run_dirs, plots_dir)
+    sections = [f"# {title}\n", *([intro] if intro else []), results_table(study), ""]
+    diffs = differences_table(study)
+    if diffs:
+        sections += ["## Paired differences\n", diffs, "",
+                     "Per seed, a − b of the final loss (both runs share initial weights and batches); 95% CI:"
+                     " mean ± t(0.975, seeds − 1) · sd / √seeds. Where it contains 0 the two are not ranked.", ""]
+    words_table, samples_md = samples_report(study, args.sample_tokens, study.configs[0]["progress"])
+    sections += ["## Samples: real words\n", words_table, ""]
+    if extrapolate:
+        t_eval = time.time()
+        results = evaluate_runs(study.run_dirs, device=pick_device(study.configs[0]["device"]),
+                                progress=study.configs[0]["progress"])
+        write_outputs(results, plots_dir)
+        c = study.configs[0]
+        plot_rope(c["n_embd"] // c["n_head"], c["rope_theta"], c["block_size"], plots_dir / "rope_decay.png")
+        sections += [f"## Length extrapolation (val loss; evaluate.py, {time.time() - t_eval:.0f} s)\n",
+                     f"```text\n{format_table(results)}\n```", ""]
+        print(format_table(results))
+    command = "python " + " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    sections += [f"Machine: {machine()}; each run's threads are in its summary.json (runs trained side by side"
+                 f" with --jobs share the cores, so each one's wall time and ms/iter are longer than alone).  ",
+                 f"Wall time of this command: {time.time() - t0:.0f} s (a run reused from an earlier invocation"
+                 f" costs nothing).  ", f"Evaluated text: {json.dumps(study.configs[0]['provenance'])}.  ",
+                 f"Regenerate with `{command}`.", ""]
+    write_text(plots_dir / "results.md", "\n".join(sections))
+    write_text(plots_dir / "samples.md", samples_md)
+    print(results_table(study))
+    if diffs:
+        print(diffs)
+    print(words_table)
+    print(f"wrote {plots_dir}/train_loss.png, val_loss.png, val_loss_seconds.png, results.md, samples.md")
+
+
+def add_study_flags(parser, encodings_default):
     parser.set_defaults(config=CPU_CONFIG)
-    parser.add_argument("--pos-encodings", default=",".join(ARTICLE_ENCODINGS),
-                        help=f"comma-separated encodings, or 'all' ({', '.join(POS_ENCODINGS)}); "
-                             f"default: {','.join(ARTICLE_ENCODINGS)}")
-    parser.add_argument("--seeds", default="1337", help="comma-separated seeds, one run per encoding and seed (default: 1337)")
+    parser.add_argument("--pos-encodings", default=encodings_default,
+                        help="comma-separated variants: an encoding (" + ", ".join(POS_ENCODINGS) + ") or 'all', each "
+                             "optionally with settings, ENCODING:KEY=VALUE[:KEY=VALUE], e.g. "
+                             f"sinusoidal:sinusoidal_scale=false (default: {encodings_default})")
     parser.add_argument("--plots-dir", default="plots", help="where plots and tables go (default: plots)")
-    parser.add_argument("--sample-tokens", type=int, default=500, help="length of each sample in samples.md (default: 500)")
+    parser.add_argument("--sample-tokens", type=positive(int), default=500,
+                        help="characters per sample for samples.md and the real-word shares (default: 500)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="retrain runs whose directory holds a run with other settings (default: refuse)")
+                        help="retrain runs whose directory holds a run with other settings or evaluated another way"
+                             " (default: refuse)")
     parser.add_argument("--jobs", type=positive(int), default=1,
                         help="CPU: runs trained at a time, each in its own process with an equal share of torch's "
                              "threads (default: 1, one run after another with all threads)")
+
+
+def main():
+    parser = build_parser(__doc__)
+    add_study_flags(parser, ",".join(ARTICLE_ENCODINGS))
+    parser.add_argument("--seeds", default="1337", help="comma-separated seeds, one run per variant and seed (default: 1337)")
     parser.add_argument("--extrapolate", action="store_true",
                         help="afterwards, evaluate every run at 1x, 2x, 4x, 8x its block size (evaluate.py) and "
                              "draw the RoPE decay picture (plot_rope.py)")
     add_config_flags(parser, exclude=("pos_encoding", "run_name", "seed"))
     args = parser.parse_args()
 
-    encodings = list(dict.fromkeys(parse_encodings(args.pos_encodings)))  # a repeat would share a run directory
-    try:
-        seeds = list(dict.fromkeys(int(s) for s in args.seeds.split(",") if s.strip()))
-    except ValueError:
-        raise UserError(f"--seeds takes comma-separated integers, got {args.seeds!r}") from None
-    group = Path(args.config).stem
+    variants = parse_variants(args.pos_encodings, FIELD_TYPES)
+    seeds = parse_seeds(args.seeds)
     base = config_from_args(args)  # flags over the config file over the defaults, before per-run settings
     if args.jobs > 1 and pick_device(base.device) != "cpu":
         raise UserError(f"--jobs trains runs side by side on the CPU; on {pick_device(base.device)} train one at a time")
-
     t0 = time.time()
-    cfgs = [config_from_args(args, pos_encoding=enc, seed=seed, run_name=f"{group}/{enc}_seed{seed}")
-            for enc in encodings for seed in seeds]
-    summaries = {}
-    for cfg, summary in zip(cfgs, train_runs(cfgs, args.overwrite, args.jobs)):
-        summaries.setdefault(cfg.pos_encoding, []).append(summary)
-    run_dirs = [Path(cfg.out_dir) / cfg.run_name for cfg in cfgs]
-
-    plots_dir = Path(args.plots_dir)
-    plot_runs(run_dirs, plots_dir)
-    extrapolation = ""
-    if args.extrapolate:
-        t_eval = time.time()
-        results = evaluate_runs(run_dirs, device=pick_device(base.device), progress=base.progress)
-        write_outputs(results, plots_dir)
-        plot_rope(base.n_embd // base.n_head, base.rope_theta, base.block_size, plots_dir / "rope_decay.png")
-        extrapolation = (f"## Length extrapolation (val loss; evaluate.py, {time.time() - t_eval:.0f} s)\n\n"
-                         f"```text\n{format_table(results)}\n```\n\n")
-        print(format_table(results))
-    total = time.time() - t0
-    command = "python " + " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
-    write_text(plots_dir / "results.md",
-               f"# Results: {group}\n\n{results_table(summaries)}\n\n{extrapolation}"
-               f"Machine: {machine()}; each run's threads are in its summary.json (runs trained side by side"
-               f" with --jobs share the cores, so each one's wall time and ms/iter are longer than alone).  \n"
-               f"Wall time of this command up to here: {total:.0f} s "
-               f"(training{' and extrapolation' if args.extrapolate else ''}; a run reused from an earlier "
-               f"invocation costs nothing).  \nRegenerate with `{command}`.\n")
-
-    parts = [f"# One sample per encoding ({group}, seed {seeds[0]}, prompt: a single newline)\n"]
-    for enc in encodings:
-        model, vocab = load_model(Path(base.out_dir) / group / f"{enc}_seed{seeds[0]}")
-        text = sample(model, vocab, "\n", 1, args.sample_tokens, temperature=0.8, top_k=200, seed=seeds[0])[0]
-        parts.append(f"## {LABELS.get(enc, enc)}\n\n```text\n{text.strip()}\n```\n")
-    write_text(plots_dir / "samples.md", "\n".join(parts))
-
-    print(results_table(summaries))
-    print(f"wrote {plots_dir}/train_loss.png, val_loss.png, results.md, samples.md")
+    cfgs = make_configs(args, variants, seeds)
+    train_runs(cfgs, args.overwrite, args.jobs)
+    study = Study([Path(cfg.out_dir) / cfg.run_name for cfg in cfgs])
+    write_report(study, args.plots_dir, f"Results: {Path(args.config).stem}", args, args.extrapolate, t0)
     total = time.time() - t0
     print(f"total wall time: {total:.0f} s ({total / 60:.1f} min)")
 

@@ -29,7 +29,7 @@ of N windows per length instead, for a quick look.
 """
 
 import argparse
-import hashlib
+import re
 import statistics
 import time
 from pathlib import Path
@@ -42,9 +42,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from common import (ArgumentParser, UserError, atomic_write, build_model, load_checkpoint, load_meta,  # noqa: E402
-                    load_tokens, pick_device, positive, run_cli, write_json)
-from plot import COLORS, LABELS, find_runs  # noqa: E402
+from common import (ArgumentParser, UserError, atomic_write, build_model, digest, eval_windows,  # noqa: E402
+                    load_checkpoint, load_meta, load_tokens, pick_device, positive, run_cli, write_json)
+from runs import COLORS, find_runs, group_variants, read_config, variant_labels  # noqa: E402
 
 SCALINGS = ("none", "linear", "ntk")
 SCALING_LABELS = {"linear": "linear (PI)", "ntk": "NTK"}
@@ -52,30 +52,6 @@ LINESTYLES = {"none": "-", "linear": "--", "ntk": ":"}
 MARKERS = {"none": "o", "linear": "s", "ntk": "^"}
 DEFAULT_MULTIPLES = (1, 2, 4, 8)
 BATCH_TOKENS = 16384  # tokens per forward pass: 32 windows at 512, attention scores ~130 MB per layer
-
-
-# --- the windows --------------------------------------------------------------
-
-
-def eval_windows(tokens, length, max_windows=None):
-    """Non-overlapping (n, length + 1) windows of `tokens`, window i starting at i * length.
-
-    Consecutive windows share one token (the last target of one is the first input of the
-    next), so the targets tile tokens[1 : n*length + 1] exactly once. With max_windows, an
-    evenly spaced subset of them (deterministic, still spread over the whole split)."""
-    n = (len(tokens) - 1) // length
-    if n < 1:
-        raise UserError(f"the val split has {len(tokens)} tokens, too few for a window of {length} + 1;"
-                        f" use shorter --lengths")
-    windows = tokens[:n * length + 1].unfold(0, length + 1, length)  # a view: (n, length + 1)
-    if max_windows is not None and max_windows < n:
-        windows = windows[torch.linspace(0, n - 1, max_windows).round().long()]
-    return windows
-
-
-def digest(windows):
-    """A short fingerprint of the evaluated text, so results from two runs can be checked comparable."""
-    return hashlib.sha256(windows.contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
 # --- one model ----------------------------------------------------------------
@@ -115,36 +91,24 @@ def auto_factor(length, block_size):
     return max(1.0, length / block_size)
 
 
-def variants(encoding, scalings):
-    """(row name, rope_scaling) pairs a run of `encoding` is evaluated as."""
-    if encoding != "rope":
-        return [(encoding, "none")]
-    return [("rope" if s == "none" else f"rope+{s}", s) for s in scalings]
+def scalings_of(encoding, scalings):
+    """The rope_scaling values a run of `encoding` is evaluated with."""
+    return scalings if encoding == "rope" else ["none"]
 
 
-def row_label(name, scaling_factor, block_size):
-    enc, _, scaling = name.partition("+")
-    label = LABELS.get(enc, enc)
-    if scaling:
-        s = f"L/{block_size}" if scaling_factor is None else f"{scaling_factor:g}"
-        label += f" + {SCALING_LABELS[scaling]} (s={s})"
-    return label
+def row_label(variant_label, scaling, scaling_factor, block_size):
+    if scaling == "none":
+        return variant_label
+    s = f"L/{block_size}" if scaling_factor is None else f"{scaling_factor:g}"
+    return f"{variant_label} + {SCALING_LABELS[scaling]} (s={s})"
 
 
-def check_runs(ckpts, run_dirs):
-    """All runs must share the training length (the x axis is in multiples of it), and
-    the seeds of one encoding the same model shape (else averaging them means nothing)."""
+def check_runs(ckpts):
+    """All runs must share the training length: the x axis is in multiples of it."""
     blocks = sorted({c["model_args"]["block_size"] for c in ckpts})
     if len(blocks) > 1:
         raise UserError(f"the runs were trained with different block sizes ({', '.join(map(str, blocks))});"
                         f" evaluate them separately")
-    shapes = {}
-    for ckpt, run_dir in zip(ckpts, run_dirs):
-        args = ckpt["model_args"]
-        first = shapes.setdefault(args["pos_encoding"], (args, run_dir))
-        if first[0] != args:
-            raise UserError(f"{run_dir} and {first[1]} are both {args['pos_encoding']} runs but with different"
-                            f" model configs; evaluate them separately")
     return blocks[0]
 
 
@@ -178,7 +142,11 @@ def evaluate_runs(run_dirs, lengths=None, scalings=SCALINGS, scaling_factor=None
         raise UserError(f"--rope-scaling-factor must be positive, got {scaling_factor}")
     device = pick_device(device)
     ckpts = [load_checkpoint(r / "ckpt.pt", "cpu") for r in run_dirs]
-    block_size = check_runs(ckpts, run_dirs)
+    block_size = check_runs(ckpts)
+    configs = [read_config(r) for r in run_dirs]
+    groups = group_variants(configs)  # runs that differ only in the seed are averaged into one row
+    labels = variant_labels(configs, groups)
+    variant_of = {i: key for key, idx in groups.items() for i in idx}
     lengths = sorted(set(lengths or [m * block_size for m in DEFAULT_MULTIPLES]))
     if lengths[0] < 1:
         raise UserError(f"eval lengths must be positive, got {lengths[0]}")
@@ -190,14 +158,14 @@ def evaluate_runs(run_dirs, lengths=None, scalings=SCALINGS, scaling_factor=None
     tokens = load_tokens(data_dir, "val")
     windows = {L: eval_windows(tokens, L, max_windows) for L in lengths}  # the same for every model
 
-    # one job per (run, variant, length). The bar counts predicted tokens: every length covers the
+    # one job per (run, scaling, length). The bar counts predicted tokens: every length covers the
     # whole split, so each job is about the same work, longer windows a bit more (attention).
-    jobs = [(i, name, scaling, L) for i, c in enumerate(ckpts)
-            for name, scaling in variants(c["model_args"]["pos_encoding"], scalings) for L in lengths]
+    jobs = [(i, variant_of[i], scaling, L) for i, c in enumerate(configs)
+            for scaling in scalings_of(c["pos_encoding"], scalings) for L in lengths]
     bar = tqdm(total=sum(windows[L][:, 1:].numel() for *_, L in jobs), desc="evaluate", unit="tok",
                unit_scale=True, disable=not progress, dynamic_ncols=True)
-    per_run = {}  # (row name, scaling, length) -> [(run index, per-position losses or n/a reason, factor)]
-    for i, name, scaling, L in jobs:
+    per_run = {}  # (variant, scaling, length) -> [(run index, per-position losses or n/a reason, factor)]
+    for i, variant, scaling, L in jobs:
         factor = None
         if scaling != "none":
             factor = auto_factor(L, block_size) if scaling_factor is None else scaling_factor
@@ -209,16 +177,18 @@ def evaluate_runs(run_dirs, lengths=None, scalings=SCALINGS, scaling_factor=None
             bar.update(windows[L][:, 1:].numel())
         else:
             out = loss_by_position(model, windows[L], batch_tokens, bar)
-        per_run.setdefault((name, scaling, L), []).append((i, out, factor))
+        per_run.setdefault((variant, scaling, L), []).append((i, out, factor))
     bar.close()
 
-    # one row per encoding / variant, its seeds averaged
+    # one row per variant and scaling, its seeds averaged; in the variants' order, scalings after
     rows = {}
-    for (name, scaling, L), items in per_run.items():
-        row = rows.setdefault(name, {"name": name, "label": row_label(name, scaling_factor, block_size),
-                                     "encoding": ckpts[items[0][0]]["model_args"]["pos_encoding"],
-                                     "rope_scaling": scaling, "runs": [str(run_dirs[i]) for i, _, _ in items],
-                                     "results": []})
+    order = list(groups)
+    for (variant, scaling, L), items in sorted(per_run.items(), key=lambda kv: (
+            order.index(kv[0][0]), SCALINGS.index(kv[0][1]))):
+        name = re.sub(r"_seed\d+$", "", run_dirs[items[0][0]].name) + ("" if scaling == "none" else f"+{scaling}")
+        row = rows.setdefault(name, {"name": name, "label": row_label(labels[variant], scaling, scaling_factor, block_size),
+                                     "encoding": configs[items[0][0]]["pos_encoding"], "rope_scaling": scaling,
+                                     "runs": [str(run_dirs[i]) for i, _, _ in items], "results": []})
         reasons = [out for _, out, _ in items if isinstance(out, str)]
         entry = {"length": L, "multiple": L / block_size, "factor": items[0][2], "n_windows": len(windows[L])}
         if reasons:
@@ -234,16 +204,9 @@ def evaluate_runs(run_dirs, lengths=None, scalings=SCALINGS, scaling_factor=None
         "data_dir": str(data_dir), "val_tokens": len(tokens),
         "windows": [{"length": L, "count": len(w), "stride": L, "max_windows": max_windows,
                      "predicted_tokens": w[:, 1:].numel(), "sha256": digest(w)} for L, w in windows.items()],
-        "rows": sorted(rows.values(), key=row_order),
+        "rows": list(rows.values()),
         "device": device, "elapsed_s": round(time.time() - t0, 1),
     }
-
-
-def row_order(row):
-    """plot.py's encoding order (RoPE, learned, none, sinusoidal, alibi), RoPE variants after RoPE."""
-    order = list(COLORS)
-    enc = row["encoding"]
-    return (order.index(enc) if enc in order else len(order), SCALINGS.index(row["rope_scaling"]))
 
 
 # --- outputs ------------------------------------------------------------------

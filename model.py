@@ -34,6 +34,7 @@ class GPTConfig:
     bias: bool = False  # biases in Linear and LayerNorm layers (nanoGPT: False is a bit better and faster)
     pos_encoding: str = "rope"  # a key of POS_ENCODINGS
     rope_theta: float = 10000.0  # RoPE base: theta_i = rope_theta^(-2(i-1)/d)
+    sinusoidal_scale: bool = True  # sinusoidal: token embeddings times sqrt(n_embd), as in the paper
     # RoPE context extension at evaluation time (models are trained with "none"):
     # "linear" divides positions by the factor (position interpolation, Chen et al. 2023),
     # "ntk" raises the base to theta * factor^(d/(d-2)) (NTK-aware scaling)
@@ -104,6 +105,7 @@ class PositionalEncoding(nn.Module):
     """Base class: contributes no position information at all."""
 
     max_len = None  # longest sequence this encoding can represent; None = unbounded
+    options = ()  # GPTConfig fields only this encoding reads (other encodings ignore them)
 
     def __init__(self, config):
         super().__init__()
@@ -155,6 +157,8 @@ class RotaryPositionalEncoding(PositionalEncoding):
     position parameters.
     """
 
+    options = ("rope_theta",)
+
     def __init__(self, config):
         super().__init__(config)
         self.head_dim = config.head_dim
@@ -189,12 +193,17 @@ class RotaryPositionalEncoding(PositionalEncoding):
 class SinusoidalPositionalEncoding(PositionalEncoding):
     """"Attention Is All You Need": fixed sin/cos waves added to the token embeddings,
     PE(m, 2i) = sin(m / 10000^(2i/d)), PE(m, 2i+1) = cos(m / 10000^(2i/d)).
-    As in the paper, token embeddings are scaled by sqrt(d) first, so that the unit-size
-    waves do not drown the (std 0.02) token vectors. Computed for any length; no parameters."""
+    As in the paper, token embeddings are scaled by sqrt(d) first (sinusoidal_scale), so
+    that the waves (RMS 0.71 per channel) do not drown the token vectors (std 0.02 at
+    initialisation). With tied weights the scale also changes the input side's effective
+    learning rate, hence the option to leave it out. Computed for any length; no parameters."""
+
+    options = ("sinusoidal_scale",)
 
     def __init__(self, config):
         super().__init__(config)
         self.n_embd = config.n_embd
+        self.scale = math.sqrt(config.n_embd) if config.sinusoidal_scale else 1.0
         self.register_buffer("table", torch.empty(0), persistent=False)
 
     @staticmethod
@@ -206,7 +215,7 @@ class SinusoidalPositionalEncoding(PositionalEncoding):
         if self.table.shape[0] < pos.stop or self.table.device != x.device:
             with table_mode():
                 self.table = sinusoidal_table(max(pos.stop, 2 * self.table.shape[0]), self.n_embd, x.device)
-        return x * math.sqrt(self.n_embd) + self.table[pos.start:pos.stop].to(x.dtype)
+        return x * self.scale + self.table[pos.start:pos.stop].to(x.dtype)
 
 
 def sinusoidal_table(seq_len, dim, device=None):
@@ -397,26 +406,31 @@ class GPT(nn.Module):
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
 
     @torch.inference_mode()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None, use_cache=True):
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None, use_cache=False):
         """Extend idx (B, T) by max_new_tokens sampled characters, all rows as one batch.
 
-        Every model was trained on windows of block_size tokens (and `learned` has no
-        vectors for later positions), so the context never grows past block_size: when
-        it is full it is cut back to its last block_size // 2 tokens. With use_cache the
-        keys and values are then recomputed from the cut context, since the positions of
-        its tokens changed and every layer after the first had seen the dropped tokens.
-        With and without the cache the model sees the same contexts and, for the same
-        generator, samples the same tokens."""
+        Every model was trained on windows of block_size tokens (and `learned` has no vectors
+        for later positions), so the context never grows past block_size. Without the cache
+        (the default; nanoGPT's sampler) each new character is predicted from the last
+        block_size characters: a sliding window, the context every encoding was trained on.
+        With use_cache, keys and values are kept, so a character costs one token's compute;
+        as positions cannot slide under a cache, a full context is cut back to its last
+        block_size // 2 characters and the cache rebuilt from them, so the context swings
+        between block_size // 2 and block_size. The two give the same characters (for the
+        same generator) as long as the text fits in one block."""
         block, keep = self.config.block_size, max(1, self.config.block_size // 2)
         B, T0 = idx.shape
         out = torch.empty(B, T0 + max_new_tokens, dtype=idx.dtype, device=idx.device)  # filled as we go
         out[:, :T0] = idx
-        start = max(0, T0 - block)  # the context is out[:, start:end]
+        start = max(0, T0 - block)  # with the cache, the context is out[:, start:end]
         cache, new_from = None, start  # tokens from new_from on have not been through the model yet
         for end in range(T0, T0 + max_new_tokens):
-            if use_cache and cache is None:
-                cache = KVCache(self.config, B, idx.device, self.lm_head.weight.dtype)
-            logits, _ = self(out[:, new_from if use_cache else start:end], cache=cache)
+            if use_cache:
+                if cache is None:
+                    cache = KVCache(self.config, B, idx.device, self.lm_head.weight.dtype)
+                logits, _ = self(out[:, new_from:end], cache=cache)
+            else:
+                logits, _ = self(out[:, max(0, end - block):end])
             logits = logits[:, -1, :] / temperature
             if top_k is not None and top_k < logits.size(-1):  # (top_k >= vocab keeps everything)
                 v, _ = torch.topk(logits, top_k)
@@ -424,7 +438,7 @@ class GPT(nn.Module):
             probs = F.softmax(logits, dim=-1)
             out[:, end] = torch.multinomial(probs, num_samples=1, generator=generator)[:, 0]
             new_from = end
-            if end + 1 - start > block:  # window full: cut it back, rebuild the cache from it
+            if use_cache and end + 1 - start > block:  # window full: cut it back, rebuild the cache from it
                 start = new_from = end + 1 - keep
                 cache = None
         return out

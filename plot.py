@@ -4,12 +4,13 @@ Plot train and val loss curves of finished runs, one line per positional encodin
   python plot.py                                   # every run under out/
   python plot.py out/compare/rope_seed1337 out/compare/learned_seed1337 --plots-dir plots
 
-Writes <plots-dir>/train_loss.png and val_loss.png. Several runs of one encoding
-(different seeds) are drawn as their mean with a shaded min-max band.
+Writes <plots-dir>/train_loss.png, val_loss.png and val_loss_seconds.png (val loss against
+the seconds spent training: equal compute instead of equal steps). Runs that differ only in
+the seed are drawn as their mean with a shaded min-max band; runs that differ in more (a
+learning rate, say) are separate lines, labelled by what differs (runs.py).
 """
 
 import argparse
-from collections import defaultdict
 from pathlib import Path
 
 import matplotlib
@@ -18,57 +19,17 @@ matplotlib.use("Agg")  # files only, no window
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from common import ArgumentParser, UserError, atomic_write, read_json, read_metrics, run_cli  # noqa: E402
-from train import NOT_RESULTS, differing_keys  # noqa: E402
+from common import ArgumentParser, UserError, atomic_write, read_metrics, run_cli  # noqa: E402
+from runs import COLORS, LABELS, find_runs, group_variants, read_config, variant_labels  # noqa: E402, F401
 
-# The reference article's colours: RoPE blue, learned orange, none green.
-COLORS = {"rope": "tab:blue", "learned": "tab:orange", "none": "tab:green",
-          "sinusoidal": "tab:red", "alibi": "tab:purple"}
-LABELS = {"rope": "RoPE", "learned": "learned", "none": "none", "sinusoidal": "sinusoidal", "alibi": "ALiBi"}
+LINESTYLES = ["-", "--", ":", "-."]  # the variants of one encoding, in order
 
 
-def find_runs(paths):
-    """Run directories (holding metrics.csv and config.json) among `paths`, searched recursively."""
-    runs = []
-    for p in map(Path, paths):
-        if (p / "metrics.csv").is_file():
-            runs.append(p)
-        elif p.is_dir():
-            runs.extend(sorted(m.parent for m in p.rglob("metrics.csv")))
-        else:
-            raise UserError(f"{p} is not a run directory")
-    if not runs:
-        raise UserError(f"no runs (metrics.csv) under {', '.join(map(str, paths))}; train some first")
-    return runs
-
-
-def read_run(run_dir):
-    config = read_json(run_dir / "config.json", "is this a run directory written by train.py?")
-    rows = [{k: float(v) for k, v in row.items()} for row in read_metrics(run_dir / "metrics.csv")]
+def read_metrics_of(run_dir):
+    rows = [{k: float(v) for k, v in row.items()} for row in read_metrics(Path(run_dir) / "metrics.csv")]
     if not rows:
         raise UserError(f"{run_dir}/metrics.csv has no rows yet")
-    return config, {k: np.array([r[k] for r in rows]) for k in rows[0]}
-
-
-# what may differ between the runs drawn in one figure
-PER_RUN = ("pos_encoding", "seed", "run_name", "out_dir", *NOT_RESULTS)
-
-
-def group_by_encoding(runs):
-    """{encoding: [(config, metrics), ...]} in the order encodings first appear. All runs must
-    share one config but for the encoding and the seed: curves of different models or
-    schedules are not averaged together."""
-    groups = defaultdict(list)
-    reference = None
-    for run in runs:
-        config, metrics = read_run(run)
-        if reference is None:
-            reference = (run, config)
-        elif keys := differing_keys(config, reference[1], ignore=PER_RUN):
-            raise UserError(f"{run} and {reference[0]} differ in {', '.join(keys)}; plot runs of one config"
-                            f" (name their directories, e.g. out/shakespeare_char_cpu)")
-        groups[config["pos_encoding"]].append((config, metrics))
-    return groups
+    return {k: np.array([r[k] for r in rows]) for k in rows[0]}
 
 
 def describe(config):
@@ -76,42 +37,65 @@ def describe(config):
             f"block {config['block_size']}, batch {config['batch_size']}, dropout {config['dropout']:g}")
 
 
-def aggregate(metrics, key):
-    """Steps and the mean, min and max of metrics[i][key] over runs, on the steps all runs
-    have reached (a run still in progress may be shorter)."""
+def aggregate(metrics, key, x="step"):
+    """x and the mean, min and max of metrics[i][key] over runs, on the evaluations all runs
+    have reached (a run still in progress may be shorter); x is averaged over runs too."""
     n = min(len(m["step"]) for m in metrics)
     values = np.stack([m[key][:n] for m in metrics])
-    return metrics[0]["step"][:n], values.mean(0), values.min(0), values.max(0)
+    return np.stack([m[x][:n] for m in metrics]).mean(0), values.mean(0), values.min(0), values.max(0)
 
 
-def plot_split(groups, split, path):
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for enc, items in groups.items():
-        steps, mean, low, high = aggregate([m for _, m in items], f"{split}_loss")
-        label = LABELS.get(enc, enc) + (f" (mean of {len(items)} seeds)" if len(items) > 1 else "")
-        ax.plot(steps, mean, color=COLORS.get(enc), label=label, marker="o", markersize=3)
-        if len(items) > 1:
-            ax.fill_between(steps, low, high, color=COLORS.get(enc), alpha=0.2, linewidth=0)
-    ax.set_xlabel("step")
+def variant_styles(configs, groups):
+    """(colour, line style) per variant: the encoding's colour, a new dash for each further
+    variant of the same encoding."""
+    seen, styles = {}, {}
+    for key, idx in groups.items():
+        enc = configs[idx[0]]["pos_encoding"]
+        n = seen[enc] = seen.get(enc, -1) + 1
+        styles[key] = (COLORS.get(enc), LINESTYLES[n % len(LINESTYLES)])
+    return styles
+
+
+def plot_split(runs, split, path, x="step"):
+    """One line per variant (mean over its seeds, min-max band), loss against steps or, with
+    x="train_s", against the seconds spent in training steps (evaluation excluded)."""
+    configs, metrics, groups, labels, styles = runs
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
+    for key, idx in groups.items():
+        xs, mean, low, high = aggregate([metrics[i] for i in idx], f"{split}_loss", x)
+        color, dash = styles[key]
+        label = labels[key] + (f" (mean of {len(idx)} seeds)" if len(idx) > 1 else "")
+        ax.plot(xs, mean, color=color, linestyle=dash, label=label, marker="o", markersize=3)
+        if len(idx) > 1:
+            ax.fill_between(xs, low, high, color=color, alpha=0.15, linewidth=0)
+    ax.set_xlabel("step" if x == "step" else "seconds of training (mean over seeds; evaluation excluded)")
     ax.set_ylabel(f"{split} loss (cross-entropy, nats/char)")
-    config = next(iter(groups.values()))[0][0]
-    ax.set_title(f"{split} loss by positional encoding\n{describe(config)}", fontsize=10)
+    what = "the whole val split" if split == "val" else "a fixed sample of train windows"
+    ax.set_title(f"{split} loss by positional encoding, on {what}\n{describe(configs[0])}", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8 if len(groups) > 5 else 10)
     # the first evaluation (~ln(vocab)) dwarfs the rest; zoom on the interesting range
-    lowest = [m[f"{split}_loss"].min() for items in groups.values() for _, m in items]
-    second = [m[f"{split}_loss"][min(1, len(m["step"]) - 1)] for items in groups.values() for _, m in items]
+    lowest = [m[f"{split}_loss"].min() for m in metrics]
+    second = [m[f"{split}_loss"][min(1, len(m["step"]) - 1)] for m in metrics]
     ax.set_ylim(min(lowest) - 0.1, max(second) + 0.1)
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png"))
     plt.close(fig)
 
 
-def plot_runs(runs, plots_dir):
-    groups = group_by_encoding(runs)
-    paths = [Path(plots_dir) / f"{split}_loss.png" for split in ("train", "val")]
-    for split, path in zip(("train", "val"), paths):
-        plot_split(groups, split, path)
+def plot_runs(run_dirs, plots_dir):
+    """train_loss.png, val_loss.png (against steps) and val_loss_seconds.png in plots_dir.
+    Runs that differ in more than the seed are drawn as separate variants, labelled by what
+    differs; runs evaluated on different text are refused."""
+    configs = [read_config(d) for d in run_dirs]
+    metrics = [read_metrics_of(d) for d in run_dirs]
+    groups = group_variants(configs)
+    runs = (configs, metrics, groups, variant_labels(configs, groups), variant_styles(configs, groups))
+    plots_dir = Path(plots_dir)
+    paths = [plots_dir / "train_loss.png", plots_dir / "val_loss.png", plots_dir / "val_loss_seconds.png"]
+    plot_split(runs, "train", paths[0])
+    plot_split(runs, "val", paths[1])
+    plot_split(runs, "val", paths[2], x="train_s")
     return paths
 
 

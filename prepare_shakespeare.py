@@ -7,7 +7,9 @@ Where the text comes from, first that applies:
   3. a download of the canonical corpus (checked against its sha256)
 
 Writes to <out-dir> (default data/shakespeare_char):
-  train.bin, val.bin   token ids as uint16, first 90% / last 10% of the text
+  train.bin            token ids as uint16: the first 90% of the text
+  val.bin              the next 5%: loss curves, the best checkpoint and every choice (learning rate, ...)
+  test.bin             the last 5%: held out, reported only in final tables
   meta.json            vocabulary (sorted distinct characters), sizes, source and its sha256
 """
 
@@ -24,7 +26,8 @@ from common import ArgumentParser, UserError, atomic_write, run_cli, write_json,
 
 URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
-TRAIN_FRACTION = 0.9
+TRAIN_FRACTION = 0.9  # the rest is split in half: val, then test
+SPLITS = ("train", "val", "test")
 
 
 def sha256_of(data: bytes) -> str:
@@ -88,19 +91,19 @@ def prepare(out_dir, input_path=None, url=URL, timeout=30.0):
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise UserError(f"{source} is not UTF-8 text ({e.reason} at byte {e.start})") from None
-    if len(text) < 2:
-        raise UserError(f"{source} holds {len(text)} characters; need a real corpus")
-
     chars, ids = encode(text)
     n_train = int(len(ids) * TRAIN_FRACTION)
-    for split, arr in (("train", ids[:n_train]), ("val", ids[n_train:])):
+    n_val = (len(ids) - n_train) // 2
+    parts = dict(zip(SPLITS, (ids[:n_train], ids[n_train:n_train + n_val], ids[n_train + n_val:])))
+    if min(map(len, parts.values())) < 2:
+        raise UserError(f"{source} holds {len(text)} characters, too few to split into train, val and test")
+    for split, arr in parts.items():
         atomic_write(out_dir / f"{split}.bin", lambda f, arr=arr: f.write(arr.tobytes()))
     meta = {
         "vocab_size": len(chars),
         "chars": chars,
         "total_chars": len(text),
-        "train_tokens": n_train,
-        "val_tokens": len(ids) - n_train,
+        **{f"{split}_tokens": len(arr) for split, arr in parts.items()},
         "source": source,
         "sha256": digest,
         "canonical": digest == SHA256,
@@ -124,9 +127,9 @@ def main():
         print("note: this is not the canonical tiny Shakespeare corpus (sha256 differs); results will not match the README")
     print(f"length of dataset in characters: {meta['total_chars']:,}")
     print(f"vocab size: {meta['vocab_size']}")
-    print(f"train has {meta['train_tokens']:,} tokens")
-    print(f"val has {meta['val_tokens']:,} tokens")
-    print(f"wrote {args.out_dir}/train.bin, val.bin, meta.json")
+    for split in SPLITS:
+        print(f"{split} has {meta[f'{split}_tokens']:,} tokens")
+    print(f"wrote {args.out_dir}/train.bin, val.bin, test.bin, meta.json")
 
 
 if __name__ == "__main__":

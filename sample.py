@@ -44,12 +44,14 @@ def read_prompt(start):
     return text
 
 
-def sample(model, vocab, prompt, num_samples, max_new_tokens, temperature, top_k, seed):
-    """num_samples continuations of prompt, generated as one batch with a seeded generator."""
+def sample(model, vocab, prompt, num_samples, max_new_tokens, temperature, top_k, seed, use_cache=False):
+    """num_samples continuations of prompt, generated as one batch with a seeded generator
+    (model.generate: a sliding window of block_size characters, or with use_cache the KV cache)."""
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
     idx = torch.tensor([vocab.encode(prompt)], dtype=torch.long, device=device).repeat(num_samples, 1)
-    out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, generator=generator)
+    out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, generator=generator,
+                         use_cache=use_cache)
     return [vocab.decode(row.tolist()) for row in out]
 
 
@@ -61,7 +63,12 @@ def main():
     parser.add_argument("--max-new-tokens", type=positive(int), default=500, help="characters per sample (default: 500)")
     parser.add_argument("--temperature", type=positive(float), default=0.8,
                         help="<1 sharper, >1 more random (default: 0.8)")
-    parser.add_argument("--top-k", type=positive(int), default=200, help="sample only from the k likeliest characters (default: 200)")
+    parser.add_argument("--top-k", type=positive(int), default=None,
+                        help="sample only from the k likeliest characters (default: all of them)")
+    parser.add_argument("--kv-cache", action="store_true",
+                        help="keep keys and values instead of re-reading the context: several times faster, but the"
+                             " context is cut back to block_size/2 characters whenever it fills, so it swings between"
+                             " block_size/2 and block_size (default: off, every character sees the last block_size)")
     parser.add_argument("--seed", type=int, default=1337, help="random seed (default: 1337)")
     parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps (default: auto)")
     args = parser.parse_args()
@@ -69,7 +76,7 @@ def main():
     prompt = read_prompt(args.start)
     model, vocab = load_model(args.out_dir, pick_device(args.device))
     samples = sample(model, vocab, prompt, args.num_samples, args.max_new_tokens, args.temperature, args.top_k,
-                     args.seed)
+                     args.seed, args.kv_cache)
     text = SEPARATOR.join(samples)
     print(text)
     write_text(Path(args.out_dir) / "samples.txt", text + "\n")

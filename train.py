@@ -20,18 +20,23 @@ import os
 import signal
 import sys
 import time
-import tomllib
 import typing
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # before Python 3.11: say so in one line, not with a traceback
+    sys.exit(f"error: this project needs Python 3.11 or newer (tomllib); this is Python {sys.version.split()[0]}")
+
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from common import (ArgumentParser, UserError, keep_freed_memory, load_checkpoint, load_meta, load_tokens,
-                    pick_device, read_json, read_metrics, run_cli, save_checkpoint, write_json, write_text)
+from common import (SPLITS, ArgumentParser, UserError, digest, eval_windows, keep_freed_memory, load_checkpoint,
+                    load_meta, load_tokens, pick_device, read_json, read_metrics, run_cli, run_lock,
+                    save_checkpoint, write_json, write_text)
 from model import GPT, POS_ENCODINGS, GPTConfig
 
 
@@ -54,6 +59,8 @@ class TrainConfig:
     dropout: float = option(0.0, "dropout probability (0 for small data / short runs)")
     bias: bool = option(False, "biases in Linear and LayerNorm layers")
     rope_theta: float = option(10000.0, "RoPE base theta, above 1 (only for --pos-encoding rope)")
+    sinusoidal_scale: bool = option(True, "scale the token embeddings by sqrt(n_embd) before adding the waves, as"
+                                          " in the paper (only for --pos-encoding sinusoidal)")
     # optimisation
     batch_size: int = option(12, "sequences per micro-batch")
     gradient_accumulation_steps: int = option(1, "micro-batches per optimizer step")
@@ -67,8 +74,7 @@ class TrainConfig:
     beta2: float = option(0.99, "AdamW beta2 (0.99: small batches)")
     grad_clip: float = option(1.0, "clip the gradient norm to this (0: off)")
     # evaluation
-    eval_interval: int = option(250, "evaluate train and val loss every this many steps")
-    eval_iters: int = option(200, "batches per evaluation and split")
+    eval_interval: int = option(250, "evaluate train and val loss every this many steps (on the whole val split)")
     # system
     seed: int = option(1337, "seeds data order, initial weights and dropout")
     device: str = option("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
@@ -81,7 +87,7 @@ class TrainConfig:
             if isinstance(value, float) and not math.isfinite(value):
                 raise UserError(f"{f.name} must be a finite number, got {value}")
         for name in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "gradient_accumulation_steps",
-                     "eval_interval", "eval_iters"):
+                     "eval_interval"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_iters < 0 or self.warmup_iters < 0 or self.lr_decay_iters < 0:
@@ -101,7 +107,8 @@ class TrainConfig:
         try:
             return GPTConfig(vocab_size=vocab_size, block_size=self.block_size, n_layer=self.n_layer,
                              n_head=self.n_head, n_embd=self.n_embd, dropout=self.dropout, bias=self.bias,
-                             pos_encoding=self.pos_encoding, rope_theta=self.rope_theta)
+                             pos_encoding=self.pos_encoding, rope_theta=self.rope_theta,
+                             sinusoidal_scale=self.sinusoidal_scale)
         except ValueError as e:
             raise UserError(str(e)) from None
 
@@ -161,17 +168,42 @@ def config_from_args(args, **overrides):
 # data
 
 
+EVAL_VERSION = 2  # bump when a change alters what a finished run's numbers mean (see provenance)
+
+
+class EvalText:
+    """The text every run is scored on: the same tokens for every seed and every encoding.
+
+    val: every token of the val split predicted once (non-overlapping windows of block_size,
+    as evaluate.py cuts them); test: the same over the test split, scored only at the end;
+    train: as many windows as val, evenly spaced over the train split (a fixed sample: the
+    whole split would cost nine times as much per evaluation)."""
+
+    def __init__(self, data, block_size):
+        self.windows = {split: eval_windows(data[split], block_size, split=split) for split in ("val", "test")}
+        self.windows["train"] = eval_windows(data["train"], block_size, len(self.windows["val"]), "train")
+        self.fingerprint = digest(*(self.windows[s] for s in SPLITS))
+
+
+def provenance(cfg, meta=None, eval_text=None):
+    """What a run's numbers depend on besides its config: the corpus, the evaluation code's
+    version and the evaluated text. A run whose provenance differs is not comparable."""
+    meta = meta or load_meta(cfg.data_dir)
+    if eval_text is None:
+        eval_text = EvalText({s: load_tokens(cfg.data_dir, s) for s in SPLITS}, cfg.block_size)
+    return {"eval_version": EVAL_VERSION, "data_sha256": meta["sha256"], "eval_text": eval_text.fingerprint}
+
+
 class Batches:
-    """Random training windows and fixed evaluation windows.
+    """Random training windows and the fixed evaluation text.
 
     Each optimizer step draws the starts of all its micro-batches at once from a numpy
     generator seeded by `seed`: the order of batches is the same for every model, every
     rerun and every number of processes (with torchrun, rank r takes its share of the
-    step's micro-batches). Evaluation uses one fixed set of windows per split, so every
-    evaluation of every model is measured on exactly the same text."""
+    step's micro-batches). Evaluation reads `EvalText`, which does not depend on the seed."""
 
-    def __init__(self, data_dir, block_size, batch_size, eval_iters, seed, device):
-        self.data = {s: load_tokens(data_dir, s) for s in ("train", "val")}
+    def __init__(self, data_dir, block_size, batch_size, seed, device):
+        self.data = {s: load_tokens(data_dir, s) for s in SPLITS}
         for split, tokens in self.data.items():
             if len(tokens) <= block_size:
                 raise UserError(
@@ -181,14 +213,9 @@ class Batches:
         self.block_size, self.batch_size, self.device = block_size, batch_size, device
         self.rng = np.random.default_rng(seed)
         self.offsets = torch.arange(block_size + 1)
-        self.eval_starts = {
-            s: np.random.default_rng([seed, i]).integers(0, len(d) - block_size, eval_iters * batch_size)
-            for i, (s, d) in enumerate(self.data.items())
-        }
+        self.eval_text = EvalText(self.data, block_size)
 
-    def _windows(self, split, starts):
-        # one gather instead of a Python loop of slices: (B, block_size + 1)
-        w = self.data[split][torch.from_numpy(starts)[:, None] + self.offsets]
+    def _to_device(self, w):
         x, y = w[:, :-1].contiguous(), w[:, 1:].contiguous()
         if self.device.startswith("cuda"):
             return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
@@ -198,13 +225,15 @@ class Batches:
         """This rank's micro-batches (x, y) for one optimizer step of micro_steps in all."""
         starts = self.rng.integers(0, len(self.data["train"]) - self.block_size, (micro_steps, self.batch_size))
         share = micro_steps // world_size
-        return [self._windows("train", s) for s in starts[rank * share:(rank + 1) * share]]
+        # one gather per micro-batch instead of a Python loop of slices: (B, block_size + 1)
+        return [self._to_device(self.data["train"][torch.from_numpy(s)[:, None] + self.offsets])
+                for s in starts[rank * share:(rank + 1) * share]]
 
     def eval_batches(self, split, rows=None):
-        """The fixed windows of a split, `rows` at a time (default batch_size)."""
-        starts, rows = self.eval_starts[split], rows or self.batch_size
-        for i in range(0, len(starts), rows):
-            yield self._windows(split, starts[i:i + rows])
+        """The evaluation windows of a split, `rows` at a time (default batch_size)."""
+        windows, rows = self.eval_text.windows[split], rows or self.batch_size
+        for i in range(0, len(windows), rows):
+            yield self._to_device(windows[i:i + rows])
 
 
 # -----------------------------------------------------------------------------
@@ -223,12 +252,13 @@ def learning_rate(cfg, it):
 
 
 @torch.inference_mode()
-def evaluate(model, batches, autocast):
-    """Mean loss over the fixed evaluation windows of each split. (Chunks of batch_size rows:
-    on a 2-core CPU larger chunks measured slower, their activations no longer fit in cache.)"""
+def evaluate(model, batches, autocast, splits=("train", "val")):
+    """Mean loss per predicted token over the evaluation windows of each split. (Chunks of
+    batch_size rows: on a 2-core CPU larger chunks measured slower, their activations no
+    longer fit in cache.)"""
     model.eval()
     out = {}
-    for split in ("train", "val"):
+    for split in splits:
         total, count = 0.0, 0
         for x, y in batches.eval_batches(split):
             with autocast:
@@ -288,7 +318,8 @@ class StopRequested:
         return False
 
 
-METRIC_FIELDS = ["step", "train_loss", "val_loss", "lr", "tokens", "elapsed_s"]
+# elapsed_s: wall time since the start; train_s: the part spent in training steps (no evaluation)
+METRIC_FIELDS = ["step", "train_loss", "val_loss", "lr", "tokens", "elapsed_s", "train_s"]
 
 
 class Trainer:
@@ -307,7 +338,7 @@ class Trainer:
         self.model_config = cfg.model_config(vocab_size)
         # dropout: a different stream per process (weights and data have their own seeded generators)
         torch.manual_seed(cfg.seed + self.dist.rank)
-        self.batches = Batches(cfg.data_dir, cfg.block_size, cfg.batch_size, cfg.eval_iters, cfg.seed, device)
+        self.batches = Batches(cfg.data_dir, cfg.block_size, cfg.batch_size, cfg.seed, device)
         self.model = GPT(self.model_config, seed=cfg.seed).to(device)
         self.optimizer = self.model.configure_optimizer(cfg.weight_decay, cfg.learning_rate,
                                                         (cfg.beta1, cfg.beta2), device_type)
@@ -342,8 +373,8 @@ class Trainer:
         self.iter += 1
         return loss
 
-    def evaluate(self):
-        return evaluate(self.model, self.batches, self.autocast)
+    def evaluate(self, splits=("train", "val")):
+        return evaluate(self.model, self.batches, self.autocast, splits)
 
     def state_dict(self):
         """Everything needed to continue exactly: weights, optimizer, step, RNG states."""
@@ -365,13 +396,27 @@ class Trainer:
 NOT_RESULTS = ("progress", "device", "compile")  # settings that do not change a run's numbers (on CPU)
 
 
-def config_differences(run_dir, cfg):
-    """Keys in which cfg differs from the run in run_dir (None if run_dir holds no run)."""
+def config_differences(run_dir, cfg, prov=None):
+    """Keys in which cfg differs from the run in run_dir (None if run_dir holds no run). With
+    `prov`, also the keys of the run's provenance that differ from it, as "provenance.KEY"."""
     path = Path(run_dir) / "config.json"
     if not path.exists():
         return None
     old = read_json(path, f"remove {run_dir} or choose another --run-name")
-    return differing_keys(old, json.loads(json.dumps(asdict(cfg))))  # cfg as JSON holds it
+    old = {**json.loads(json.dumps(asdict(TrainConfig()))), **old}  # a setting added since: its default
+    changed = differing_keys(old, json.loads(json.dumps(asdict(cfg))), NOT_RESULTS + ("provenance",))
+    if prov is not None:  # a run from before provenance was recorded has none: every key differs
+        changed += [f"provenance.{k}" for k in differing_keys(old.get("provenance", {}), prov)]
+    return changed
+
+
+def explain(changed, run_dir):
+    """A sentence on why the run in run_dir cannot be reused or resumed."""
+    settings = [k for k in changed if not k.startswith("provenance.")]
+    if settings:
+        return f"{run_dir} holds a run with other settings ({', '.join(settings)})"
+    return (f"{run_dir} holds a run evaluated by another version of the evaluation or on other text"
+            f" ({', '.join(changed)}): its numbers are not comparable with new runs")
 
 
 def differing_keys(a, b, ignore=NOT_RESULTS):
@@ -379,20 +424,20 @@ def differing_keys(a, b, ignore=NOT_RESULTS):
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in ignore)
 
 
-def prepare_run_dir(run_dir, cfg, resume, overwrite):
+def prepare_run_dir(run_dir, cfg, prov, resume, overwrite):
     """Refuse to mix two runs' results in one directory."""
     if resume:
         if not (run_dir / "last.pt").exists():
             raise UserError(f"--resume: {run_dir} has no last.pt to resume from; start it without --resume")
-        changed = config_differences(run_dir, cfg)
+        changed = config_differences(run_dir, cfg, prov)
         if changed:
-            raise UserError(f"--resume: the config differs from the run in {run_dir} in {', '.join(changed)};"
-                            f" resume with the same settings")
+            raise UserError(f"--resume: {explain(changed, run_dir)}; resume with the same settings, or start"
+                            f" anew with --overwrite")
         return
     if (run_dir / "metrics.csv").exists() and not overwrite:
         raise UserError(f"{run_dir} already holds a run; --resume to continue it, --overwrite to replace it,"
                         f" or choose another --run-name")
-    for name in ("metrics.csv", "ckpt.pt", "last.pt", "summary.json", "samples.txt"):
+    for name in ("metrics.csv", "ckpt.pt", "last.pt", "summary.json", "samples.txt", "sample_metrics.json"):
         (run_dir / name).unlink(missing_ok=True)
 
 
@@ -402,8 +447,16 @@ def metrics_before(path, step):
 
 
 def train(cfg: TrainConfig, resume=False, overwrite=False, bar_position=None):
-    """Train one model; returns the summary dict also written to summary.json.
-    bar_position: the progress bar's line when several runs train side by side (compare.py --jobs)."""
+    """Train one model; returns the summary dict also written to summary.json (None on torchrun
+    ranks other than 0). bar_position: the progress bar's line when several runs train side by
+    side (compare.py --jobs). The run directory is held for the whole run: a second process
+    started into it is refused instead of interleaving its files with this one's."""
+    master = int(os.environ.get("RANK", "0")) == 0  # only rank 0 writes
+    with run_lock(Path(cfg.out_dir) / cfg.run_name) if master else nullcontext():
+        return _train(cfg, resume, overwrite, bar_position)
+
+
+def _train(cfg, resume, overwrite, bar_position):
     t_start = time.time()
     keep_freed_memory()  # no page faults for each step's activations (4-6% faster CPU-config steps)
     meta = load_meta(cfg.data_dir)
@@ -415,9 +468,9 @@ def train(cfg: TrainConfig, resume=False, overwrite=False, bar_position=None):
     best = {"val_loss": float("inf"), "step": -1}
     train_time = 0.0  # seconds spent in training steps, evaluation excluded
     rows = []
+    prov = provenance(cfg, meta, trainer.batches.eval_text)
     if master:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        prepare_run_dir(run_dir, cfg, resume, overwrite)
+        prepare_run_dir(run_dir, cfg, prov, resume, overwrite)
     if resume:
         state = load_checkpoint(run_dir / "last.pt", trainer.dist.device, kind="training")
         if state["vocab"] != meta["chars"]:
@@ -427,7 +480,7 @@ def train(cfg: TrainConfig, resume=False, overwrite=False, bar_position=None):
         best, train_time, t_start = state["best"], state["train_time"], time.time() - state["elapsed_s"]
         rows = metrics_before(run_dir / "metrics.csv", trainer.iter)
     if master:
-        write_json(run_dir / "config.json", asdict(cfg))
+        write_json(run_dir / "config.json", {**asdict(cfg), "provenance": prov})
         write_text(run_dir / "metrics.csv", ",".join(METRIC_FIELDS) + "\n"
                    + "".join(",".join(r[k] for k in METRIC_FIELDS) + "\n" for r in rows))
         metrics_file = open(run_dir / "metrics.csv", "a", newline="")
@@ -451,7 +504,7 @@ def train(cfg: TrainConfig, resume=False, overwrite=False, bar_position=None):
                 check_finite(losses["val"], it, "val loss", run_dir)
                 last = {"step": it, "train_loss": losses["train"], "val_loss": losses["val"],
                         "lr": learning_rate(cfg, it), "tokens": it * tokens_per_step,
-                        "elapsed_s": round(time.time() - t_start, 3)}
+                        "elapsed_s": round(time.time() - t_start, 3), "train_s": round(train_time, 3)}
                 writer.writerow(last)
                 metrics_file.flush()
                 postfix.update(train=f"{losses['train']:.4f}", val=f"{losses['val']:.4f}")
@@ -480,19 +533,25 @@ def train(cfg: TrainConfig, resume=False, overwrite=False, bar_position=None):
             train_time += time.perf_counter() - t0
             bar.update(1)
     bar.close()
+    if master:  # the held-out test split, scored once: the final weights and the best-val ones
+        metrics_file.close()
+        test = {"final": trainer.evaluate(("test",))["test"]}
+        if best["step"] != last["step"]:
+            model.load_state_dict(load_checkpoint(run_dir / "ckpt.pt", dist.device)["model"])
+        test["best"] = trainer.evaluate(("test",))["test"] if best["step"] != last["step"] else test["final"]
     dist.close()
     if not master:
         return None
-    metrics_file.close()
 
     summary = {
         "run_name": cfg.run_name, "pos_encoding": cfg.pos_encoding, "seed": cfg.seed,
         "n_params": model.num_params(), "best_val_loss": best["val_loss"], "best_step": best["step"],
-        "final_train_loss": last["train_loss"], "final_val_loss": last["val_loss"],
+        "best_test_loss": test["best"], "final_train_loss": last["train_loss"], "final_val_loss": last["val_loss"],
+        "final_test_loss": test["final"],
         "wall_s": round(time.time() - t_start, 2), "train_s": round(train_time, 2),
         "ms_per_iter": round(1000 * train_time / max(1, cfg.max_iters), 2),
         "device": trainer.dist.device, "processes": dist.world_size, "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
+        "torch": torch.__version__, "provenance": prov,
     }
     write_json(run_dir / "summary.json", summary)
     return summary

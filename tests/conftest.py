@@ -24,7 +24,7 @@ from prepare_shakespeare import prepare  # noqa: E402
 
 # A tiny model and schedule: trains in about a second on a CPU.
 TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, batch_size=8, max_iters=30, eval_interval=10,
-            eval_iters=2, warmup_iters=5, learning_rate=3e-3, progress=False)
+            warmup_iters=5, learning_rate=3e-3, progress=False)
 TINY_FLAGS = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items() if k != "progress"] + ["--no-progress"]
 
 
@@ -42,7 +42,7 @@ def make_corpus(n_chars=20_000, seed=0):
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
-    """A prepared tiny corpus (train.bin, val.bin, meta.json)."""
+    """A prepared tiny corpus (train.bin, val.bin, test.bin, meta.json)."""
     root = tmp_path_factory.mktemp("data")
     (root / "input.txt").write_text(make_corpus())
     prepare(root / "prepared", input_path=root / "input.txt")

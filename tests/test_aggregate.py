@@ -1,26 +1,34 @@
-"""Multi-seed aggregation on hand-made metrics files: plot bands and the results table."""
+"""Many runs read back on hand-made run directories: variants, plot bands, the results and
+paired tables, and the refusal to mix runs evaluated on different text."""
 
 import json
 
 import numpy as np
 import pytest
 
+from analysis import paired, paired_table, real_word_shares, t_quantile, verdict, words
 from common import UserError
-from compare import results_table
+from compare import Study, differences_table, results_table
 from conftest import run
-from plot import aggregate, group_by_encoding
+from plot import aggregate, plot_runs, read_metrics_of
+from runs import group_variants, parse_variants, variant_labels, variant_name
+from train import FIELD_TYPES, TrainConfig
 
-CONFIG = {"pos_encoding": "rope", "seed": 1, "n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64,
-          "batch_size": 12, "dropout": 0.0, "run_name": "x", "out_dir": "out"}
+PROVENANCE = {"eval_version": 2, "data_sha256": "abc", "eval_text": "0123456789abcdef"}
+CONFIG = {**TrainConfig(progress=False).__dict__, "provenance": PROVENANCE}
 
 
-def make_run(root, name, losses, **config):
+def make_run(root, name, losses, summary=None, **config):
     run_dir = root / name
     run_dir.mkdir(parents=True)
     (run_dir / "config.json").write_text(json.dumps({**CONFIG, **config}))
-    lines = ["step,train_loss,val_loss,lr,tokens,elapsed_s"]
-    lines += [f"{i * 10},{loss + 0.1},{loss},0.001,{i * 100},{i}" for i, loss in enumerate(losses)]
+    lines = ["step,train_loss,val_loss,lr,tokens,elapsed_s,train_s"]
+    lines += [f"{i * 10},{loss + 0.1},{loss},0.001,{i * 100},{i},{i * 0.5}" for i, loss in enumerate(losses)]
     (run_dir / "metrics.csv").write_text("\n".join(lines) + "\n")
+    if summary is not None:
+        (run_dir / "summary.json").write_text(json.dumps({"n_params": 1000, "best_step": 2000, "wall_s": 100.0,
+                                                          "ms_per_iter": 30.0, "seed": config.get("seed", 1337),
+                                                          **summary}))
     return run_dir
 
 
@@ -29,39 +37,143 @@ def test_mean_min_max_over_seeds(tmp_path):
             make_run(tmp_path, "b", [4.0, 3.0, 2.0], seed=2),
             make_run(tmp_path, "c", [4.0, 2.5], seed=3),  # still running: one row short
             make_run(tmp_path, "d", [4.0, 1.0, 0.5], pos_encoding="none", seed=1)]
-    groups = group_by_encoding(runs)
-    assert list(groups) == ["rope", "none"] and len(groups["rope"]) == 3
-    steps, mean, low, high = aggregate([m for _, m in groups["rope"]], "val_loss")
+    configs = [json.loads((r / "config.json").read_text()) for r in runs]
+    groups = group_variants(configs)
+    assert [configs[idx[0]]["pos_encoding"] for idx in groups.values()] == ["rope", "none"]
+    metrics = [read_metrics_of(r) for r in runs[:3]]
+    steps, mean, low, high = aggregate(metrics, "val_loss")
     assert steps.tolist() == [0, 10]  # only the steps every run has reached
     assert np.allclose(mean, [4.0, 2.5]) and np.allclose(low, [4.0, 2.0]) and np.allclose(high, [4.0, 3.0])
-    steps, mean, _, _ = aggregate([m for _, m in groups["rope"]], "train_loss")
-    assert np.allclose(mean, [4.1, 2.6])
+    seconds, mean, _, _ = aggregate(metrics, "train_loss", x="train_s")
+    assert seconds.tolist() == [0.0, 0.5] and np.allclose(mean, [4.1, 2.6])
 
 
-def test_runs_of_different_configs_are_not_averaged(tmp_path):
-    runs = [make_run(tmp_path, "a", [4.0, 2.0]), make_run(tmp_path, "b", [4.0, 2.0], n_layer=6, seed=2)]
-    with pytest.raises(UserError, match="differ in n_layer"):
-        group_by_encoding(runs)
+def test_variants_are_grouped_and_labelled_by_what_tells_them_apart(tmp_path):
+    configs = [{**CONFIG, "pos_encoding": "rope", "seed": 1}, {**CONFIG, "pos_encoding": "rope", "seed": 2},
+               {**CONFIG, "pos_encoding": "sinusoidal", "sinusoidal_scale": False},
+               {**CONFIG, "pos_encoding": "sinusoidal"},
+               {**CONFIG, "pos_encoding": "learned", "learning_rate": 0.002, "min_lr": 0.0002},
+               {**CONFIG, "pos_encoding": "learned", "sinusoidal_scale": False}]  # an option learned ignores
+    groups = group_variants(configs)
+    assert list(groups.values()) == [[0, 1], [4], [5], [2], [3]]  # encodings in the plots' order
+    assert list(variant_labels(configs, groups).values()) == [
+        "RoPE, lr 0.001", "learned, lr 0.002", "learned, lr 0.001", "sinusoidal, lr 0.001, no √d scale",
+        "sinusoidal, lr 0.001, √d scale"]
+    # min_lr = learning_rate / 10 is not named; another min_lr is
+    odd = [{**CONFIG, "learning_rate": 0.002, "min_lr": 0.0001}, CONFIG,
+           {**CONFIG, "learning_rate": 0.002, "min_lr": 0.0002}]
+    assert list(variant_labels(odd, group_variants(odd)).values()) == [
+        "RoPE, lr 0.002, min_lr 0.0001", "RoPE, lr 0.001", "RoPE, lr 0.002"]
+
+
+def test_runs_evaluated_on_different_text_are_refused(tmp_path):
+    runs = [make_run(tmp_path, "a", [4.0, 2.0]),
+            make_run(tmp_path, "b", [4.0, 2.0], seed=2, provenance={**PROVENANCE, "eval_text": "ffffffffffffffff"})]
+    with pytest.raises(UserError, match="evaluated on different text"):
+        plot_runs(runs, tmp_path / "plots")
     proc = run("plot.py", tmp_path, "--plots-dir", tmp_path / "plots", check=False)
-    assert proc.returncode == 2 and "differ in n_layer" in proc.stderr
+    assert proc.returncode == 2 and "evaluated on different text" in proc.stderr
+    old = make_run(tmp_path, "old", [4.0, 2.0], seed=3, provenance=None)  # from before provenance was recorded
+    with pytest.raises(UserError, match="evaluated on different text"):
+        plot_runs([runs[0], old], tmp_path / "plots")
+
+
+def test_runs_of_different_models_are_separate_lines(tmp_path):
+    runs = [make_run(tmp_path, "a", [4.0, 2.0]), make_run(tmp_path, "b", [4.0, 2.0], n_layer=6, seed=2)]
+    paths = plot_runs(runs, tmp_path / "plots")
+    assert [p.name for p in paths] == ["train_loss.png", "val_loss.png", "val_loss_seconds.png"]
+    assert all(p.stat().st_size > 10_000 for p in paths)
+    configs = [json.loads((r / "config.json").read_text()) for r in runs]
+    assert list(variant_labels(configs, group_variants(configs)).values()) == ["RoPE, n_layer 4", "RoPE, n_layer 6"]
 
 
 def test_half_written_metrics_row_is_ignored(tmp_path):
     run_dir = make_run(tmp_path, "a", [4.0, 2.0])
     with open(run_dir / "metrics.csv", "a") as f:
         f.write("20,1.5")  # a killed run's last line
-    (_, metrics), = group_by_encoding([run_dir])["rope"]
-    assert metrics["step"].tolist() == [0, 10]
+    assert read_metrics_of(run_dir)["step"].tolist() == [0, 10]
 
 
-def test_results_table_mean_and_std():
-    def summary(best, step, ms):
-        return {"n_params": 1000, "best_val_loss": best, "best_step": step, "final_train_loss": best - 0.1,
-                "final_val_loss": best + 0.01, "wall_s": 100.0, "ms_per_iter": ms}
-    table = results_table({"rope": [summary(1.0, 2000, 30.0), summary(1.2, 1750, 32.0), summary(1.1, 2000, 31.0)],
-                           "learned": [summary(1.5, 2000, 29.0)]})
-    rope, learned = table.splitlines()[2:]
+def finished(tmp_path, enc, seed, val, test=None, **config):
+    return make_run(tmp_path, f"{enc}_{seed}", [4.0, val], pos_encoding=enc, seed=seed, summary={
+        "best_val_loss": val, "final_train_loss": val - 0.1, "final_val_loss": val, "best_test_loss": test or val,
+        "final_test_loss": test or val + 0.01}, **config)
+
+
+def test_results_table_mean_and_std(tmp_path):
+    study = Study([finished(tmp_path, "rope", 1, 1.0), finished(tmp_path, "rope", 2, 1.2),
+                   finished(tmp_path, "rope", 3, 1.1), finished(tmp_path, "learned", 1, 1.5)])
+    rope, learned = results_table(study).splitlines()[2:]
     # mean ± sample std (n-1): 1.1 ± 0.1
-    assert rope.startswith("| RoPE | 1,000 | 1.1000 ± 0.1000 | 1917 ± 144 |") and rope.endswith("| 3 |")
-    assert "| 31.0 ± 1.0 |" in rope
+    assert rope.startswith("| RoPE | 1,000 | 1.1000 ± 0.1000 | 2000 ± 0 | 1.0000 ± 0.1000 | 1.1000 ± 0.1000 |")
+    assert rope.endswith("| 1.1100 ± 0.1000 | 100 ± 0 | 30.0 ± 0.0 | 3 |")
     assert learned.startswith("| learned | 1,000 | 1.5000 | 2000 |") and learned.endswith("| 1 |")
+
+
+def test_t_quantiles_match_the_tables():
+    for df, t in [(1, 12.7062), (2, 4.3027), (4, 2.7764), (9, 2.2622), (30, 2.0423)]:
+        assert t_quantile(0.975, df) == pytest.approx(t, abs=1e-4)
+    assert t_quantile(0.95, 4) == pytest.approx(2.1318, abs=1e-4)
+
+
+def test_paired_differences_and_their_interval():
+    a, b = {1: 1.0, 2: 1.2, 3: 1.1, 4: 9.9}, {1: 1.5, 2: 1.5, 3: 1.7}  # seed 4 has no pair: left out
+    r = paired(a, b)
+    assert r["seeds"] == [1, 2, 3] and r["diffs"] == pytest.approx([-0.5, -0.3, -0.6])
+    mean, sd = -1.4 / 3, 0.152752523  # sd of -0.5, -0.3, -0.6 with n - 1
+    half = 4.302652730 * sd / 3 ** 0.5
+    assert r["mean"] == pytest.approx(mean) and r["ci"] == pytest.approx((mean - half, mean + half))
+    assert r["agree"] == 3 and verdict(r) == "lower"
+    # an interval that contains 0 does not rank; one seed has no interval
+    wide = paired({1: 1.0, 2: 1.3, 3: 1.1}, {1: 1.1, 2: 1.1, 3: 1.1})
+    assert wide["agree"] == 1 and verdict(wide) == "undecided"
+    assert paired({1: 1.0}, {1: 2.0})["ci"] is None and verdict(paired({1: 1.0}, {1: 2.0})) == "undecided"
+
+
+def test_paired_table_on_hand_made_runs(tmp_path):
+    runs = [finished(tmp_path, enc, s, v, t) for enc, vals in (
+        ("rope", [(1.0, 1.1), (1.2, 1.3), (1.1, 1.2)]), ("learned", [(1.5, 1.6), (1.5, 1.6), (1.7, 1.8)]),
+        ("none", [(2.0, 2.0), (1.4, 1.5), (1.9, 1.9)])) for s, (v, t) in zip((1, 2, 3), vals)]
+    lines = differences_table(Study(runs)).splitlines()
+    assert [ln.split(" | ")[0] for ln in lines[2:]] == ["| RoPE − learned", "| none − learned", "| RoPE − none"]
+    assert lines[2].startswith("| RoPE − learned | -0.5000, -0.3000, -0.6000 | -0.4667 | [-0.8461, -0.0872] | 3/3 "
+                               "| -0.4667 |")
+    assert lines[2].endswith("| a lower |")
+    assert lines[3].endswith("| not decided (CI contains 0) |")  # none − learned: +0.5, -0.1, +0.2
+    assert lines[3].split(" | ")[4] == "2/3"
+
+
+def test_variants_on_the_command_line():
+    v = parse_variants("rope,all,sinusoidal:sinusoidal_scale=false:learning_rate=2e-3", FIELD_TYPES)
+    assert v[0] == ("rope", {}) and len(v) == 6  # 'all' repeats rope: kept once
+    assert v[-1] == ("sinusoidal", {"sinusoidal_scale": False, "learning_rate": 0.002})
+    assert variant_name(*v[-1]) == "sinusoidal-sinusoidal_scale=false-lr=0.002"
+    assert variant_name("rope", {"learning_rate": 0.002, "min_lr": 0.0002}) == "rope-lr=0.002"
+    for text, message in [("rope:n_layer", "is not KEY=VALUE"), ("rope:seed=3", "is not KEY=VALUE"),
+                          ("rope:banana=1", "is not KEY=VALUE"), ("rope:n_layer=two", "n_layer takes a int"),
+                          ("rope:bias=maybe", "bias takes a bool"), ("rofl", "unknown encoding 'rofl'"),
+                          (",", "no encodings given")]:
+        with pytest.raises(UserError, match=message):
+            parse_variants(text, FIELD_TYPES)
+
+
+def test_paired_table_needs_values_for_both_metrics():
+    values = {"a": {"val": {1: 1.0, 2: 2.0}, "test": {1: 1.0, 2: 2.0}},
+              "b": {"val": {1: 1.5, 2: 2.5}, "test": {1: 1.0, 2: 2.0}}}
+    line = paired_table(values, [("a", "b")], {"a": "A", "b": "B"}).splitlines()[2]
+    # identical differences: sd 0, a zero-width interval that excludes 0
+    assert line == ("| A − B | -0.5000, -0.5000 | -0.5000 | [-0.5000, -0.5000] | 2/2 | +0.0000 "
+                    "| [+0.0000, +0.0000] | a lower |")
+
+
+def test_real_word_shares_of_a_hand_made_text():
+    vocabulary = set(words("ROMEO:\nBut soft! what light through yonder window breaks? O'er the hill."))
+    assert vocabulary == {"romeo", "but", "soft", "what", "light", "through", "yonder", "window", "breaks",
+                          "o'er", "the", "hill"}
+    samples = ["ROMEO: but SOFT, whaz light\nthrough yondre window-breaks", "o'er the the hilly 42"]
+    # words: romeo but soft whaz light through yondre window breaks | o'er the the hilly
+    r = real_word_shares(samples, vocabulary)
+    assert (r["words"], r["real"]) == (13, pytest.approx(10 / 13))
+    # 5+ letters: romeo light through yondre window breaks hilly -> 5 of 7 real
+    assert (r["long_words"], r["real_long"]) == (7, pytest.approx(5 / 7))
+    assert real_word_shares(["42 !"], vocabulary) == {"words": 0, "real": None, "long_words": 0, "real_long": None}

@@ -100,7 +100,7 @@ def test_prepare_and_plot_errors(data_dir, tmp_path):
     assert_one_line_error(run("prepare_shakespeare.py", "--input", tmp_path / "bin.txt", "--out-dir", tmp_path,
                               check=False), "not UTF-8 text")
     assert_one_line_error(run("plot.py", tmp_path / "empty", check=False), "is not a run directory")
-    assert_one_line_error(run("compare.py", "--pos-encodings", "rope,bogus", check=False), "unknown encoding(s) bogus")
+    assert_one_line_error(run("compare.py", "--pos-encodings", "rope,bogus", check=False), "unknown encoding 'bogus'")
     assert_one_line_error(run("compare.py", "--seeds", "1,x", check=False), "--seeds takes comma-separated integers")
     # an error inside a worker process (compare.py --jobs) reaches the user as the same one line
     too_long = run("compare.py", "--data-dir", data_dir, "--out-dir", tmp_path, "--plots-dir", tmp_path,
@@ -108,3 +108,43 @@ def test_prepare_and_plot_errors(data_dir, tmp_path):
     assert_one_line_error(too_long, "val split has", "fewer than block_size + 1 = 5001")
     assert_one_line_error(run("compare.py", "--jobs", 2, "--device", "cuda", check=False),
                           "--jobs trains runs side by side on the CPU; on cuda train one at a time")
+
+
+@pytest.mark.parametrize("script", ["train.py", "sample.py", "evaluate.py", "compare.py", "sweep.py"])
+@pytest.mark.parametrize("device, fragments", [
+    ("banana", ["unknown device 'banana'; use auto, cpu, cuda, cuda:N or mps"]),
+    ("cuda:x", ["unknown device 'cuda:x'"]),
+    ("cuda", ["device 'cuda' is not available", "--device cpu"]),
+    ("mps", ["device 'mps' is not available (Apple-silicon GPUs only)"]),
+])
+def test_a_device_this_machine_lacks_is_one_line_naming_it(data_dir, trained, tmp_path, script, device, fragments):
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    args = {"sample.py": ["--out-dir", trained], "evaluate.py": [trained, "--plots-dir", tmp_path]}.get(
+        script, ["--data-dir", data_dir, "--out-dir", tmp_path, "--plots-dir", tmp_path, *TINY_FLAGS])
+    if script == "train.py":
+        args = args[:4] + args[6:]  # no --plots-dir
+    proc = run(script, *args, "--device", device, check=False)
+    assert_one_line_error(proc, *fragments)
+    assert "checkpoint" not in proc.stderr  # never blames a good checkpoint
+    assert not list(tmp_path.rglob("metrics.csv"))  # nothing trained
+
+
+def test_nanogpt_spellings_of_flags_are_accepted(data_dir, tmp_path):
+    flags = [f.replace("-", "_").replace("__", "--", 1) for f in TINY_FLAGS]  # --max_iters=30, --no_progress, ...
+    assert "--max_iters=30" in flags
+    run("train.py", f"--data_dir={data_dir}", f"--out_dir={tmp_path}", *flags, "--max_iters=10", "--eval_interval", "5")
+    assert (tmp_path / "rope_seed1337" / "metrics.csv").read_text().count("\n") == 4  # header + steps 0, 5, 10
+    proc = run("train.py", "--max_banana=3", check=False)
+    assert_one_line_error(proc, "unrecognized arguments: --max_banana=3")
+
+
+def test_a_second_process_in_the_same_run_directory_is_refused(data_dir, tmp_path):
+    fcntl = pytest.importorskip("fcntl")
+    (tmp_path / "rope_seed1337").mkdir()
+    with open(tmp_path / "rope_seed1337" / ".lock", "w") as held:  # as a first train.py holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        proc = run("train.py", "--data-dir", data_dir, "--out-dir", tmp_path, *TINY_FLAGS, "--overwrite", check=False)
+    assert_one_line_error(proc, "rope_seed1337 is in use by another training process")
+    assert not (tmp_path / "rope_seed1337" / "metrics.csv").exists()
+    run("train.py", "--data-dir", data_dir, "--out-dir", tmp_path, *TINY_FLAGS)  # released: trains

@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from common import build_model, eval_windows, load_tokens
 from conftest import ROOT, TINY_FLAGS, make_corpus, run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -28,8 +29,11 @@ def test_train_writes_config_metrics_checkpoint_summary(workspace):
     assert config["pos_encoding"] == "rope" and config["n_embd"] == 32 and config["max_iters"] == 30
     with open(run_dir / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["step", "train_loss", "val_loss", "lr", "tokens", "elapsed_s"]
+    assert list(rows[0]) == ["step", "train_loss", "val_loss", "lr", "tokens", "elapsed_s", "train_s"]
     assert [int(r["step"]) for r in rows] == [0, 10, 20, 30]
+    train_s = [float(r["train_s"]) for r in rows]  # training steps only: below the wall time, growing
+    assert train_s[0] == 0 and all(a < b for a, b in zip(train_s, train_s[1:]))
+    assert all(t < float(r["elapsed_s"]) for t, r in zip(train_s, rows))
     assert [int(r["tokens"]) for r in rows] == [0, 10 * 8 * 16, 20 * 8 * 16, 30 * 8 * 16]
     losses = [float(r["val_loss"]) for r in rows]
     vocab = json.loads((workspace / "data" / "meta.json").read_text())["vocab_size"]
@@ -41,6 +45,12 @@ def test_train_writes_config_metrics_checkpoint_summary(workspace):
     assert ckpt["step"] == summary["best_step"] == [int(r["step"]) for r in rows][losses.index(min(losses))]
     assert ckpt["model_args"]["pos_encoding"] == "rope" and len(ckpt["vocab"]) == vocab
     assert not any("wpe" in k for k in ckpt["model"])
+    # the held-out test split, scored once at the end with the best weights: every test token once
+    test = eval_windows(load_tokens(workspace / "data", "test"), 16)
+    with torch.no_grad():
+        expected = build_model(ckpt)(test[:, :-1], test[:, 1:])[1].item()
+    assert summary["best_test_loss"] == pytest.approx(expected, abs=1e-5)
+    assert config["provenance"] == summary["provenance"] and config["provenance"]["eval_version"] == 2
 
 
 def test_same_seed_gives_same_batches_and_shared_weights_across_encodings(workspace):
@@ -98,14 +108,21 @@ def test_compare_trains_plots_tabulates_and_reuses(workspace, tmp_path):
             "--pos-encodings", "rope,none", "--sample-tokens", 40, *TINY_FLAGS]
     proc = run("compare.py", *args)
     results = (tmp_path / "plots" / "results.md").read_text()
-    rows = [ln for ln in results.splitlines() if ln.startswith("| RoPE") or ln.startswith("| none")]
-    assert len(rows) == 2
+    rows = [ln for ln in results.splitlines() if ln.startswith("| RoPE |") or ln.startswith("| none |")][:2]
+    assert rows[0].startswith("| RoPE | 26,112 |") and rows[1].startswith("| none | 26,112 |")
     summary = json.loads((tmp_path / "out" / "shakespeare_char_cpu" / "rope_seed1337" / "summary.json").read_text())
     assert f"| {summary['best_val_loss']:.4f} |" in rows[0]
     samples = (tmp_path / "plots" / "samples.md").read_text()
-    assert "## RoPE" in samples and "## none" in samples and "## learned" not in samples
-    assert (tmp_path / "plots" / "val_loss.png").read_bytes().startswith(PNG_MAGIC)
+    assert "## RoPE (seed 1337)" in samples and "## none (seed 1337)" in samples and "## learned" not in samples
+    for name in ("train_loss.png", "val_loss.png", "val_loss_seconds.png"):
+        assert (tmp_path / "plots" / name).read_bytes().startswith(PNG_MAGIC)
     assert "total wall time" in proc.stdout
+    # the paired table (one seed: no interval, no ranking) and the real-word shares from 20 samples
+    assert "| RoPE − none | " in results and "| n/a (1 seed) |" in results and "not decided" in results
+    metrics = json.loads((tmp_path / "out" / "shakespeare_char_cpu" / "rope_seed1337" / "sample_metrics.json").read_text())
+    assert metrics["settings"]["num_samples"] == 20 and metrics["settings"]["top_k"] is None
+    assert f"| RoPE | {metrics['real']:.3f} | {metrics['real_long']:.3f} |" in results
+    assert summary["provenance"]["eval_text"] in results
     again = run("compare.py", *args)
     assert again.stdout.count("finished earlier, reusing it") == 2
     # a changed config is never mistaken for a finished run: refused, or retrained with --overwrite
@@ -115,6 +132,14 @@ def test_compare_trains_plots_tabulates_and_reuses(workspace, tmp_path):
     assert "reusing" not in changed.stdout
     none_dir = tmp_path / "out" / "shakespeare_char_cpu" / "none_seed1337"
     assert json.loads((none_dir / "config.json").read_text())["max_iters"] == 20
+    # a finished run evaluated another way (here: by an older evaluation) is not reused as if it were new
+    rope_config = tmp_path / "out" / "shakespeare_char_cpu" / "rope_seed1337" / "config.json"
+    rope_config.write_text(rope_config.read_text().replace('"eval_version": 2', '"eval_version": 1'))
+    refused = run("compare.py", *args, check=False)
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
+    assert "evaluated by another version of the evaluation or on other text (provenance.eval_version)" in refused.stderr
+    retrained = run("compare.py", *args, "--pos-encodings", "rope", "--overwrite")
+    assert "reusing" not in retrained.stdout and '"eval_version": 2' in rope_config.read_text()
 
 
 def test_compare_defaults_write_under_out_of_the_working_directory(workspace, tmp_path):
@@ -143,9 +168,9 @@ def test_compare_jobs_train_side_by_side_to_the_same_numbers(workspace, tmp_path
             par_losses, seq_losses = ([float(r[key]) for r in rows[mode]] for mode in ("par", "seq"))
             assert par_losses == pytest.approx(seq_losses, abs=1e-6), (name, key)
 
-    def loss_columns(plots):  # each encoding's best, final train and final val loss (mean ± std of 2 seeds)
+    def loss_columns(plots):  # best, its step, final train, val and test loss (mean ± std of 2 seeds)
         lines = (tmp_path / plots / "results.md").read_text().splitlines()
-        return [ln.split("|")[3:7] for ln in lines if ln.startswith(("| RoPE", "| none"))]
+        return [ln.split("|")[3:8] for ln in lines if ln.startswith(("| RoPE |", "| none |"))][:2]
     assert len(loss_columns("pp")) == 2 and loss_columns("pp") == loss_columns("sp")
 
 
@@ -207,5 +232,5 @@ def test_compare_extrapolate_writes_the_study(workspace, tmp_path):
     assert "## Length extrapolation" in results and "n/a" in results  # learned past its table
     study = json.loads((tmp_path / "plots" / "extrapolation.json").read_text())
     assert study  # written by evaluate.py's write_outputs
-    rows = [ln for ln in results.splitlines() if ln.startswith("| RoPE")]
-    assert len(rows) == 1 and " ± " in rows[0] and rows[0].rstrip().endswith("| 2 |")  # mean ± std of 2 seeds
+    rows = [ln for ln in results.splitlines() if ln.startswith("| RoPE |")][:1]
+    assert " ± " in rows[0] and rows[0].rstrip().endswith("| 2 |")  # mean ± std of 2 seeds

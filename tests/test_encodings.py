@@ -100,15 +100,27 @@ def test_kv_cache_gives_the_same_logits(enc):
     torch.testing.assert_close(chunk, full[:, 5:9], atol=1e-5, rtol=1e-5)
 
 
+def reference_sample(model, idx, new, generator, temperature=1.0):
+    """nanoGPT's sampler written out plainly: each character from the last block_size ones."""
+    seq = idx.clone()
+    for _ in range(new):
+        logits, _ = model(seq[:, -model.config.block_size:])
+        probs = torch.softmax(logits[:, -1, :] / temperature, dim=-1)
+        seq = torch.cat([seq, torch.multinomial(probs, 1, generator=generator)], dim=1)
+    return seq
+
+
 @pytest.mark.parametrize("enc", POS_ENCODINGS)
-def test_sampling_with_and_without_cache_gives_the_same_tokens(enc):
+def test_sampling_is_the_sliding_window_sampler_and_the_cache_agrees_within_a_block(enc):
     model = GPT(GPTConfig(**SMALL, pos_encoding=enc), seed=1).eval()
+    block = model.config.block_size
     idx = torch.zeros(4, 1, dtype=torch.long)
-    kwargs = dict(max_new_tokens=50, temperature=1.0, top_k=10)  # 50 > 3 x block_size: crosses several cuts
-    with_cache = model.generate(idx, generator=torch.Generator().manual_seed(5), use_cache=True, **kwargs)
-    without = model.generate(idx, generator=torch.Generator().manual_seed(5), use_cache=False, **kwargs)
-    assert with_cache.shape == (4, 51)
-    assert torch.equal(with_cache, without)
+    gen = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    slide = model.generate(idx, 3 * block, generator=gen())  # the default: no cache
+    assert slide.shape == (4, 3 * block + 1)
+    assert torch.equal(slide, reference_sample(model, idx, 3 * block, gen()))
+    cached = model.generate(idx, 3 * block, generator=gen(), use_cache=True)
+    assert torch.equal(cached[:, :block + 1], slide[:, :block + 1])  # the same contexts up to a full block
 
 
 @pytest.mark.parametrize("enc", POS_ENCODINGS)
@@ -122,18 +134,29 @@ def test_tables_built_during_inference_still_train(enc):
     assert model.transformer.wte.weight.grad is not None
 
 
-def test_generation_context_is_cut_back_to_half_a_block():
-    """The contexts the model sees while sampling (without cache): they grow to block_size,
-    then restart from the last block_size // 2 tokens of the sequence generated so far."""
-    model = GPT(GPTConfig(**SMALL, pos_encoding="learned"), seed=0).eval()
-    seen = []
-    forward = model.forward
+def record_contexts(model):
+    seen, forward = [], model.forward
     model.forward = lambda idx, targets=None, cache=None: seen.append(idx.clone()) or forward(idx, targets, cache)
-    prompt = torch.arange(1, 11).view(1, 10)  # 10 tokens
-    out = model.generate(prompt, 20, top_k=3, generator=torch.Generator().manual_seed(0), use_cache=False)
-    lengths = [x.size(1) for x in seen]
-    assert lengths == [10, 11, 12, 13, 14, 15, 16] + [8, 9, 10, 11, 12, 13, 14, 15, 16] + [8, 9, 10, 11]
-    for x in seen:  # each context is the end of the sequence generated so far
-        n = x.size(1)
-        assert any(torch.equal(x, out[:, end - n:end]) for end in range(n, out.size(1) + 1))
+    return seen
+
+
+def test_sampling_sees_the_last_block_size_characters():
+    model = GPT(GPTConfig(**SMALL, pos_encoding="learned"), seed=0).eval()
+    seen = record_contexts(model)
+    prompt = torch.arange(1, 11).view(1, 10)  # 10 tokens, block_size 16
+    out = model.generate(prompt, 20, top_k=3, generator=torch.Generator().manual_seed(0))
+    assert [x.size(1) for x in seen] == [10, 11, 12, 13, 14, 15] + [16] * 14
+    for i, x in enumerate(seen):  # the context of the character at position 10 + i
+        assert torch.equal(x, out[:, max(0, 10 + i - 16):10 + i])
+
+
+def test_cached_sampling_cuts_its_context_back_to_half_a_block():
+    """With the KV cache: the context grows to block_size, then restarts from the last
+    block_size // 2 tokens (fed through the model again to rebuild the cache)."""
+    model = GPT(GPTConfig(**SMALL, pos_encoding="learned"), seed=0).eval()
+    seen = record_contexts(model)
+    prompt = torch.arange(1, 11).view(1, 10)
+    out = model.generate(prompt, 20, top_k=3, generator=torch.Generator().manual_seed(0), use_cache=True)
+    # the prompt, then one new token per step until 17 tokens would be in the context: then 8 again
+    assert [x.size(1) for x in seen] == [10] + [1] * 6 + [8] + [1] * 8 + [8] + [1] * 3
     assert torch.equal(seen[7], out[:, 9:17])  # after 16 tokens + 1 new: keep the last 8 of 17

@@ -21,17 +21,23 @@ def test_prepare_local_text(tmp_path):
     meta = prep.prepare(tmp_path / "out", input_path=tmp_path / "in.txt")
     assert meta["chars"] == sorted(set(text)) and meta["vocab_size"] == len(set(text))
     assert meta["total_chars"] == len(text)
-    assert meta["train_tokens"] == int(len(text) * 0.9) and meta["train_tokens"] + meta["val_tokens"] == len(text)
+    # train: the first 90%; then val: the first half of the rest; test: the second half (1550 = 1395 + 77 + 78)
+    assert (meta["train_tokens"], meta["val_tokens"], meta["test_tokens"]) == (1395, 77, 78)
     assert meta["canonical"] is False and meta["sha256"] == hashlib.sha256(text.encode()).hexdigest()
-    train = np.fromfile(tmp_path / "out" / "train.bin", dtype=np.uint16)
-    val = np.fromfile(tmp_path / "out" / "val.bin", dtype=np.uint16)
-    decoded = "".join(meta["chars"][i] for i in np.concatenate([train, val]))
-    assert decoded == text
+    train, val, test = (np.fromfile(tmp_path / "out" / f"{s}.bin", dtype=np.uint16) for s in ("train", "val", "test"))
+    decode = lambda ids: "".join(meta["chars"][i] for i in ids)  # noqa: E731
+    assert (decode(train), decode(val), decode(test)) == (text[:1395], text[1395:1472], text[1472:])
     assert json.loads((tmp_path / "out" / "meta.json").read_text()) == meta
     # re-running gives the same files and leaves no temp files behind
     prep.prepare(tmp_path / "out", input_path=tmp_path / "in.txt")
     assert np.array_equal(np.fromfile(tmp_path / "out" / "train.bin", dtype=np.uint16), train)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["meta.json", "train.bin", "val.bin"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["meta.json", "test.bin", "train.bin", "val.bin"]
+
+
+def test_text_too_short_for_three_splits_is_refused(tmp_path):
+    (tmp_path / "in.txt").write_text("abcdefghijklmnopq")  # 17 characters: val and test get 1 each
+    with pytest.raises(UserError, match="17 characters, too few to split into train, val and test"):
+        prep.prepare(tmp_path / "out", input_path=tmp_path / "in.txt")
 
 
 def test_non_ascii_vocabulary_is_sorted(tmp_path):
@@ -52,7 +58,8 @@ def test_canonical_corpus_sizes(tmp_path):
     proc = run("prepare_shakespeare.py", "--input", canonical_corpus(), "--out-dir", tmp_path)
     assert "length of dataset in characters: 1,115,394" in proc.stdout
     assert "vocab size: 65" in proc.stdout
-    assert "train has 1,003,854 tokens" in proc.stdout and "val has 111,540 tokens" in proc.stdout
+    assert "train has 1,003,854 tokens" in proc.stdout and "val has 55,770 tokens" in proc.stdout
+    assert "test has 55,770 tokens" in proc.stdout
     assert "not the canonical" not in proc.stdout
     meta = json.loads((tmp_path / "meta.json").read_text())
     assert meta["canonical"] is True and meta["chars"][:2] == ["\n", " "]

@@ -96,7 +96,13 @@ def test_resume_refuses_a_changed_config_or_a_missing_checkpoint(data_dir, tmp_p
     run("train.py", "--data-dir", data_dir, "--out-dir", tmp_path, *TINY_FLAGS)
     proc = run("train.py", "--data-dir", data_dir, "--out-dir", tmp_path, *TINY_FLAGS, "--n-layer=3", "--resume",
                check=False)
-    assert proc.returncode == 2 and "config differs" in proc.stderr and "n_layer" in proc.stderr
+    assert proc.returncode == 2 and "holds a run with other settings (n_layer)" in proc.stderr
+    # a run evaluated by another version of the evaluation is not continued either
+    config = tmp_path / "rope_seed1337" / "config.json"
+    config.write_text(config.read_text().replace('"eval_version": 2', '"eval_version": 1'))
+    proc = run("train.py", "--data-dir", data_dir, "--out-dir", tmp_path, *TINY_FLAGS, "--resume", check=False)
+    assert proc.returncode == 2 and "evaluated by another version of the evaluation" in proc.stderr
+    assert "provenance.eval_version" in proc.stderr and "--overwrite" in proc.stderr
     proc = run("train.py", "--data-dir", data_dir, "--out-dir", tmp_path, *TINY_FLAGS, "--run-name=new", "--resume",
                check=False)
     assert proc.returncode == 2 and "no last.pt to resume from" in proc.stderr

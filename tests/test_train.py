@@ -27,28 +27,40 @@ def test_learning_rate_schedule():
 
 
 def test_batches_are_seeded_windows_of_the_data(data_dir):
-    a = Batches(data_dir, block_size=16, batch_size=4, eval_iters=3, seed=7, device="cpu")
-    b = Batches(data_dir, block_size=16, batch_size=4, eval_iters=3, seed=7, device="cpu")
+    a = Batches(data_dir, block_size=16, batch_size=4, seed=7, device="cpu")
+    b = Batches(data_dir, block_size=16, batch_size=4, seed=7, device="cpu")
     for _ in range(3):
         (xa, ya), (xb, yb) = a.step_batches(1)[0], b.step_batches(1)[0]
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
         assert xa.shape == (4, 16) and torch.equal(xa[:, 1:], ya[:, :-1])  # targets are inputs shifted by one
-    other = Batches(data_dir, block_size=16, batch_size=4, eval_iters=3, seed=8, device="cpu")
-    assert not torch.equal(other.step_batches(1)[0][0], Batches(data_dir, 16, 4, 3, 7, "cpu").step_batches(1)[0][0])
-    # evaluation windows are fixed: the same at every evaluation
-    first = [x for x, _ in a.eval_batches("val")]
-    assert len(first) == 3 and all(torch.equal(x, y) for x, y in zip(first, [x for x, _ in a.eval_batches("val")]))
-    # every window is a real slice of the split
-    val = a.data["val"]
-    for x, y in a.eval_batches("val"):
-        for row_x, row_y in zip(x, y):
-            start = next(i for i in range(len(val) - 16) if torch.equal(val[i:i + 16], row_x))
-            assert torch.equal(val[start + 1:start + 17], row_y)
+    other = Batches(data_dir, block_size=16, batch_size=4, seed=8, device="cpu")
+    assert not torch.equal(other.step_batches(1)[0][0], Batches(data_dir, 16, 4, 7, "cpu").step_batches(1)[0][0])
+
+
+def test_evaluation_text_is_the_same_for_every_seed_and_covers_the_val_split(data_dir):
+    a = Batches(data_dir, block_size=16, batch_size=4, seed=7, device="cpu")
+    b = Batches(data_dir, block_size=16, batch_size=5, seed=8, device="cpu")
+    assert a.eval_text.fingerprint == b.eval_text.fingerprint
+    for split in ("train", "val", "test"):
+        assert torch.equal(torch.cat([x for x, _ in a.eval_batches(split)]), torch.cat([x for x, _ in b.eval_batches(split)]))
+    # val and test: every token after the first predicted exactly once, in order
+    for split in ("val", "test"):
+        tokens, n = a.data[split], (len(a.data[split]) - 1) // 16
+        y = torch.cat([y for _, y in a.eval_batches(split)])
+        assert torch.equal(y.flatten(), tokens[1:n * 16 + 1])
+    # train: as many windows as val, real slices of the train split, spread over all of it
+    x, y = (torch.cat(t) for t in zip(*a.eval_batches("train")))
+    assert len(x) == len(a.eval_text.windows["val"]) and torch.equal(x[:, 1:], y[:, :-1])
+    train = a.data["train"]
+    assert torch.equal(x[0], train[:16]) and torch.equal(y[-1], train[len(train) - 1 - (len(train) - 1) % 16 - 15:
+                                                                         len(train) - (len(train) - 1) % 16])
+    # another block size is other text: another fingerprint
+    assert Batches(data_dir, 8, 4, 7, "cpu").eval_text.fingerprint != a.eval_text.fingerprint
 
 
 def test_block_size_larger_than_a_split_is_a_clear_error(data_dir):
     with pytest.raises(UserError, match="val split has .* fewer than block_size"):
-        Batches(data_dir, block_size=5_000, batch_size=4, eval_iters=1, seed=0, device="cpu")
+        Batches(data_dir, block_size=5_000, batch_size=4, seed=0, device="cpu")
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -94,7 +106,7 @@ def test_data_files_out_of_step_with_meta_are_refused(data_dir, tmp_path):
     with open(copy / "val.bin", "r+b") as f:
         f.truncate(100)  # as if prepare_shakespeare.py had been interrupted
     with pytest.raises(UserError, match="val.bin has 50 tokens, meta.json says"):
-        Batches(copy, block_size=16, batch_size=4, eval_iters=1, seed=0, device="cpu")
+        Batches(copy, block_size=16, batch_size=4, seed=0, device="cpu")
 
 
 FAULTS_PER_ROUND = """

@@ -1,0 +1,92 @@
+"""
+The numbers behind the README's sentences: paired differences between variants, and how
+many real words a model's samples hold.
+
+Paired: runs of one seed share their initial weights and their batches, so the
+difference between two encodings is measured seed by seed, and its spread over seeds is
+what decides a ranking. For n seeds with differences d_1..d_n the table gives the mean,
+the 95% confidence interval mean ± t(0.975, n-1) · sd / sqrt(n), and in how many seeds
+the sign agrees with the mean's. Where the interval contains 0 the data do not rank the two.
+"""
+
+import math
+import re
+import statistics
+
+
+def t_quantile(p, df):
+    """The p-quantile of Student's t distribution with df degrees of freedom (p > 0.5),
+    by bisection on its CDF, which is integrated from the density with Simpson's rule."""
+    c = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
+
+    def cdf(x, n=2000):  # P(T <= x) for x >= 0: 1/2 plus the density's integral over [0, x]
+        h = x / n
+        f = [c * (1 + (i * h) ** 2 / df) ** (-(df + 1) / 2) for i in range(n + 1)]
+        return 0.5 + h / 3 * (f[0] + f[-1] + 4 * sum(f[1:-1:2]) + 2 * sum(f[2:-1:2]))
+
+    lo, hi = 0.0, 1.0
+    while cdf(hi) < p:
+        hi *= 2
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
+def paired(a, b):
+    """Per-seed differences a - b (dicts seed -> value, seeds in both), their mean, 95%
+    confidence interval (None with one seed) and how many have the mean's sign."""
+    seeds = sorted(a.keys() & b.keys())
+    d = [a[s] - b[s] for s in seeds]
+    mean = statistics.mean(d)
+    ci = None
+    if len(d) > 1:
+        half = t_quantile(0.975, len(d) - 1) * statistics.stdev(d) / math.sqrt(len(d))
+        ci = (mean - half, mean + half)
+    agree = sum(1 for x in d if x * mean > 0)  # a difference of exactly 0 agrees with neither sign
+    return {"seeds": seeds, "diffs": d, "mean": mean, "ci": ci, "agree": agree}
+
+
+def verdict(result):
+    """'lower', 'higher' or 'undecided' for the first of the pair, from the interval."""
+    ci = result["ci"]
+    if ci is None or ci[0] <= 0 <= ci[1]:
+        return "undecided"
+    return "lower" if ci[1] < 0 else "higher"
+
+
+def paired_table(values, pairs, labels, what="final val loss"):
+    """Markdown table of paired differences. values: {variant: {metric: {seed: value}}};
+    pairs: [(a, b)]; labels: {variant: label}. Metrics: 'val' and 'test'."""
+    lines = [f"| difference ({what}; per seed a − b) | per-seed val | mean val | 95% CI val | same sign "
+             f"| mean test | 95% CI test | verdict (val) |",
+             "|---|---|---:|---|---:|---:|---|---|"]
+    fmt_ci = lambda ci: "n/a (1 seed)" if ci is None else f"[{ci[0]:+.4f}, {ci[1]:+.4f}]"  # noqa: E731
+    for a, b in pairs:
+        v, t = paired(values[a]["val"], values[b]["val"]), paired(values[a]["test"], values[b]["test"])
+        lines.append(f"| {labels[a]} − {labels[b]} | {', '.join(f'{x:+.4f}' for x in v['diffs'])} "
+                     f"| {v['mean']:+.4f} | {fmt_ci(v['ci'])} | {v['agree']}/{len(v['diffs'])} "
+                     f"| {t['mean']:+.4f} | {fmt_ci(t['ci'])} | {VERDICTS[verdict(v)]} |")
+    return "\n".join(lines)
+
+
+VERDICTS = {"lower": "a lower", "higher": "a higher", "undecided": "not decided (CI contains 0)"}
+
+
+# --- samples ------------------------------------------------------------------------
+
+WORD = re.compile(r"[A-Za-z']+")
+
+
+def words(text):
+    """Lower-cased words: maximal runs of letters and apostrophes."""
+    return [w.lower() for w in WORD.findall(text)]
+
+
+def real_word_shares(samples, vocabulary, long=5):
+    """Share of all generated words (every occurrence counts) that occur in `vocabulary`, and
+    the same among words of at least `long` letters; None where there are no such words."""
+    ws = [w for text in samples for w in words(text)]
+    longs = [w for w in ws if len(w) >= long]
+    share = lambda xs: sum(w in vocabulary for w in xs) / len(xs) if xs else None  # noqa: E731
+    return {"words": len(ws), "real": share(ws), "long_words": len(longs), "real_long": share(longs)}

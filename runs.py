@@ -1,0 +1,158 @@
+"""
+Runs and their variants: which runs belong together, and what to call them.
+
+A run is one training (out/<group>/<name>/). Runs that differ only in the seed form a
+*variant*: an encoding plus any settings in which it differs from the others, such as a
+learning rate or sinusoidal without its sqrt(d) scale. Tables and plots show one line per
+variant, averaged over its seeds, and label it by the settings that tell it apart
+("sinusoidal, no √d scale", "RoPE, lr 0.002").
+
+On the command line (compare.py, sweep.py) a variant is written ENCODING[:KEY=VALUE...],
+KEY a train.py setting with underscores: "rope", "sinusoidal:sinusoidal_scale=false",
+"rope:rope_theta=1000:learning_rate=0.002".
+"""
+
+import json
+import math
+from dataclasses import fields
+from pathlib import Path
+
+from common import UserError, read_json
+from model import POS_ENCODINGS
+
+# The reference article's colours: RoPE blue, learned orange, none green.
+COLORS = {"rope": "tab:blue", "learned": "tab:orange", "none": "tab:green",
+          "sinusoidal": "tab:red", "alibi": "tab:purple"}
+LABELS = {"rope": "RoPE", "learned": "learned", "none": "none", "sinusoidal": "sinusoidal", "alibi": "ALiBi"}
+
+PER_SEED = ("seed", "run_name", "out_dir", "progress", "device", "compile", "provenance")  # not part of a variant
+SHORT = {"learning_rate": "lr"}  # in run names and labels
+
+
+def format_value(value):
+    if isinstance(value, bool):
+        return str(value).lower()
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def shown(config, key):
+    """Whether `key` is worth naming: min_lr is not when it is learning_rate / 10 (the sweep's rule)."""
+    return not (key == "min_lr" and math.isclose(config[key], config.get("learning_rate", math.nan) / 10))
+
+
+def describe(key, value):
+    if key == "sinusoidal_scale":
+        return "√d scale" if value else "no √d scale"
+    return f"{SHORT.get(key, key)} {format_value(value)}"
+
+
+# --- variants on the command line ------------------------------------------------
+
+
+def parse_variants(text, field_types):
+    """'all,sinusoidal:sinusoidal_scale=false' -> [(encoding, {key: value}), ...], no repeats.
+    'all' is every registered encoding; field_types maps train.py's settings to their types."""
+    variants = []
+    for entry in (e.strip() for e in text.split(",")):
+        if not entry:
+            continue
+        enc, *settings = entry.split(":")
+        if enc != "all" and enc not in POS_ENCODINGS:
+            raise UserError(f"unknown encoding {enc!r} in {entry!r}; choose from {', '.join(POS_ENCODINGS)} or 'all'")
+        overrides = dict(parse_setting(s, entry, field_types) for s in settings)
+        for e in (POS_ENCODINGS if enc == "all" else [enc]):
+            if (e, overrides) not in variants:
+                variants.append((e, overrides))
+    if not variants:
+        raise UserError(f"no encodings given ({text!r}); choose from {', '.join(POS_ENCODINGS)} or 'all'")
+    return variants
+
+
+def parse_setting(text, entry, field_types):
+    key, eq, value = text.partition("=")
+    if not eq or key not in field_types or key in PER_SEED + ("pos_encoding",):
+        raise UserError(f"{entry!r}: {text!r} is not KEY=VALUE with KEY a train.py setting such as learning_rate")
+    kind = field_types[key]
+    try:
+        if kind is bool:
+            if value.lower() not in ("true", "false"):
+                raise ValueError
+            return key, value.lower() == "true"
+        return key, kind(value)
+    except ValueError:
+        raise UserError(f"{entry!r}: {key} takes a {kind.__name__}, got {value!r}") from None
+
+
+def variant_name(encoding, overrides):
+    """Directory-name part of a variant: 'rope', 'rope-lr=0.002', 'sinusoidal-sinusoidal_scale=false'."""
+    parts = [f"{SHORT.get(k, k)}={format_value(v)}" for k, v in overrides.items() if shown(overrides, k)]
+    return "-".join([encoding, *parts])
+
+
+# --- variants of finished runs ---------------------------------------------------
+
+
+def find_runs(paths):
+    """Run directories (holding metrics.csv and config.json) among `paths`, searched recursively."""
+    runs = []
+    for p in map(Path, paths):
+        if (p / "metrics.csv").is_file():
+            runs.append(p)
+        elif p.is_dir():
+            runs.extend(sorted(m.parent for m in p.rglob("metrics.csv")))
+        else:
+            raise UserError(f"{p} is not a run directory")
+    if not runs:
+        raise UserError(f"no runs (metrics.csv) under {', '.join(map(str, paths))}; train some first")
+    return runs
+
+
+def read_config(run_dir):
+    return read_json(Path(run_dir) / "config.json", "is this a run directory written by train.py?")
+
+
+def options_not_read(encoding):
+    """Settings that only other encodings read (rope_theta for a learned run, say)."""
+    return {o for name, cls in POS_ENCODINGS.items() if name != encoding for o in cls.options} - set(
+        POS_ENCODINGS[encoding].options)
+
+
+def variant_key(config):
+    """What runs of one variant share: the config without the per-seed keys and the
+    settings this encoding does not read."""
+    ignore = set(PER_SEED) | options_not_read(config["pos_encoding"])
+    return json.dumps({k: v for k, v in sorted(config.items()) if k not in ignore})
+
+
+def group_variants(configs):
+    """{variant key: [indices into configs]}, in the order variants first appear, with the
+    variants of one encoding together, encodings in COLORS' order. Runs scored on different
+    evaluation text (another block size, corpus or evaluation version) are refused."""
+    prints = {json.dumps(c.get("provenance"), sort_keys=True) for c in configs}
+    if len(prints) > 1:
+        raise UserError("these runs were evaluated on different text or by different versions of the evaluation"
+                        " (their config.json 'provenance' differs); compare runs of one kind only")
+    groups = {}
+    for i, config in enumerate(configs):
+        groups.setdefault(variant_key(config), []).append(i)
+    order = list(COLORS)
+    rank = {enc: order.index(enc) if enc in order else len(order) for enc in POS_ENCODINGS}
+    return dict(sorted(groups.items(), key=lambda kv: rank[configs[kv[1][0]]["pos_encoding"]]))
+
+
+def variant_labels(configs, groups):
+    """{variant key: label}: the encoding's name plus the settings in which its variant differs
+    from the others (each setting compared only among encodings that read it)."""
+    firsts = {key: configs[idx[0]] for key, idx in groups.items()}
+    keys = sorted({k for c in firsts.values() for k in c} - set(PER_SEED) - {"pos_encoding"})
+    labels = {}
+    for key, config in firsts.items():
+        enc, parts = config["pos_encoding"], []
+        for k in keys:
+            readers = [c for c in firsts.values() if k not in options_not_read(c["pos_encoding"])]
+            if k in options_not_read(enc) or len({json.dumps(c.get(k)) for c in readers}) < 2:
+                continue
+            if shown(config, k):
+                parts.append(describe(k, config[k]))
+        labels[key] = ", ".join([LABELS.get(enc, enc), *parts])
+    return labels

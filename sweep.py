@@ -1,0 +1,170 @@
+"""
+Each encoding at its own best learning rate: a sweep, then seeds at each variant's best rate.
+
+  python sweep.py                          # the CPU config: all five encodings and sinusoidal without
+                                           # its sqrt(d) scale, 3e-4 .. 4e-3, then 3 seeds at the best
+  python sweep.py --pos-encodings rope,learned --learning-rates 1e-3,2e-3 --seeds 1337
+
+1. Every variant is trained at every --learning-rates value with one seed (--sweep-seed),
+   min_lr = rate / 10 as in the config files. A variant whose best final val loss sits at
+   the lowest or highest rate gets the next rate beyond it (half or double), until the best
+   is inside the range (at most --max-extensions times).
+2. Each variant is trained with --seeds at its best rate (the sweep's run is reused for the
+   sweep seed), and reported as compare.py reports a study: curves, results table, paired
+   differences, real-word shares of samples.
+
+Runs go where compare.py puts them (out/<config name>/<variant>_seed<seed>/), so a run at the
+config's own rate is the very run compare.py trains, and neither script trains it twice.
+Writes <plots-dir>/lr_sweep.png and lr_sweep.json, and the study at the best rates to
+<plots-dir>/lr_sweep/ (results.md with the sweep table first, samples.md, loss curves).
+"""
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no window
+import matplotlib.pyplot as plt  # noqa: E402
+
+from common import UserError, atomic_write, read_json, run_cli, write_json  # noqa: E402
+from compare import Study, add_study_flags, make_configs, parse_seeds, train_runs, write_report  # noqa: E402
+from plot import describe, variant_styles  # noqa: E402
+from runs import group_variants, parse_variants, read_config, variant_labels, variant_name  # noqa: E402
+from train import FIELD_TYPES, add_config_flags, build_parser  # noqa: E402
+
+RATES = "3e-4,6e-4,1e-3,2e-3,4e-3"
+VARIANTS = "all,sinusoidal:sinusoidal_scale=false"
+
+
+def parse_rates(text):
+    try:
+        rates = sorted({float(r) for r in text.split(",") if r.strip()})
+    except ValueError:
+        raise UserError(f"--learning-rates takes comma-separated numbers, got {text!r}") from None
+    if not rates or rates[0] <= 0 or not all(map(math.isfinite, rates)):
+        raise UserError(f"--learning-rates takes positive finite numbers, got {text!r}")
+    return rates
+
+
+def final_val(cfg):
+    return read_json(Path(cfg.out_dir) / cfg.run_name / "summary.json", "retrain the run")["final_val_loss"]
+
+
+def run_sweep(args, variants, rates, seed):
+    """{variant index: {rate: config}}, every variant trained at every rate, edges extended."""
+    sweep = {v: {} for v in range(len(variants))}
+    todo = [(v, r) for v in sweep for r in rates]
+    for extension in range(args.max_extensions + 1):
+        cfgs = [make_configs(args, [variants[v]], [seed], [r])[0] for v, r in todo]
+        train_runs(cfgs, args.overwrite, args.jobs)
+        for (v, r), cfg in zip(todo, cfgs):
+            sweep[v][r] = cfg
+        todo = []
+        for v, by_rate in sweep.items():
+            tried = sorted(by_rate)
+            best = min(tried, key=lambda r: final_val(by_rate[r]))
+            if extension < args.max_extensions and best in (tried[0], tried[-1]):
+                todo.append((v, best / 2 if best == tried[0] else best * 2))
+                print(f"{variant_name(*variants[v])}: best rate at the edge of the sweep ({best:g}); adding {todo[-1][1]:g}")
+        if not todo:
+            break
+    return sweep
+
+
+def plot_sweep(table, path):
+    """Final val loss against learning rate, one line per variant; its best rate circled."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
+    for row in table:
+        rates = sorted(row["final_val_loss"], key=float)
+        losses = [row["final_val_loss"][r] for r in rates]
+        x = [float(r) for r in rates]
+        ax.plot(x, losses, color=row["color"], linestyle=row["linestyle"], marker="o", markersize=4, label=row["label"])
+        ax.plot([row["best_rate"]], [min(losses)], "o", markersize=11, markerfacecolor="none", color=row["color"])
+    ax.set_xscale("log")
+    ax.set_xlabel("peak learning rate (log scale; min_lr = rate / 10, cosine decay)")
+    ax.set_ylabel("final val loss (nats/char, whole val split)")
+    ax.set_title(f"Learning-rate sweep, one seed ({table[0]['seed']}); circles: each variant's best rate\n"
+                 f"{table[0]['describe']}", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png"))
+    plt.close(fig)
+
+
+def sweep_table(args, variants, sweep, seed):
+    """One row per variant: its final val loss at each rate, its best rate; labels and styles
+    as in the other plots (labels without the rate, which is the x axis here)."""
+    firsts = [next(iter(sweep[v].values())) for v in range(len(variants))]
+    configs = [read_config(Path(c.out_dir) / c.run_name) for c in firsts]
+    for c in configs:  # label by what differs besides the rate
+        c["learning_rate"] = c["min_lr"] = None
+    groups = group_variants(configs)
+    labels, styles = variant_labels(configs, groups), variant_styles(configs, groups)
+    key_of = {i: key for key, idx in groups.items() for i in idx}
+    rows = []
+    for v in range(len(variants)):
+        losses = {f"{r:g}": final_val(cfg) for r, cfg in sorted(sweep[v].items())}
+        best = min(sweep[v], key=lambda r: final_val(sweep[v][r]))
+        color, dash = styles[key_of[v]]
+        rows.append({"label": labels[key_of[v]], "encoding": variants[v][0], "settings": variants[v][1],
+                     "final_val_loss": losses, "best_rate": best, "seed": seed, "color": color, "linestyle": dash,
+                     "describe": describe(configs[v]) + f", {firsts[v].max_iters} steps"})
+    return rows
+
+
+def sweep_markdown(table):
+    rates = sorted({r for row in table for r in row["final_val_loss"]}, key=float)
+    lines = ["| variant | " + " | ".join(f"lr {r}" for r in rates) + " | best rate |",
+             "|---|" + "---:|" * (len(rates) + 1)]
+    for row in table:
+        best = min(row["final_val_loss"].values())
+        cells = [("**{:.4f}**" if row["final_val_loss"].get(r) == best else "{:.4f}").format(row["final_val_loss"][r])
+                 if r in row["final_val_loss"] else "" for r in rates]
+        lines.append(f"| {row['label']} | " + " | ".join(cells) + f" | {row['best_rate']:g} |")
+    return "\n".join(lines)
+
+
+def main():
+    parser = build_parser(__doc__)
+    add_study_flags(parser, VARIANTS)
+    parser.add_argument("--learning-rates", type=parse_rates, default=parse_rates(RATES),
+                        help=f"comma-separated peak learning rates of the sweep (default: {RATES})")
+    parser.add_argument("--sweep-seed", type=int, default=1337, help="the seed of the sweep's runs (default: 1337)")
+    parser.add_argument("--seeds", default="1337,1338,1339",
+                        help="seeds trained at each variant's best rate (default: 1337,1338,1339)")
+    parser.add_argument("--max-extensions", type=int, default=3,
+                        help="how many times a variant whose best rate is at an edge gets one more rate beyond it"
+                             " (default: 3; 0: never)")
+    add_config_flags(parser, exclude=("pos_encoding", "run_name", "seed", "learning_rate", "min_lr"))
+    args = parser.parse_args()
+    if args.max_extensions < 0:
+        raise UserError(f"--max-extensions must not be negative, got {args.max_extensions}")
+    variants = parse_variants(args.pos_encodings, FIELD_TYPES)
+    seeds = parse_seeds(args.seeds)
+    t0 = time.time()
+
+    sweep = run_sweep(args, variants, args.learning_rates, args.sweep_seed)
+    table = sweep_table(args, variants, sweep, args.sweep_seed)
+    plots_dir = Path(args.plots_dir)
+    plot_sweep(table, plots_dir / "lr_sweep.png")
+    write_json(plots_dir / "lr_sweep.json", [{k: v for k, v in row.items() if k not in ("color", "linestyle")}
+                                             for row in table])
+    print(sweep_markdown(table))
+
+    best = [cfg for v, row in enumerate(table) for cfg in make_configs(args, [variants[v]], seeds, [row["best_rate"]])]
+    train_runs(best, args.overwrite, args.jobs)
+    study = Study([Path(cfg.out_dir) / cfg.run_name for cfg in best])
+    intro = (f"## The sweep (seed {args.sweep_seed}; final val loss; best per variant in bold; "
+             f"`{plots_dir / 'lr_sweep.png'}`)\n\n{sweep_markdown(table)}\n\n"
+             f"## Each variant at its best rate, {len(seeds)} seed(s)\n")
+    write_report(study, plots_dir / "lr_sweep", f"Learning-rate sweep: {Path(args.config).stem}", args,
+                 intro=intro, t0=t0)
+    print(f"wrote {plots_dir}/lr_sweep.png, lr_sweep.json and {plots_dir}/lr_sweep/")
+
+
+if __name__ == "__main__":
+    run_cli(main)
