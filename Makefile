@@ -12,7 +12,7 @@
 PYTHON_SYS ?= python3
 VENV       ?= .venv
 PY         := $(VENV)/bin/python
-DATA       := data/shakespeare_char/meta.json
+DATA       := data/shakespeare_char/test.bin
 CONFIG     ?= config/shakespeare_char_cpu.toml
 SEEDS      ?= 1337,1338,1339
 SEEDS_ALL  ?= 1337,1338,1339,1340,1341

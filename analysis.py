@@ -55,22 +55,28 @@ def verdict(result):
     return "lower" if ci[1] < 0 else "higher"
 
 
-def paired_table(values, pairs, labels, what="final val loss"):
-    """Markdown table of paired differences. values: {variant: {metric: {seed: value}}};
-    pairs: [(a, b)]; labels: {variant: label}. Metrics: 'val' and 'test'."""
-    lines = [f"| difference ({what}; per seed a − b) | per-seed val | mean val | 95% CI val | same sign "
-             f"| mean test | 95% CI test | verdict (val) |",
-             "|---|---|---:|---|---:|---:|---|---|"]
-    fmt_ci = lambda ci: "n/a (1 seed)" if ci is None else f"[{ci[0]:+.4f}, {ci[1]:+.4f}]"  # noqa: E731
+def paired_table(values, pairs, labels):
+    """Markdown table of paired differences of final losses. values: {variant: {"val"|"test":
+    {seed: value}}}; pairs: [(a, b)]; labels: {variant: label}. The verdict is given for both
+    splits: val is the split every choice (best checkpoint, learning rate) was made on, test
+    is held out from all of them."""
+    lines = ["| a − b (final loss, per seed) | val: per seed | val: mean [95% CI] | val: same sign "
+             "| test: mean [95% CI] | test: same sign | verdict: val / test |",
+             "|---|---|---|---:|---|---:|---|"]
     for a, b in pairs:
         v, t = paired(values[a]["val"], values[b]["val"]), paired(values[a]["test"], values[b]["test"])
         lines.append(f"| {labels[a]} − {labels[b]} | {', '.join(f'{x:+.4f}' for x in v['diffs'])} "
-                     f"| {v['mean']:+.4f} | {fmt_ci(v['ci'])} | {v['agree']}/{len(v['diffs'])} "
-                     f"| {t['mean']:+.4f} | {fmt_ci(t['ci'])} | {VERDICTS[verdict(v)]} |")
+                     f"| {mean_ci(v)} | {v['agree']}/{len(v['diffs'])} | {mean_ci(t)} | {t['agree']}/{len(t['diffs'])} "
+                     f"| {VERDICTS[verdict(v)]} / {VERDICTS[verdict(t)]} |")
     return "\n".join(lines)
 
 
-VERDICTS = {"lower": "a lower", "higher": "a higher", "undecided": "not decided (CI contains 0)"}
+def mean_ci(result):
+    ci = result["ci"]
+    return f"{result['mean']:+.4f} " + ("(1 seed)" if ci is None else f"[{ci[0]:+.4f}, {ci[1]:+.4f}]")
+
+
+VERDICTS = {"lower": "a lower", "higher": "a higher", "undecided": "not decided"}
 
 
 # --- samples ------------------------------------------------------------------------
@@ -85,8 +91,9 @@ def words(text):
 
 def real_word_shares(samples, vocabulary, long=5):
     """Share of all generated words (every occurrence counts) that occur in `vocabulary`, and
-    the same among words of at least `long` letters; None where there are no such words."""
+    the same among words of at least `long` letters (apostrophes do not count as letters);
+    None where there are no such words."""
     ws = [w for text in samples for w in words(text)]
-    longs = [w for w in ws if len(w) >= long]
+    longs = [w for w in ws if len(w) - w.count("'") >= long]
     share = lambda xs: sum(w in vocabulary for w in xs) / len(xs) if xs else None  # noqa: E731
     return {"words": len(ws), "real": share(ws), "long_words": len(longs), "real_long": share(longs)}

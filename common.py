@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -36,11 +37,15 @@ class ArgumentParser(argparse.ArgumentParser):
         return super().parse_known_args([self._dashed(a) for a in args], namespace)
 
     def _dashed(self, arg):
+        """--max_iters=3 -> --max-iters=3; --compile=False -> --no-compile (nanoGPT's forms)."""
         name, eq, value = arg.partition("=")
         dashed = name.replace("_", "-")
-        if arg.startswith("--") and dashed != name and dashed in self._option_string_actions:
-            return dashed + eq + value
-        return arg
+        if not arg.startswith("--") or dashed not in self._option_string_actions:
+            return arg
+        action = self._option_string_actions[dashed]
+        if eq and isinstance(action, argparse.BooleanOptionalAction) and value.lower() in ("true", "false"):
+            return dashed if value.lower() == "true" else "--no-" + dashed[2:]
+        return dashed + eq + value
 
 
 def parse_encodings(text):
@@ -89,19 +94,25 @@ def run_lock(run_dir):
     process asking for it meanwhile gets a UserError. An advisory flock on run_dir/.lock,
     released by the OS when the process dies; where there is no fcntl (Windows), no lock."""
     run_dir = Path(run_dir)
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         import fcntl
     except ImportError:
-        yield
-        return
-    with open(run_dir / ".lock", "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(f"{run_dir} is in use by another training process; wait for it to end,"
-                            f" or choose another --run-name") from None
-        yield
+        fcntl = None
+    try:
+        with open(run_dir / ".lock", "w") as f:
+            try:
+                if fcntl is not None:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UserError(f"{run_dir} is in use by another training process; wait for it to end,"
+                                f" or choose another --run-name") from None
+            yield
+    except BaseException:
+        if created and [p.name for p in run_dir.iterdir()] == [".lock"]:  # refused before writing anything
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
 
 def write_text(path, text):

@@ -68,7 +68,8 @@ def make_configs(args, variants, seeds, learning_rates=None):
             for seed in seeds:
                 cfgs.append(config_from_args(args, pos_encoding=enc, seed=seed, **changed,
                                              run_name=f"{group}/{variant_name(enc, changed)}_seed{seed}"))
-    return cfgs
+    unique = list({cfg.run_name: cfg for cfg in cfgs}.values())  # "rope,rope:rope_theta=10000" is one variant
+    return unique
 
 
 # Runs side by side (--jobs > 1): each in a process of its own, with its share of the threads
@@ -206,8 +207,11 @@ def train_side_by_side(cfgs, resume, jobs, done):
 def train_runs(cfgs, overwrite, jobs=1):
     """The summaries of cfgs, in order: reused, resumed or trained, `jobs` runs at a time."""
     provs = {}  # the evaluated text depends on the data and the block size only
-    actions = [plan(cfg, overwrite, provs.setdefault((cfg.data_dir, cfg.block_size), provenance(cfg)))
-               for cfg in cfgs]  # refuse a changed run before training anything
+    for cfg in cfgs:
+        if (cfg.data_dir, cfg.block_size) not in provs:
+            provs[cfg.data_dir, cfg.block_size] = provenance(cfg)
+    # refuse a changed run before training anything
+    actions = [plan(cfg, overwrite, provs[cfg.data_dir, cfg.block_size]) for cfg in cfgs]
     summaries, todo = [None] * len(cfgs), []
     for i, (cfg, action) in enumerate(zip(cfgs, actions)):
         if action == "reuse":
@@ -260,12 +264,20 @@ class Study:
         return {s["seed"]: s[field] for s in self.runs(key)}
 
     def pairs(self):
-        """Each variant against learned, and RoPE against each other variant (learned excepted)."""
+        """Each variant against learned, RoPE against each other variant, and the variants of one
+        encoding against each other (sinusoidal with and without its sqrt(d) scale): each
+        unordered pair once, and only pairs that share a seed."""
         keys = list(self.groups)
-        learned = [k for k in keys if self.encoding(k) == "learned"]
-        rope = [k for k in keys if self.encoding(k) == "rope"]
-        pairs = [(k, b) for b in learned for k in keys if k != b]
-        return pairs + [(r, k) for r in rope for k in keys if k != r and k not in learned and (k, r) not in pairs]
+        candidates = [(k, b) for b in keys if self.encoding(b) == "learned" for k in keys]
+        candidates += [(r, k) for r in keys if self.encoding(r) == "rope" for k in keys]
+        candidates += [(a, b) for i, a in enumerate(keys) for b in keys[i + 1:] if self.encoding(a) == self.encoding(b)]
+        pairs, seen = [], set()
+        for a, b in candidates:
+            shared = self.per_seed(a, "seed").keys() & self.per_seed(b, "seed").keys()
+            if a != b and frozenset((a, b)) not in seen and shared:
+                seen.add(frozenset((a, b)))
+                pairs.append((a, b))
+        return pairs
 
 
 def results_table(study):
@@ -298,20 +310,21 @@ def differences_table(study):
 SAMPLING = dict(prompt="\n", num_samples=20, temperature=0.8, top_k=None)  # the article's prompt
 
 
-def sample_metrics(run_dir, seed, tokens, vocabulary):
+def run_samples(run_dir, seed, tokens):
     """SAMPLING's samples of `tokens` characters from a run's best checkpoint (the sliding-window
-    sampler), and their real-word shares; kept in the run's sample_metrics.json."""
+    sampler), without the prompt; kept in the run's samples.json and reused while SAMPLING holds."""
     settings = {**SAMPLING, "max_new_tokens": tokens, "seed": seed}
-    path = Path(run_dir) / "sample_metrics.json"
-    if path.exists() and read_json(path, "delete it").get("settings") == settings:
-        return read_json(path, "delete it")
+    path = Path(run_dir) / "samples.json"
+    if path.exists():
+        kept = read_json(path, "delete it")
+        if kept.get("settings") == settings:
+            return kept["samples"]
     model, vocab = load_model(run_dir)
     texts = sample(model, vocab, SAMPLING["prompt"], SAMPLING["num_samples"], tokens, SAMPLING["temperature"],
                    SAMPLING["top_k"], seed)
     texts = [t[len(SAMPLING["prompt"]):] for t in texts]  # the generated part only
-    result = {"settings": settings, **real_word_shares(texts, vocabulary), "first_sample": texts[0]}
-    write_json(path, result)
-    return result
+    write_json(path, {"settings": settings, "samples": texts})
+    return texts
 
 
 def train_vocabulary(data_dir):
@@ -323,9 +336,10 @@ def train_vocabulary(data_dir):
 def samples_report(study, tokens, progress=True):
     """samples.md (one sample per variant, its first seed) and a markdown table of real-word shares."""
     vocabulary = train_vocabulary(study.configs[0]["data_dir"])
-    metrics = {}
+    texts, metrics = {}, {}
     for i in tqdm(range(len(study.run_dirs)), desc="samples", disable=not progress, dynamic_ncols=True):
-        metrics[i] = sample_metrics(study.run_dirs[i], study.configs[i]["seed"], tokens, vocabulary)
+        texts[i] = run_samples(study.run_dirs[i], study.configs[i]["seed"], tokens)
+        metrics[i] = real_word_shares(texts[i], vocabulary)
     n = SAMPLING["num_samples"]
     lines = [f"| variant | real words, all | real words, 5+ letters | words per run | seeds |", "|---|---:|---:|---:|---:|"]
     parts = [f"# One sample per variant ({tokens} characters from a single newline; temperature "
@@ -336,7 +350,7 @@ def samples_report(study, tokens, progress=True):
                      f"| {mean_std([metrics[i]['words'] for i in idx], '{:.0f}')} | {len(idx)} |")
         first = idx[0]
         parts.append(f"## {study.labels[key]} (seed {study.configs[first]['seed']})\n\n"
-                     f"```text\n{metrics[first]['first_sample'].strip()}\n```\n")
+                     f"```text\n{texts[first][0].strip()}\n```\n")
     note = (f"Share of generated words found in the train split's vocabulary ({len(vocabulary):,} words; a word is"
             f" a maximal run of letters and apostrophes, lower-cased; every occurrence counts). {n} samples of"
             f" {tokens} characters per run from its best checkpoint, from a single newline, temperature"
@@ -375,7 +389,8 @@ def write_report(study, plots_dir, title, args, extrapolate=False, t0=None, intr
     if diffs:
         sections += ["## Paired differences\n", diffs, "",
                      "Per seed, a − b of the final loss (both runs share initial weights and batches); 95% CI:"
-                     " mean ± t(0.975, seeds − 1) · sd / √seeds. Where it contains 0 the two are not ranked.", ""]
+                     " mean ± t(0.975, seeds − 1) · sd / √seeds; \"not decided\" where it contains 0. Each"
+                     " interval is 95% on its own: with this many rows, one may miss by chance.", ""]
     words_table, samples_md = samples_report(study, args.sample_tokens, study.configs[0]["progress"])
     sections += ["## Samples: real words\n", words_table, ""]
     if extrapolate:

@@ -44,11 +44,12 @@ from tqdm import tqdm  # noqa: E402
 
 from common import (ArgumentParser, UserError, atomic_write, build_model, digest, eval_windows,  # noqa: E402
                     load_checkpoint, load_meta, load_tokens, pick_device, positive, run_cli, write_json)
+from plot import variant_styles  # noqa: E402
 from runs import COLORS, find_runs, group_variants, read_config, variant_labels  # noqa: E402
 
 SCALINGS = ("none", "linear", "ntk")
 SCALING_LABELS = {"linear": "linear (PI)", "ntk": "NTK"}
-LINESTYLES = {"none": "-", "linear": "--", "ntk": ":"}
+LINESTYLES = {"linear": (0, (5, 1)), "ntk": (0, (1, 1))}  # RoPE's scalings (plain RoPE: its variant's line)
 MARKERS = {"none": "o", "linear": "s", "ntk": "^"}
 DEFAULT_MULTIPLES = (1, 2, 4, 8)
 BATCH_TOKENS = 16384  # tokens per forward pass: 32 windows at 512, attention scores ~130 MB per layer
@@ -182,13 +183,16 @@ def evaluate_runs(run_dirs, lengths=None, scalings=SCALINGS, scaling_factor=None
 
     # one row per variant and scaling, its seeds averaged; in the variants' order, scalings after
     rows = {}
-    order = list(groups)
+    order, dashes = list(groups), variant_styles(configs, groups)
     for (variant, scaling, L), items in sorted(per_run.items(), key=lambda kv: (
             order.index(kv[0][0]), SCALINGS.index(kv[0][1]))):
         name = re.sub(r"_seed\d+$", "", run_dirs[items[0][0]].name) + ("" if scaling == "none" else f"+{scaling}")
-        row = rows.setdefault(name, {"name": name, "label": row_label(labels[variant], scaling, scaling_factor, block_size),
-                                     "encoding": configs[items[0][0]]["pos_encoding"], "rope_scaling": scaling,
-                                     "runs": [str(run_dirs[i]) for i, _, _ in items], "results": []})
+        row = rows.setdefault((variant, scaling), {
+            "name": name, "label": row_label(labels[variant], scaling, scaling_factor, block_size),
+            "encoding": configs[items[0][0]]["pos_encoding"], "rope_scaling": scaling,
+            # the variants of one encoding: plot.py's dashes; RoPE's scalings: their own
+            "linestyle": dashes[variant][1] if scaling == "none" else LINESTYLES[scaling],
+            "runs": [str(run_dirs[i]) for i, _, _ in items], "results": []})
         reasons = [out for _, out, _ in items if isinstance(out, str)]
         entry = {"length": L, "multiple": L / block_size, "factor": items[0][2], "n_windows": len(windows[L])}
         if reasons:
@@ -236,9 +240,9 @@ def format_table(results):
 
 
 def style(row):
-    """Colour by encoding (plot.py's), line style and marker by RoPE scaling."""
+    """Colour by encoding (plot.py's), line style by variant or RoPE scaling, marker by scaling."""
     scaling = row["rope_scaling"]
-    return dict(color=COLORS.get(row["encoding"]), linestyle=LINESTYLES[scaling], marker=MARKERS[scaling])
+    return dict(color=COLORS.get(row["encoding"]), linestyle=row["linestyle"], marker=MARKERS[scaling])
 
 
 def plot_extrapolation(results, path):

@@ -32,7 +32,7 @@ def read_metrics_of(run_dir):
     return {k: np.array([r[k] for r in rows]) for k in rows[0]}
 
 
-def describe(config):
+def describe_model(config):
     return (f"{config['n_layer']} layers, {config['n_head']} heads, {config['n_embd']} wide, "
             f"block {config['block_size']}, batch {config['batch_size']}, dropout {config['dropout']:g}")
 
@@ -71,7 +71,7 @@ def plot_split(runs, split, path, x="step"):
     ax.set_xlabel("step" if x == "step" else "seconds of training (mean over seeds; evaluation excluded)")
     ax.set_ylabel(f"{split} loss (cross-entropy, nats/char)")
     what = "the whole val split" if split == "val" else "a fixed sample of train windows"
-    ax.set_title(f"{split} loss by positional encoding, on {what}\n{describe(configs[0])}", fontsize=10)
+    ax.set_title(f"{split} loss by positional encoding, on {what}\n{describe_model(configs[0])}", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8 if len(groups) > 5 else 10)
     # the first evaluation (~ln(vocab)) dwarfs the rest; zoom on the interesting range

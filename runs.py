@@ -14,7 +14,6 @@ KEY a train.py setting with underscores: "rope", "sinusoidal:sinusoidal_scale=fa
 
 import json
 import math
-from dataclasses import fields
 from pathlib import Path
 
 from common import UserError, read_json
@@ -61,6 +60,9 @@ def parse_variants(text, field_types):
             raise UserError(f"unknown encoding {enc!r} in {entry!r}; choose from {', '.join(POS_ENCODINGS)} or 'all'")
         overrides = dict(parse_setting(s, entry, field_types) for s in settings)
         for e in (POS_ENCODINGS if enc == "all" else [enc]):
+            ignored = sorted(overrides.keys() & options_not_read(e))
+            if ignored:  # it would change the run's name but not the model
+                raise UserError(f"{entry!r}: {e} does not read {', '.join(ignored)}")
             if (e, overrides) not in variants:
                 variants.append((e, overrides))
     if not variants:
@@ -128,13 +130,21 @@ def group_variants(configs):
     """{variant key: [indices into configs]}, in the order variants first appear, with the
     variants of one encoding together, encodings in COLORS' order. Runs scored on different
     evaluation text (another block size, corpus or evaluation version) are refused."""
+    if any(c.get("provenance") is None for c in configs):
+        raise UserError("some of these runs were trained before their evaluation was recorded (no 'provenance' in"
+                        " config.json): their numbers are not comparable with new runs; retrain them")
     prints = {json.dumps(c.get("provenance"), sort_keys=True) for c in configs}
     if len(prints) > 1:
         raise UserError("these runs were evaluated on different text or by different versions of the evaluation"
                         " (their config.json 'provenance' differs); compare runs of one kind only")
-    groups = {}
+    groups, seeds = {}, {}
     for i, config in enumerate(configs):
-        groups.setdefault(variant_key(config), []).append(i)
+        key = variant_key(config)
+        if config["seed"] in seeds.setdefault(key, set()):
+            raise UserError(f"two runs of one variant have seed {config['seed']} ({config['run_name']} is one):"
+                            f" they would be counted twice; leave one out")
+        seeds[key].add(config["seed"])
+        groups.setdefault(key, []).append(i)
     order = list(COLORS)
     rank = {enc: order.index(enc) if enc in order else len(order) for enc in POS_ENCODINGS}
     return dict(sorted(groups.items(), key=lambda kv: rank[configs[kv[1][0]]["pos_encoding"]]))

@@ -9,9 +9,12 @@ Each encoding at its own best learning rate: a sweep, then seeds at each variant
    min_lr = rate / 10 as in the config files. A variant whose best final val loss sits at
    the lowest or highest rate gets the next rate beyond it (half or double), until the best
    is inside the range (at most --max-extensions times).
+   The sweep's runs train one at a time: one that diverges (NaN loss) counts as the worst
+   rate instead of stopping the others.
 2. Each variant is trained with --seeds at its best rate (the sweep's run is reused for the
-   sweep seed), and reported as compare.py reports a study: curves, results table, paired
-   differences, real-word shares of samples.
+   sweep seed; --jobs applies here), and reported as compare.py reports a study: curves,
+   results table, paired differences (with test-split verdicts: the rate was chosen on val),
+   real-word shares of samples.
 
 Runs go where compare.py puts them (out/<config name>/<variant>_seed<seed>/), so a run at the
 config's own rate is the very run compare.py trains, and neither script trains it twice.
@@ -31,9 +34,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from common import UserError, atomic_write, read_json, run_cli, write_json  # noqa: E402
 from compare import Study, add_study_flags, make_configs, parse_seeds, train_runs, write_report  # noqa: E402
-from plot import describe, variant_styles  # noqa: E402
+from plot import describe_model, variant_styles  # noqa: E402
 from runs import group_variants, parse_variants, read_config, variant_labels, variant_name  # noqa: E402
-from train import FIELD_TYPES, add_config_flags, build_parser  # noqa: E402
+from train import FIELD_TYPES, Diverged, add_config_flags, build_parser  # noqa: E402
 
 RATES = "3e-4,6e-4,1e-3,2e-3,4e-3"
 VARIANTS = "all,sinusoidal:sinusoidal_scale=false"
@@ -50,7 +53,19 @@ def parse_rates(text):
 
 
 def final_val(cfg):
-    return read_json(Path(cfg.out_dir) / cfg.run_name / "summary.json", "retrain the run")["final_val_loss"]
+    """The run's final val loss; inf for a run that diverged (its loss became NaN or infinite)."""
+    path = Path(cfg.out_dir) / cfg.run_name / "summary.json"
+    return read_json(path, "retrain the run")["final_val_loss"] if path.exists() else math.inf
+
+
+def train_tolerating_divergence(cfgs, overwrite):
+    """Train cfgs one after another; a run that diverges is reported and left as the worst rate
+    instead of stopping the sweep (the same command resumes it, and it diverges again)."""
+    for cfg in cfgs:
+        try:
+            train_runs([cfg], overwrite)
+        except Diverged as e:
+            print(f"{cfg.run_name}: diverged ({e})")
 
 
 def run_sweep(args, variants, rates, seed):
@@ -59,7 +74,7 @@ def run_sweep(args, variants, rates, seed):
     todo = [(v, r) for v in sweep for r in rates]
     for extension in range(args.max_extensions + 1):
         cfgs = [make_configs(args, [variants[v]], [seed], [r])[0] for v, r in todo]
-        train_runs(cfgs, args.overwrite, args.jobs)
+        train_tolerating_divergence(cfgs, args.overwrite)
         for (v, r), cfg in zip(todo, cfgs):
             sweep[v][r] = cfg
         todo = []
@@ -71,6 +86,10 @@ def run_sweep(args, variants, rates, seed):
                 print(f"{variant_name(*variants[v])}: best rate at the edge of the sweep ({best:g}); adding {todo[-1][1]:g}")
         if not todo:
             break
+    for v, by_rate in sweep.items():
+        best = min(by_rate, key=lambda r: final_val(by_rate[r]))
+        if best in (min(by_rate), max(by_rate)):
+            print(f"warning: {variant_name(*variants[v])}'s best rate {best:g} is still at the edge of those tried")
     return sweep
 
 
@@ -78,8 +97,8 @@ def plot_sweep(table, path):
     """Final val loss against learning rate, one line per variant; its best rate circled."""
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
     for row in table:
-        rates = sorted(row["final_val_loss"], key=float)
-        losses = [row["final_val_loss"][r] for r in rates]
+        rates = sorted((r for r, loss in row["final_val_loss"].items() if math.isfinite(loss)), key=float)
+        losses = [row["final_val_loss"][r] for r in rates]  # a diverged rate has no point
         x = [float(r) for r in rates]
         ax.plot(x, losses, color=row["color"], linestyle=row["linestyle"], marker="o", markersize=4, label=row["label"])
         ax.plot([row["best_rate"]], [min(losses)], "o", markersize=11, markerfacecolor="none", color=row["color"])
@@ -112,7 +131,7 @@ def sweep_table(args, variants, sweep, seed):
         color, dash = styles[key_of[v]]
         rows.append({"label": labels[key_of[v]], "encoding": variants[v][0], "settings": variants[v][1],
                      "final_val_loss": losses, "best_rate": best, "seed": seed, "color": color, "linestyle": dash,
-                     "describe": describe(configs[v]) + f", {firsts[v].max_iters} steps"})
+                     "describe": describe_model(configs[v]) + f", {firsts[v].max_iters} steps"})
     return rows
 
 
@@ -121,10 +140,12 @@ def sweep_markdown(table):
     lines = ["| variant | " + " | ".join(f"lr {r}" for r in rates) + " | best rate |",
              "|---|" + "---:|" * (len(rates) + 1)]
     for row in table:
-        best = min(row["final_val_loss"].values())
-        cells = [("**{:.4f}**" if row["final_val_loss"].get(r) == best else "{:.4f}").format(row["final_val_loss"][r])
-                 if r in row["final_val_loss"] else "" for r in rates]
-        lines.append(f"| {row['label']} | " + " | ".join(cells) + f" | {row['best_rate']:g} |")
+        losses = row["final_val_loss"]
+        best = min(losses.values())
+        cells = ["" if r not in losses else "diverged" if not math.isfinite(losses[r])
+                 else ("**{:.4f}**" if losses[r] == best else "{:.4f}").format(losses[r]) for r in rates]
+        edge = " (at the edge)" if row["best_rate"] in (min(map(float, losses)), max(map(float, losses))) else ""
+        lines.append(f"| {row['label']} | " + " | ".join(cells) + f" | {row['best_rate']:g}{edge} |")
     return "\n".join(lines)
 
 

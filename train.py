@@ -175,7 +175,9 @@ class EvalText:
     """The text every run is scored on: the same tokens for every seed and every encoding.
 
     val: every token of the val split predicted once (non-overlapping windows of block_size,
-    as evaluate.py cuts them); test: the same over the test split, scored only at the end;
+    as evaluate.py cuts them; the last (len - 1) mod block_size tokens, which fill no window,
+    are left out: 25 of the 55,770 at block 64); test: the same over the test split, scored
+    only at the end;
     train: as many windows as val, evenly spaced over the train split (a fixed sample: the
     whole split would cost nine times as much per evaluation)."""
 
@@ -402,11 +404,12 @@ def config_differences(run_dir, cfg, prov=None):
     path = Path(run_dir) / "config.json"
     if not path.exists():
         return None
-    old = read_json(path, f"remove {run_dir} or choose another --run-name")
-    old = {**json.loads(json.dumps(asdict(TrainConfig()))), **old}  # a setting added since: its default
-    changed = differing_keys(old, json.loads(json.dumps(asdict(cfg))), NOT_RESULTS + ("provenance",))
+    saved = read_json(path, f"remove {run_dir} or choose another --run-name")
+    # a setting added since: its default; one removed since (eval_iters): left out, like provenance below
+    old = {**json.loads(json.dumps(asdict(TrainConfig()))), **{k: v for k, v in saved.items() if k in FIELD_TYPES}}
+    changed = differing_keys(old, json.loads(json.dumps(asdict(cfg))), NOT_RESULTS)
     if prov is not None:  # a run from before provenance was recorded has none: every key differs
-        changed += [f"provenance.{k}" for k in differing_keys(old.get("provenance", {}), prov)]
+        changed += [f"provenance.{k}" for k in differing_keys(saved.get("provenance") or {}, prov)]
     return changed
 
 
@@ -437,7 +440,7 @@ def prepare_run_dir(run_dir, cfg, prov, resume, overwrite):
     if (run_dir / "metrics.csv").exists() and not overwrite:
         raise UserError(f"{run_dir} already holds a run; --resume to continue it, --overwrite to replace it,"
                         f" or choose another --run-name")
-    for name in ("metrics.csv", "ckpt.pt", "last.pt", "summary.json", "samples.txt", "sample_metrics.json"):
+    for name in ("metrics.csv", "ckpt.pt", "last.pt", "summary.json", "samples.txt", "samples.json"):
         (run_dir / name).unlink(missing_ok=True)
 
 
@@ -557,10 +560,14 @@ def _train(cfg, resume, overwrite, bar_position):
     return summary
 
 
+class Diverged(UserError):
+    """The loss became NaN or infinite."""
+
+
 def check_finite(value, step, what, run_dir, checked_every=1):
     if not math.isfinite(value):
         when = f"at step {step}" if checked_every == 1 else f"by step {step} (checked every {checked_every} steps)"
-        raise UserError(f"{what} became {value} {when}; stopped. The checkpoints in {run_dir} are from"
+        raise Diverged(f"{what} became {value} {when}; stopped. The checkpoints in {run_dir} are from"
                         f" before that; lower --learning-rate or --grad-clip and start again")
 
 

@@ -74,8 +74,9 @@ def test_runs_evaluated_on_different_text_are_refused(tmp_path):
     proc = run("plot.py", tmp_path, "--plots-dir", tmp_path / "plots", check=False)
     assert proc.returncode == 2 and "evaluated on different text" in proc.stderr
     old = make_run(tmp_path, "old", [4.0, 2.0], seed=3, provenance=None)  # from before provenance was recorded
-    with pytest.raises(UserError, match="evaluated on different text"):
-        plot_runs([runs[0], old], tmp_path / "plots")
+    for together in ([runs[0], old], [old]):
+        with pytest.raises(UserError, match="trained before their evaluation was recorded.*retrain them"):
+            plot_runs(together, tmp_path / "plots")
 
 
 def test_runs_of_different_models_are_separate_lines(tmp_path):
@@ -136,11 +137,28 @@ def test_paired_table_on_hand_made_runs(tmp_path):
         ("none", [(2.0, 2.0), (1.4, 1.5), (1.9, 1.9)])) for s, (v, t) in zip((1, 2, 3), vals)]
     lines = differences_table(Study(runs)).splitlines()
     assert [ln.split(" | ")[0] for ln in lines[2:]] == ["| RoPE − learned", "| none − learned", "| RoPE − none"]
-    assert lines[2].startswith("| RoPE − learned | -0.5000, -0.3000, -0.6000 | -0.4667 | [-0.8461, -0.0872] | 3/3 "
-                               "| -0.4667 |")
-    assert lines[2].endswith("| a lower |")
-    assert lines[3].endswith("| not decided (CI contains 0) |")  # none − learned: +0.5, -0.1, +0.2
-    assert lines[3].split(" | ")[4] == "2/3"
+    assert lines[2] == ("| RoPE − learned | -0.5000, -0.3000, -0.6000 | -0.4667 [-0.8461, -0.0872] | 3/3 "
+                        "| -0.4667 [-0.8461, -0.0872] | 3/3 | a lower / a lower |")
+    # none − learned: +0.5, -0.1, +0.2 on val; +0.4, -0.1, +0.1 on test
+    assert lines[3].endswith("| 2/3 | not decided / not decided |") and lines[3].split(" | ")[3] == "2/3"
+
+
+def test_pairs_include_variants_of_one_encoding_once_and_only_with_shared_seeds(tmp_path):
+    runs = [finished(tmp_path, "sinusoidal", 1, 1.6), finished(tmp_path, "sinusoidal", 2, 1.7),
+            make_run(tmp_path, "noscale_1", [4.0, 1.5], pos_encoding="sinusoidal", seed=1, sinusoidal_scale=False,
+                     summary={"best_val_loss": 1.5, "final_train_loss": 1.4, "final_val_loss": 1.5,
+                              "best_test_loss": 1.5, "final_test_loss": 1.5}),
+            finished(tmp_path, "rope", 1, 1.0), finished(tmp_path, "learned", 3, 1.9)]  # learned: no shared seed
+    study = Study(runs)
+    labels = [(study.labels[a], study.labels[b]) for a, b in study.pairs()]
+    assert labels == [("RoPE", "sinusoidal, √d scale"), ("RoPE", "sinusoidal, no √d scale"),
+                      ("sinusoidal, √d scale", "sinusoidal, no √d scale")]
+
+
+def test_a_variant_with_one_seed_twice_is_refused(tmp_path):
+    runs = [finished(tmp_path, "rope", 1, 1.0), make_run(tmp_path, "rope_again", [4.0, 1.0], seed=1)]
+    with pytest.raises(UserError, match="two runs of one variant have seed 1"):
+        plot_runs(runs, tmp_path / "plots")
 
 
 def test_variants_on_the_command_line():
@@ -152,6 +170,8 @@ def test_variants_on_the_command_line():
     for text, message in [("rope:n_layer", "is not KEY=VALUE"), ("rope:seed=3", "is not KEY=VALUE"),
                           ("rope:banana=1", "is not KEY=VALUE"), ("rope:n_layer=two", "n_layer takes a int"),
                           ("rope:bias=maybe", "bias takes a bool"), ("rofl", "unknown encoding 'rofl'"),
+                          ("rope:sinusoidal_scale=false", "rope does not read sinusoidal_scale"),
+                          ("all:rope_theta=100", "none does not read rope_theta"),
                           (",", "no encodings given")]:
         with pytest.raises(UserError, match=message):
             parse_variants(text, FIELD_TYPES)
@@ -161,19 +181,19 @@ def test_paired_table_needs_values_for_both_metrics():
     values = {"a": {"val": {1: 1.0, 2: 2.0}, "test": {1: 1.0, 2: 2.0}},
               "b": {"val": {1: 1.5, 2: 2.5}, "test": {1: 1.0, 2: 2.0}}}
     line = paired_table(values, [("a", "b")], {"a": "A", "b": "B"}).splitlines()[2]
-    # identical differences: sd 0, a zero-width interval that excludes 0
-    assert line == ("| A − B | -0.5000, -0.5000 | -0.5000 | [-0.5000, -0.5000] | 2/2 | +0.0000 "
-                    "| [+0.0000, +0.0000] | a lower |")
+    # identical differences: sd 0, a zero-width interval that excludes 0; all zero: no sign, no ranking
+    assert line == ("| A − B | -0.5000, -0.5000 | -0.5000 [-0.5000, -0.5000] | 2/2 | +0.0000 [+0.0000, +0.0000] "
+                    "| 0/2 | a lower / not decided |")
 
 
 def test_real_word_shares_of_a_hand_made_text():
     vocabulary = set(words("ROMEO:\nBut soft! what light through yonder window breaks? O'er the hill."))
     assert vocabulary == {"romeo", "but", "soft", "what", "light", "through", "yonder", "window", "breaks",
                           "o'er", "the", "hill"}
-    samples = ["ROMEO: but SOFT, whaz light\nthrough yondre window-breaks", "o'er the the hilly 42"]
-    # words: romeo but soft whaz light through yondre window breaks | o'er the the hilly
+    samples = ["ROMEO: but SOFT, whaz light\nthrough yondre window-breaks", "o'er the the hilly 42 do'nt"]
+    # words: romeo but soft whaz light through yondre window breaks | o'er the the hilly do'nt
     r = real_word_shares(samples, vocabulary)
-    assert (r["words"], r["real"]) == (13, pytest.approx(10 / 13))
-    # 5+ letters: romeo light through yondre window breaks hilly -> 5 of 7 real
+    assert (r["words"], r["real"]) == (14, pytest.approx(10 / 14))
+    # 5+ letters: romeo light through yondre window breaks hilly -> 5 of 7 real (do'nt has 4 letters)
     assert (r["long_words"], r["real_long"]) == (7, pytest.approx(5 / 7))
     assert real_word_shares(["42 !"], vocabulary) == {"words": 0, "real": None, "long_words": 0, "real_long": None}

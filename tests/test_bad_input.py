@@ -59,7 +59,8 @@ def test_resume_after_the_data_was_prepared_from_another_text(tmp_path):
     before = (tmp_path / "out" / "rope_seed1337" / "metrics.csv").read_text()
     proc = run("train.py", "--data-dir", tmp_path / "data", "--out-dir", tmp_path / "out", *TINY_FLAGS, "--resume",
                check=False)
-    assert_one_line_error(proc, "last.pt was trained on another vocabulary")
+    assert_one_line_error(proc, "evaluated by another version of the evaluation or on other text",
+                          "provenance.data_sha256")
     assert (tmp_path / "out" / "rope_seed1337" / "metrics.csv").read_text() == before
 
 
@@ -104,10 +105,14 @@ def test_prepare_and_plot_errors(data_dir, tmp_path):
     assert_one_line_error(run("compare.py", "--seeds", "1,x", check=False), "--seeds takes comma-separated integers")
     # an error inside a worker process (compare.py --jobs) reaches the user as the same one line
     too_long = run("compare.py", "--data-dir", data_dir, "--out-dir", tmp_path, "--plots-dir", tmp_path,
-                   "--pos-encodings", "rope,none", "--jobs", 2, *TINY_FLAGS, "--block-size", 5000, check=False)
-    assert_one_line_error(too_long, "val split has", "fewer than block_size + 1 = 5001")
+                   "--pos-encodings", "rope,none", *TINY_FLAGS, "--block-size", 5000, check=False)
+    assert_one_line_error(too_long, "the val split has 1000 tokens, too few for a window of 5000 + 1")
+    diverging = run("compare.py", "--data-dir", data_dir, "--out-dir", tmp_path, "--plots-dir", tmp_path,
+                    "--pos-encodings", "rope,none", "--jobs", 2, *TINY_FLAGS, "--learning-rate", 1e9, check=False)
+    assert_one_line_error(diverging, "loss became", "lower --learning-rate")
     assert_one_line_error(run("compare.py", "--jobs", 2, "--device", "cuda", check=False),
-                          "--jobs trains runs side by side on the CPU; on cuda train one at a time")
+                          "--jobs trains runs side by side on the CPU; on cuda train one at a time"
+                          if torch.cuda.is_available() else "device 'cuda' is not available")
 
 
 @pytest.mark.parametrize("script", ["train.py", "sample.py", "evaluate.py", "compare.py", "sweep.py"])

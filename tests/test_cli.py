@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from analysis import real_word_shares, words
 from common import build_model, eval_windows, load_tokens
 from conftest import ROOT, TINY_FLAGS, make_corpus, run
 
@@ -118,10 +119,13 @@ def test_compare_trains_plots_tabulates_and_reuses(workspace, tmp_path):
         assert (tmp_path / "plots" / name).read_bytes().startswith(PNG_MAGIC)
     assert "total wall time" in proc.stdout
     # the paired table (one seed: no interval, no ranking) and the real-word shares from 20 samples
-    assert "| RoPE − none | " in results and "| n/a (1 seed) |" in results and "not decided" in results
-    metrics = json.loads((tmp_path / "out" / "shakespeare_char_cpu" / "rope_seed1337" / "sample_metrics.json").read_text())
-    assert metrics["settings"]["num_samples"] == 20 and metrics["settings"]["top_k"] is None
-    assert f"| RoPE | {metrics['real']:.3f} | {metrics['real_long']:.3f} |" in results
+    assert "| RoPE − none | " in results and "(1 seed) |" in results and "| not decided / not decided |" in results
+    kept = json.loads((tmp_path / "out" / "shakespeare_char_cpu" / "rope_seed1337" / "samples.json").read_text())
+    assert kept["settings"]["top_k"] is None and len(kept["samples"]) == 20
+    assert all(len(t) == 40 for t in kept["samples"]) and kept["samples"][0].strip() in samples
+    vocabulary = set(words((workspace / "input.txt").read_text()[:int(20_000 * 0.9)]))
+    shares = real_word_shares(kept["samples"], vocabulary)
+    assert f"| RoPE | {shares['real']:.3f} | {shares['real_long']:.3f} |" in results
     assert summary["provenance"]["eval_text"] in results
     again = run("compare.py", *args)
     assert again.stdout.count("finished earlier, reusing it") == 2
