@@ -1,6 +1,6 @@
 # make experiment      venv + data + rope/learned/none on the CPU config, 3 seeds, extrapolation study -> plots/
-# make experiment-all  all five encodings and sinusoidal without its sqrt(d) scale, 5 seeds -> plots/all/
-#                      (reuses the runs above)
+# make experiment-all  all five encodings and sinusoidal without its sqrt(d) scale, 3 seeds, 2 more for
+#                      the variants of pairs that 3 seeds do not decide -> plots/all/ (reuses the runs above)
 # make sweep           learning-rate sweep of the same six, then 3 seeds at each one's best rate
 #                      -> plots/lr_sweep.png, plots/lr_sweep/
 # make test            venv + the test suite
@@ -15,7 +15,7 @@ PY         := $(VENV)/bin/python
 DATA       := data/shakespeare_char/test.bin
 CONFIG     ?= config/shakespeare_char_cpu.toml
 SEEDS      ?= 1337,1338,1339
-SEEDS_ALL  ?= 1337,1338,1339,1340,1341
+MORE_SEEDS ?= 1340,1341
 VARIANTS   := all,sinusoidal:sinusoidal_scale=false
 JOBS       ?= 1
 
@@ -36,8 +36,8 @@ experiment: $(VENV)/.installed $(DATA)
 	$(PY) compare.py $(CONFIG) --seeds $(SEEDS) --jobs $(JOBS) --extrapolate
 
 experiment-all: $(VENV)/.installed $(DATA)
-	$(PY) compare.py $(CONFIG) --pos-encodings $(VARIANTS) --seeds $(SEEDS_ALL) --jobs $(JOBS) --extrapolate \
-		--plots-dir plots/all
+	$(PY) compare.py $(CONFIG) --pos-encodings $(VARIANTS) --seeds $(SEEDS) --seeds-if-undecided $(MORE_SEEDS) \
+		--jobs $(JOBS) --extrapolate --plots-dir plots/all
 
 sweep: $(VENV)/.installed $(DATA)
 	$(PY) sweep.py $(CONFIG) --pos-encodings $(VARIANTS) --seeds $(SEEDS) --jobs $(JOBS) --plots-dir plots

@@ -26,17 +26,17 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from analysis import paired_table, real_word_shares, words
+from analysis import paired, paired_table, real_word_shares, verdict, words
 from common import (CPU_CONFIG, UserError, load_meta, load_tokens, pick_device, positive, read_json, run_cli,
                     write_json, write_text)
 from evaluate import evaluate_runs, format_table, write_outputs
 from model import POS_ENCODINGS
 from plot import plot_runs
 from plot_rope import plot_rope
-from runs import group_variants, parse_variants, read_config, variant_labels, variant_name
+from runs import group_variants, parse_variants, read_config, variant_key, variant_labels, variant_name
 from sample import load_model, sample
-from train import (FIELD_TYPES, add_config_flags, build_parser, config_differences, config_from_args, explain,
-                   provenance, train)
+from train import (FIELD_TYPES, add_config_flags, build_parser, config_differences, config_from_args, config_json,
+                   explain, provenance, train)
 
 ARTICLE_ENCODINGS = ["rope", "learned", "none"]
 
@@ -280,6 +280,18 @@ class Study:
         return pairs
 
 
+def undecided_variants(study):
+    """The variant keys (runs.variant_key) of the variants in a pair whose interval, on val or
+    on test, contains 0."""
+    close = set()
+    for a, b in study.pairs():
+        for split in ("val", "test"):
+            field = f"final_{split}_loss"
+            if verdict(paired(study.per_seed(a, field), study.per_seed(b, field))) == "undecided":
+                close |= {a, b}
+    return close
+
+
 def results_table(study):
     """Markdown table, one row per variant; with several seeds, mean ± std over them."""
     lines = ["| variant | parameters | best val loss | at step | final train loss | final val loss | final test loss "
@@ -439,6 +451,9 @@ def main():
     parser = build_parser(__doc__)
     add_study_flags(parser, ",".join(ARTICLE_ENCODINGS))
     parser.add_argument("--seeds", default="1337", help="comma-separated seeds, one run per variant and seed (default: 1337)")
+    parser.add_argument("--seeds-if-undecided", default="", metavar="SEEDS",
+                        help="more seeds for the variants of every pair whose paired interval (val or test) contains 0"
+                             " after --seeds, e.g. 1340,1341 (default: none)")
     parser.add_argument("--extrapolate", action="store_true",
                         help="afterwards, evaluate every run at 1x, 2x, 4x, 8x its block size (evaluate.py) and "
                              "draw the RoPE decay picture (plot_rope.py)")
@@ -450,10 +465,17 @@ def main():
     base = config_from_args(args)  # flags over the config file over the defaults, before per-run settings
     if args.jobs > 1 and pick_device(base.device) != "cpu":
         raise UserError(f"--jobs trains runs side by side on the CPU; on {pick_device(base.device)} train one at a time")
+    more = parse_seeds(args.seeds_if_undecided) if args.seeds_if_undecided.strip() else []
     t0 = time.time()
     cfgs = make_configs(args, variants, seeds)
     train_runs(cfgs, args.overwrite, args.jobs)
     study = Study([Path(cfg.out_dir) / cfg.run_name for cfg in cfgs])
+    if more:
+        close = undecided_variants(study)
+        extra = [cfg for cfg in make_configs(args, variants, more) if variant_key(config_json(cfg)) in close]
+        print(f"{len(close)} variant(s) in pairs the seeds do not decide: {len(more)} more seed(s) each")
+        train_runs(extra, args.overwrite, args.jobs)
+        study = Study([Path(cfg.out_dir) / cfg.run_name for cfg in cfgs + extra])
     write_report(study, args.plots_dir, f"Results: {Path(args.config).stem}", args, args.extrapolate, t0)
     total = time.time() - t0
     print(f"total wall time: {total:.0f} s ({total / 60:.1f} min)")

@@ -398,6 +398,11 @@ class Trainer:
 NOT_RESULTS = ("progress", "device", "compile")  # settings that do not change a run's numbers (on CPU)
 
 
+def config_json(cfg):
+    """A TrainConfig as its config.json holds it."""
+    return json.loads(json.dumps(asdict(cfg)))
+
+
 def config_differences(run_dir, cfg, prov=None):
     """Keys in which cfg differs from the run in run_dir (None if run_dir holds no run). With
     `prov`, also the keys of the run's provenance that differ from it, as "provenance.KEY"."""
@@ -406,8 +411,8 @@ def config_differences(run_dir, cfg, prov=None):
         return None
     saved = read_json(path, f"remove {run_dir} or choose another --run-name")
     # a setting added since: its default; one removed since (eval_iters): left out, like provenance below
-    old = {**json.loads(json.dumps(asdict(TrainConfig()))), **{k: v for k, v in saved.items() if k in FIELD_TYPES}}
-    changed = differing_keys(old, json.loads(json.dumps(asdict(cfg))), NOT_RESULTS)
+    old = {**config_json(TrainConfig()), **{k: v for k, v in saved.items() if k in FIELD_TYPES}}
+    changed = differing_keys(old, config_json(cfg), NOT_RESULTS)
     if prov is not None:  # a run from before provenance was recorded has none: every key differs
         changed += [f"provenance.{k}" for k in differing_keys(saved.get("provenance") or {}, prov)]
     return changed

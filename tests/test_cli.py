@@ -146,6 +146,23 @@ def test_compare_trains_plots_tabulates_and_reuses(workspace, tmp_path):
     assert "reusing" not in retrained.stdout and '"eval_version": 2' in rope_config.read_text()
 
 
+def test_seeds_if_undecided_go_to_the_variants_of_undecided_pairs_only(workspace, tmp_path):
+    args = ["--data-dir", workspace / "data", "--out-dir", tmp_path / "out", "--plots-dir", tmp_path / "plots",
+            "--pos-encodings", "rope,none", "--sample-tokens", 10, *TINY_FLAGS]
+    run("compare.py", *args, "--seeds", "1,2")
+    results = (tmp_path / "plots" / "results.md").read_text()
+    undecided = "| not decided" in results or "not decided |" in results
+    proc = run("compare.py", *args, "--seeds", "1,2", "--seeds-if-undecided", "3")
+    trained = sorted(p.name for p in (tmp_path / "out" / "shakespeare_char_cpu").iterdir())
+    if undecided:  # both variants of the one pair get seed 3
+        assert trained == ["none_seed1", "none_seed2", "none_seed3", "rope_seed1", "rope_seed2", "rope_seed3"]
+        assert "2 variant(s) in pairs the seeds do not decide: 1 more seed(s) each" in proc.stdout
+        assert "| RoPE − none | " in (tmp_path / "plots" / "results.md").read_text()
+    else:
+        assert trained == ["none_seed1", "none_seed2", "rope_seed1", "rope_seed2"]
+        assert "0 variant(s)" in proc.stdout
+
+
 def test_compare_defaults_write_under_out_of_the_working_directory(workspace, tmp_path):
     run("compare.py", ROOT / "config" / "shakespeare_char_cpu.toml", "--data-dir", workspace / "data",
         "--plots-dir", tmp_path / "plots", "--pos-encodings", "none", "--sample-tokens", 10, *TINY_FLAGS, cwd=tmp_path)
