@@ -18,6 +18,7 @@ from pathlib import Path
 
 from common import UserError, read_json
 from model import POS_ENCODINGS
+from train import TrainConfig, config_json
 
 # The reference article's colours: RoPE blue, learned orange, none green.
 COLORS = {"rope": "tab:blue", "learned": "tab:orange", "none": "tab:green",
@@ -110,7 +111,10 @@ def find_runs(paths):
 
 
 def read_config(run_dir):
-    return read_json(Path(run_dir) / "config.json", "is this a run directory written by train.py?")
+    """A run's config.json, with the default of every setting added to train.py after the run,
+    so that old and new runs of one variant still compare equal."""
+    saved = read_json(Path(run_dir) / "config.json", "is this a run directory written by train.py?")
+    return {**config_json(TrainConfig()), **saved}
 
 
 def options_not_read(encoding):

@@ -11,7 +11,7 @@ from common import UserError
 from compare import Study, differences_table, results_table
 from conftest import run
 from plot import aggregate, plot_runs, read_metrics_of
-from runs import group_variants, parse_variants, variant_labels, variant_name
+from runs import group_variants, parse_variants, read_config, variant_labels, variant_name
 from train import FIELD_TYPES, TrainConfig
 
 PROVENANCE = {"eval_version": 2, "data_sha256": "abc", "eval_text": "0123456789abcdef"}
@@ -86,6 +86,16 @@ def test_runs_of_different_models_are_separate_lines(tmp_path):
     assert all(p.stat().st_size > 10_000 for p in paths)
     configs = [json.loads((r / "config.json").read_text()) for r in runs]
     assert list(variant_labels(configs, group_variants(configs)).values()) == ["RoPE, n_layer 4", "RoPE, n_layer 6"]
+
+
+def test_a_setting_added_after_a_run_takes_its_default_so_old_and_new_runs_still_group(tmp_path):
+    old = make_run(tmp_path, "old", [4.0, 2.0], seed=1)
+    config = json.loads((old / "config.json").read_text())
+    del config["grad_clip"]  # as if the run predated the setting
+    (old / "config.json").write_text(json.dumps(config))
+    new = make_run(tmp_path, "new", [4.0, 2.0], seed=2)
+    configs = [read_config(old), read_config(new)]
+    assert list(group_variants(configs).values()) == [[0, 1]]
 
 
 def test_half_written_metrics_row_is_ignored(tmp_path):

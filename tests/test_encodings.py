@@ -160,3 +160,14 @@ def test_cached_sampling_cuts_its_context_back_to_half_a_block():
     # the prompt, then one new token per step until 17 tokens would be in the context: then 8 again
     assert [x.size(1) for x in seen] == [10] + [1] * 6 + [8] + [1] * 8 + [8] + [1] * 3
     assert torch.equal(seen[7], out[:, 9:17])  # after 16 tokens + 1 new: keep the last 8 of 17
+
+
+def test_sinusoidal_scale_is_an_option_and_the_waves_have_the_same_size_at_every_position():
+    x, pos = torch.randn(2, 5, 32), range(3, 8)
+    table = sinusoidal_table(8, 32)
+    for scale, factor in ((True, math.sqrt(32)), (False, 1.0)):
+        enc = POS_ENCODINGS["sinusoidal"](GPTConfig(**SMALL, pos_encoding="sinusoidal", sinusoidal_scale=scale))
+        torch.testing.assert_close(enc.embed(x, pos), x * factor + table[3:8])
+    # sin^2 + cos^2 = 1 for each of the d/2 pairs: RMS 1/sqrt(2) = 0.71 per channel, at every position
+    rms = sinusoidal_table(4096, 32).pow(2).mean(1).sqrt()
+    torch.testing.assert_close(rms, torch.full((4096,), 2 ** -0.5))
