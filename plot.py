@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from common import ArgumentParser, UserError, atomic_write, read_metrics, run_cli  # noqa: E402
-from runs import COLORS, LABELS, find_runs, group_variants, read_config, variant_labels  # noqa: E402, F401
+from runs import COLORS, find_runs, group_variants, read_config, variant_labels  # noqa: E402
 
 LINESTYLES = ["-", "--", ":", "-."]  # the variants of one encoding, in order
 

@@ -22,7 +22,6 @@ Writes <plots-dir>/lr_sweep.png and lr_sweep.json, and the study at the best rat
 <plots-dir>/lr_sweep/ (results.md with the sweep table first, samples.md, loss curves).
 """
 
-import argparse
 import math
 import time
 from pathlib import Path
