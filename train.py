@@ -544,9 +544,10 @@ def _train(cfg, resume, overwrite, bar_position):
     if master:  # the held-out test split, scored once: the final weights and the best-val ones
         metrics_file.close()
         test = {"final": trainer.evaluate(("test",))["test"]}
-        if best["step"] != last["step"]:
+        test["best"] = test["final"]
+        if best["step"] != last["step"]:  # the best-val weights are in ckpt.pt
             model.load_state_dict(load_checkpoint(run_dir / "ckpt.pt", dist.device)["model"])
-        test["best"] = trainer.evaluate(("test",))["test"] if best["step"] != last["step"] else test["final"]
+            test["best"] = trainer.evaluate(("test",))["test"]
     dist.close()
     if not master:
         return None
