@@ -1,6 +1,8 @@
 # make experiment      venv + data + rope/learned/none on the CPU config, 3 seeds, extrapolation study -> plots/
 # make experiment-all  all five encodings and sinusoidal without its sqrt(d) scale, 3 seeds, 2 more for
 #                      the variants of pairs that 3 seeds do not decide -> plots/all/ (reuses the runs above)
+# make finetune        short fine-tunes of the RoPE runs at 4x their length (PI, NTK, YaRN, plain), 1 seed, then
+#                      3 for the two best, and RoPE trained from scratch at 256 -> plots/finetune/
 # make sweep           learning-rate sweep of the same six, then 3 seeds at each one's best rate
 #                      -> plots/lr_sweep.png, plots/lr_sweep/
 # make test            venv + the test suite
@@ -19,7 +21,7 @@ MORE_SEEDS ?= 1340,1341
 VARIANTS   := all,sinusoidal:sinusoidal_scale=false
 JOBS       ?= 1
 
-.PHONY: experiment experiment-all sweep test bench data clean
+.PHONY: experiment experiment-all finetune sweep test bench data clean
 
 $(VENV)/.installed: requirements.txt
 	@$(PYTHON_SYS) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "error: Python 3.11 or newer is needed (tomllib); $(PYTHON_SYS) is " + sys.version.split()[0] + ". Use PYTHON_SYS=python3.11 make ...")'
@@ -38,6 +40,9 @@ experiment: $(VENV)/.installed $(DATA)
 experiment-all: $(VENV)/.installed $(DATA)
 	$(PY) compare.py $(CONFIG) --pos-encodings $(VARIANTS) --seeds $(SEEDS) --seeds-if-undecided $(MORE_SEEDS) \
 		--jobs $(JOBS) --extrapolate --plots-dir plots/all
+
+finetune: $(VENV)/.installed $(DATA)
+	$(PY) finetune.py $(CONFIG) --seeds 1337 --more-seeds 1338,1339 --scratch-seeds 1337 --plots-dir plots/finetune
 
 sweep: $(VENV)/.installed $(DATA)
 	$(PY) sweep.py $(CONFIG) --pos-encodings $(VARIANTS) --seeds $(SEEDS) --jobs $(JOBS) --plots-dir plots

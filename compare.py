@@ -33,6 +33,9 @@ from evaluate import evaluate_runs, format_table, write_outputs
 from model import POS_ENCODINGS
 from plot import plot_runs
 from plot_rope import plot_rope
+from probes import format_tables as format_probe_tables
+from probes import probe_runs
+from probes import write_outputs as write_probe_outputs
 from runs import group_variants, parse_variants, read_config, variant_key, variant_labels, variant_name
 from sample import load_model, sample
 from train import (FIELD_TYPES, add_config_flags, build_parser, config_differences, config_from_args, config_json,
@@ -415,6 +418,13 @@ def write_report(study, plots_dir, title, args, extrapolate=False, t0=None, intr
         sections += [f"## Length extrapolation (val loss; evaluate.py, {time.time() - t_eval:.0f} s)\n",
                      f"```text\n{format_table(results)}\n```", ""]
         print(format_table(results))
+        t_probe = time.time()
+        probes = probe_runs(study.run_dirs, device=pick_device(c["device"]), progress=c["progress"])
+        write_probe_outputs(probes, plots_dir)
+        sections += [f"## How far back the models read (probes.py, {time.time() - t_probe:.0f} s)\n",
+                     "Attention-weighted mean distance (characters) per layer, mean over heads and seeds:\n",
+                     format_probe_tables(probes), ""]
+        print(format_probe_tables(probes))
     command = "python " + " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
     sections += [f"Machine: {machine()}; each run's threads are in its summary.json (runs trained side by side"
                  f" with --jobs share the cores, so each one's wall time and ms/iter are longer than alone).  ",
@@ -455,8 +465,9 @@ def main():
                         help="more seeds for the variants of every pair whose paired interval (val or test) contains 0"
                              " after --seeds, e.g. 1340,1341 (default: none)")
     parser.add_argument("--extrapolate", action="store_true",
-                        help="afterwards, evaluate every run at 1x, 2x, 4x, 8x its block size (evaluate.py) and "
-                             "draw the RoPE decay picture (plot_rope.py)")
+                        help="afterwards, evaluate every run at 1x, 2x, 4x, 8x its block size (evaluate.py), run the"
+                             " attention-distance and copy probes (probes.py) and draw the RoPE decay picture"
+                             " (plot_rope.py)")
     add_config_flags(parser, exclude=("pos_encoding", "run_name", "seed"))
     args = parser.parse_args()
 

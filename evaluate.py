@@ -1,31 +1,47 @@
 """
-Length extrapolation: the val loss of trained runs at context lengths longer than the one
-they were trained on, with and without RoPE context-extension tricks.
+Length extrapolation: can a model trained on block_size characters read more? The val loss of
+trained runs at longer context lengths, beside the baseline every extension method must beat:
+the same model reading only its last block_size characters (a sliding window).
 
   python evaluate.py out/shakespeare_char_cpu                 # every run under it; 1x, 2x, 4x, 8x the block size
   python evaluate.py out/x/rope_seed1337 out/x/learned_seed1337 --lengths 64,128,256,512
-  python evaluate.py out/x --rope-scaling none,linear --rope-scaling-factor 4
+  python evaluate.py out/x --rope-scaling none,yarn --yarn-beta 32,8
 
 For an eval length L the val split is cut into non-overlapping windows of L + 1 tokens
 (window i starts at token i*L; the last, partial window is dropped): the model reads the
 first L tokens and predicts the last L, so every val token after the first is predicted
-exactly once, and every model is measured on the same windows. Besides the mean loss we
-keep the mean loss at each position of the window: extrapolation failures show up as a
-loss that climbs past the training length.
+exactly once, and every model is measured on the same windows. Two numbers per length:
+  whole window   the mean loss over all L positions (early positions have little context)
+  past training  the mean over positions >= block_size: the part that actually extrapolates
+and the mean loss at each position (loss_by_position.png).
 
-RoPE runs are also evaluated with position interpolation ("linear": positions divided by
-s) and NTK-aware scaling ("ntk": base theta * s^(d/(d-2))), applied at evaluation time to
-the unchanged weights; by default s = L / block_size, so at 1x they equal plain RoPE.
-A learned position table has no vectors past the training length: reported as n/a.
-Several seeds of one encoding are averaged (their std goes to the JSON).
+Sliding-window baseline ("<variant>, sliding window"): the same targets, where each
+prediction past position block_size sees its last block_size - s + 1 .. block_size
+characters instead of the whole window (windows of block_size with stride s, each scoring
+its last s positions; s = --sliding-stride, default block_size / 4, where the
+per-position loss is flat). Positions before block_size are read as in the window.
+
+RoPE runs are also evaluated with context-extension methods applied to the unchanged weights,
+each with factor s = L / block_size (or --rope-scaling-factor):
+  linear       position interpolation (Chen et al. 2023): positions divided by s
+  ntk          NTK-aware scaling: base theta * s^(d/(d-2))
+  dynamic-ntk  NTK with the factor of each position p: the smallest power of two >= (p+1) /
+               block_size (1 inside the training length). A causal model's loss at p depends only
+               on tokens <= p, so this row is assembled exactly from static NTK passes at
+               s = 1, 2, 4, ...
+  yarn         NTK-by-parts + temperature (Peng et al. 2023), one row per --yarn-beta: a pair
+               making r turns over block_size positions is interpolated fully if r < alpha, left
+               alone if r > beta, ramped in between; q and k times 0.1 ln(s) + 1
+A learned position table has no vectors past the training length: reported as n/a (its
+sliding window is not). Seeds of one variant are averaged (mean ± std over seeds).
 
 Each run is measured with its best-val checkpoint (ckpt.pt), the weights sample.py uses.
 Writes <plots-dir>/extrapolation.png, loss_by_position.png and extrapolation.json.
 
-Cost: every length covers the whole val split, so each (run, variant, length) is one pass
-over ~111k tokens. For the CPU config's five encodings (rope as 3 variants) at 1x-8x that
-is 25 passes, about 2 CPU-minutes; --max-windows N evaluates an evenly spread subset
-of N windows per length instead, for a quick look.
+Cost: every (run, method, length) pass covers the whole val split (~56k predicted tokens);
+the sliding window costs s-fold fewer positions kept, so block_size / s passes. For the CPU
+config's rope, learned and none at 3 seeds and 1x-8x, about a minute on 2 cores;
+--max-windows N evaluates an evenly spread subset of N windows per length instead.
 """
 
 import argparse
@@ -47,10 +63,12 @@ from common import (ArgumentParser, UserError, atomic_write, build_model, digest
 from plot import variant_styles  # noqa: E402
 from runs import COLORS, find_runs, group_variants, read_config, variant_labels  # noqa: E402
 
-SCALINGS = ("none", "linear", "ntk")
-SCALING_LABELS = {"linear": "linear (PI)", "ntk": "NTK"}
-LINESTYLES = {"linear": (0, (5, 1)), "ntk": (0, (1, 1))}  # RoPE's scalings (plain RoPE: its variant's line)
-MARKERS = {"none": "o", "linear": "s", "ntk": "^"}
+SCALINGS = ("none", "linear", "ntk", "dynamic-ntk", "yarn")
+SCALING_LABELS = {"linear": "PI", "ntk": "NTK", "dynamic-ntk": "dynamic NTK", "yarn": "YaRN"}
+YARN_ALPHA, YARN_BETAS = 1.0, (32.0, 8.0)  # the paper's alpha and beta (set for Llama's 4096), and beta for 64
+LINESTYLES = {"linear": (0, (5, 1)), "ntk": (0, (1, 1)), "dynamic-ntk": (0, (3, 1, 1, 1)), "yarn": (0, (6, 2, 1, 2))}
+MARKERS = {"none": "o", "linear": "s", "ntk": "^", "dynamic-ntk": "v", "sliding": "x"}
+YARN_MARKERS = ("D", "P", "*", "h")  # one per --yarn-beta
 DEFAULT_MULTIPLES = (1, 2, 4, 8)
 BATCH_TOKENS = 16384  # tokens per forward pass: 32 windows at 512, attention scores ~130 MB per layer
 
@@ -66,22 +84,61 @@ def position_limit(model):
     return max_len, f"{model.config.pos_encoding} table has {max_len} positions"
 
 
-def loss_by_position(model, windows, batch_tokens=BATCH_TOKENS, bar=None):
-    """Mean cross-entropy at each position 0..L-1 of the windows, float64, shape (L,).
-    Its mean is the mean loss over all predicted tokens, since every window has L of them."""
+def token_losses(model, windows, batch_tokens=BATCH_TOKENS):
+    """Cross-entropy at every position of every window, float64, shape (n_windows, L)."""
     L = windows.shape[1] - 1
     device = next(model.parameters()).device
     batch = max(1, batch_tokens // L)
-    total = torch.zeros(L, dtype=torch.float64)
+    out = []
     with torch.inference_mode():
         for i in range(0, len(windows), batch):
             w = windows[i:i + batch].to(device)
-            x, y = w[:, :-1], w[:, 1:]
-            _, loss = model(x, y, reduction="none")  # (B, L): the loss at every position
-            total += loss.double().sum(0).cpu()
-            if bar is not None:
-                bar.update(x.numel())
-    return total / len(windows)
+            _, loss = model(w[:, :-1], w[:, 1:], reduction="none")  # (B, L): the loss at every position
+            out.append(loss.double().cpu())
+    return torch.cat(out)
+
+
+def loss_by_position(model, windows, batch_tokens=BATCH_TOKENS):
+    """Mean cross-entropy at each position 0..L-1 of the windows, float64, shape (L,).
+    Its mean is the mean loss over all predicted tokens, since every window has L of them."""
+    return token_losses(model, windows, batch_tokens).mean(0)
+
+
+def sliding_window_losses(model, tokens, block, stride, batch_tokens=BATCH_TOKENS):
+    """The loss of each token of `tokens` (n,) or (rows, n) predicted from (nearly) its last `block`
+    tokens, float64, of the same shape; NaN for the first block - stride + 1, which no window scores.
+
+    Windows of block + 1 tokens start every `stride` tokens; each scores only its last `stride`
+    positions, whose contexts hold block - stride + 1 .. block tokens. A last window, flush with
+    the end of the text, scores the targets the others left."""
+    rows = tokens.view(-1, tokens.shape[-1])
+    n = rows.shape[1]
+    if n < block + 1:
+        raise UserError(f"the text has {n} tokens, too few for a sliding window of {block} + 1")
+    if not 1 <= stride <= block:
+        raise UserError(f"the sliding-window stride must be in 1..{block}, got {stride}")
+    starts = list(range(0, n - block, stride))
+    if starts[-1] != n - block - 1:
+        starts.append(n - block - 1)
+    starts = torch.tensor(starts)
+    windows = rows[:, starts[:, None] + torch.arange(block + 1)]  # (rows, n_windows, block + 1)
+    losses = token_losses(model, windows.flatten(0, 1), batch_tokens).view(len(rows), len(starts), block)
+    targets = starts[:, None] + torch.arange(1, block + 1)  # position p of a window predicts start + p + 1
+    keep = torch.zeros_like(targets, dtype=torch.bool)
+    keep[:-1, block - stride:] = True
+    keep[-1, block - (starts[-1] - starts[-2] if len(starts) > 1 else block):] = True  # the last: only new targets
+    out = torch.full(rows.shape, float("nan"), dtype=torch.float64)
+    out[:, targets[keep]] = losses[:, keep]
+    return out.view(tokens.shape)
+
+
+def dynamic_factor(position, block):
+    """Dynamic NTK's factor at a 0-based position: the smallest power of two s with
+    s * block >= position + 1 (the tokens read so far), so 1 inside the training length."""
+    s = 1
+    while s * block < position + 1:
+        s *= 2
+    return s
 
 
 # --- many runs ----------------------------------------------------------------
@@ -92,16 +149,29 @@ def auto_factor(length, block_size):
     return max(1.0, length / block_size)
 
 
-def scalings_of(encoding, scalings):
-    """The rope_scaling values a run of `encoding` is evaluated with."""
-    return scalings if encoding == "rope" else ["none"]
+def methods_of(encoding, scalings, yarn_betas, yarn_alpha):
+    """(row key, rope_scaling, GPTConfig overrides besides the factor) a run of `encoding` is evaluated with."""
+    if encoding != "rope":
+        return [("none", "none", {})]
+    out = []
+    for scaling in scalings:
+        if scaling == "yarn":
+            out += [(f"yarn-b{beta:g}", "yarn", {"yarn_alpha": yarn_alpha, "yarn_beta": beta}) for beta in yarn_betas]
+        else:
+            out.append((scaling, scaling, {}))
+    return out
 
 
-def row_label(variant_label, scaling, scaling_factor, block_size):
+def row_label(variant_label, key, scaling, extra, scaling_factor, block_size):
     if scaling == "none":
         return variant_label
+    if scaling == "dynamic-ntk":
+        return f"{variant_label} + dynamic NTK"
     s = f"L/{block_size}" if scaling_factor is None else f"{scaling_factor:g}"
-    return f"{variant_label} + {SCALING_LABELS[scaling]} (s={s})"
+    what = SCALING_LABELS[scaling]
+    if scaling == "yarn":
+        what += f" α={extra['yarn_alpha']:g}, β={extra['yarn_beta']:g}"
+    return f"{variant_label} + {what} (s={s})"
 
 
 def check_runs(ckpts):
@@ -123,14 +193,27 @@ def resolve_data_dir(ckpts, run_dirs, data_dir):
     return Path(dirs.pop())
 
 
+def summarize(curves, block):
+    """Mean ± std over runs of the whole-window and the past-training-length means of per-run curves."""
+    whole = [c.mean().item() for c in curves]
+    past = [c[block:].mean().item() for c in curves] if len(curves[0]) > block else None
+
+    def spread(xs):
+        return statistics.stdev(xs) if xs and len(xs) > 1 else None
+    return {"loss": statistics.mean(whole), "std": spread(whole), "run_losses": whole,
+            "past": statistics.mean(past) if past else None, "past_std": spread(past), "run_past": past,
+            "loss_by_position": torch.stack(curves).mean(0).tolist()}
+
+
 def evaluate_runs(run_dirs, lengths=None, scalings=SCALINGS, scaling_factor=None, data_dir=None,
-                  max_windows=None, device="cpu", batch_tokens=BATCH_TOKENS, progress=True):
+                  max_windows=None, device="cpu", batch_tokens=BATCH_TOKENS, progress=True,
+                  yarn_betas=YARN_BETAS, yarn_alpha=YARN_ALPHA, sliding_stride=None):
     """Evaluate runs at several context lengths; returns a JSON-ready dict (see write_outputs).
 
     run_dirs: run directories holding ckpt.pt. lengths: eval lengths (default 1x, 2x, 4x, 8x the
-    block size). scalings: RoPE variants, any of "none", "linear", "ntk". scaling_factor: None for
-    s = L / block_size at each length, or a fixed s. data_dir: default the runs' own. max_windows:
-    cap on windows per length (evenly spaced), default all."""
+    block size). scalings: RoPE methods, any of SCALINGS. scaling_factor: None for s = L /
+    block_size at each length, or a fixed s >= 1. data_dir: default the runs' own. max_windows:
+    cap on windows per length (evenly spaced), default all. sliding_stride: default block / 4."""
     run_dirs = [Path(r) for r in run_dirs]
     if not run_dirs:
         raise UserError("no runs to evaluate")
@@ -139,16 +222,20 @@ def evaluate_runs(run_dirs, lengths=None, scalings=SCALINGS, scaling_factor=None
     bad = [s for s in scalings if s not in SCALINGS]
     if bad or not scalings:
         raise UserError(f"unknown rope scaling {', '.join(bad) or '(none given)'}; choose from {', '.join(SCALINGS)}")
-    if scaling_factor is not None and scaling_factor <= 0:
-        raise UserError(f"--rope-scaling-factor must be positive, got {scaling_factor}")
+    if scaling_factor is not None and not scaling_factor >= 1:
+        raise UserError(f"--rope-scaling-factor must be at least 1, got {scaling_factor}")
+    if "yarn" in scalings and not (yarn_betas and 0 <= yarn_alpha < min(yarn_betas)):
+        raise UserError(f"YaRN needs 0 <= alpha < beta, got alpha {yarn_alpha:g} and beta"
+                        f" {', '.join(f'{b:g}' for b in yarn_betas) or '(none)'}")
     device = pick_device(device)
     ckpts = [load_checkpoint(r / "ckpt.pt", "cpu") for r in run_dirs]
-    block_size = check_runs(ckpts)
+    block = check_runs(ckpts)
+    stride = sliding_stride or max(1, block // 4)
     configs = [read_config(r) for r in run_dirs]
     groups = group_variants(configs)  # runs that differ only in the seed are averaged into one row
     labels = variant_labels(configs, groups)
     variant_of = {i: key for key, idx in groups.items() for i in idx}
-    lengths = sorted(set(lengths or [m * block_size for m in DEFAULT_MULTIPLES]))
+    lengths = sorted(set(lengths or [m * block for m in DEFAULT_MULTIPLES]))
     if lengths[0] < 1:
         raise UserError(f"eval lengths must be positive, got {lengths[0]}")
     data_dir = resolve_data_dir(ckpts, run_dirs, data_dir)
@@ -158,57 +245,91 @@ def evaluate_runs(run_dirs, lengths=None, scalings=SCALINGS, scaling_factor=None
             raise UserError(f"{run_dir} was trained on another vocabulary than {data_dir}; pass its --data-dir")
     tokens = load_tokens(data_dir, "val")
     windows = {L: eval_windows(tokens, L, max_windows) for L in lengths}  # the same for every model
+    # which val token each window position predicts (position p of window i: token i*L + p + 1)
+    targets = {L: eval_windows(torch.arange(len(tokens)), L, max_windows)[:, 1:] for L in lengths}
 
-    # one job per (run, scaling, length). The bar counts predicted tokens: every length covers the
-    # whole split, so each job is about the same work, longer windows a bit more (attention).
-    jobs = [(i, variant_of[i], scaling, L) for i, c in enumerate(configs)
-            for scaling in scalings_of(c["pos_encoding"], scalings) for L in lengths]
-    bar = tqdm(total=sum(windows[L][:, 1:].numel() for *_, L in jobs), desc="evaluate", unit="tok",
-               unit_scale=True, disable=not progress, dynamic_ncols=True)
-    per_run = {}  # (variant, scaling, length) -> [(run index, per-position losses or n/a reason, factor)]
-    for i, variant, scaling, L in jobs:
-        factor = None
-        if scaling != "none":
-            factor = auto_factor(L, block_size) if scaling_factor is None else scaling_factor
-        scaled = {} if scaling == "none" else {"rope_scaling": scaling, "rope_scaling_factor": float(factor)}
-        model = build_model(ckpts[i], device, **scaled)  # RoPE scaling owns no weights: same checkpoint
-        limit, reason = position_limit(model)
-        if limit is not None and L > limit:
-            out = reason
-            bar.update(windows[L][:, 1:].numel())
-        else:
-            out = loss_by_position(model, windows[L], batch_tokens, bar)
-        per_run.setdefault((variant, scaling, L), []).append((i, out, factor))
+    plan = {}  # (run, length) -> [(row key, rope_scaling, overrides, factor or "dynamic")]
+    for i, c in enumerate(configs):
+        for L in lengths:
+            plan[i, L] = [(key, scaling, extra, "dynamic" if scaling == "dynamic-ntk" else
+                           (scaling_factor or auto_factor(L, block)) if scaling != "none" else None)
+                          for key, scaling, extra in methods_of(c["pos_encoding"], scalings, yarn_betas, yarn_alpha)]
+    passes = {}  # (run, length, scaling, overrides, factor) -> per-position losses, or the n/a reason
+
+    def static(i, L, scaling="none", extra=None, factor=None):
+        """One pass over the windows of length L; scaled passes at factor 1 are the plain model."""
+        if factor == 1.0:
+            scaling, extra, factor = "none", None, None
+        key = (i, L, scaling, tuple(sorted((extra or {}).items())), factor)
+        if key not in passes:
+            over = {} if scaling == "none" else {"rope_scaling": scaling, "rope_scaling_factor": float(factor),
+                                                 **(extra or {})}
+            model = build_model(ckpts[i], device, **over)  # RoPE scaling owns no weights: same checkpoint
+            limit, reason = position_limit(model)
+            if limit is not None and L > limit:
+                passes[key] = reason
+            else:
+                passes[key] = loss_by_position(model, windows[L], batch_tokens)
+        return passes[key]
+
+    bar = tqdm(total=len(plan), desc="evaluate", unit="pass", disable=not progress, dynamic_ncols=True)
+    per_row = {}  # (variant, row key) -> {"meta": ..., length: [per-run curve or reason]}
+    for i, c in enumerate(configs):
+        plain_model = build_model(ckpts[i], device)
+        sliding = sliding_window_losses(plain_model, tokens, block, stride, batch_tokens)
+        for L in lengths:
+            for key, scaling, extra, factor in plan[i, L]:
+                if factor == "dynamic":  # each position from the static pass at its own factor
+                    factors = [dynamic_factor(p, block) for p in range(L)]
+                    by_factor = {s: static(i, L, "ntk", None, float(s)) for s in sorted(set(factors))}
+                    out = torch.stack([by_factor[s][p] for p, s in enumerate(factors)])
+                else:
+                    out = static(i, L, scaling, extra, factor)
+                row = per_row.setdefault((variant_of[i], key), {"scaling": scaling, "extra": extra, "items": {}})
+                row["items"].setdefault(L, []).append((i, out, factor))
+            # the baseline: positions before block as in the window (cut to block: any model reads
+            # that), later ones from the sliding window, on the same targets
+            head = (loss_by_position(plain_model, windows[L][:, :block + 1], batch_tokens) if L > block
+                    else static(i, L))
+            curve = torch.cat([head[:min(L, block)], sliding[targets[L][:, block:]].mean(0)])
+            row = per_row.setdefault((variant_of[i], "sliding"), {"scaling": "sliding", "extra": {}, "items": {}})
+            row["items"].setdefault(L, []).append((i, curve, None))
+            bar.update(1)
     bar.close()
 
-    # one row per variant and scaling, its seeds averaged; in the variants' order, scalings after
-    rows = {}
+    rows = []
     order, dashes = list(groups), variant_styles(configs, groups)
-    for (variant, scaling, L), items in sorted(per_run.items(), key=lambda kv: (
-            order.index(kv[0][0]), SCALINGS.index(kv[0][1]))):
-        name = re.sub(r"_seed\d+$", "", run_dirs[items[0][0]].name) + ("" if scaling == "none" else f"+{scaling}")
-        row = rows.setdefault((variant, scaling), {
-            "name": name, "label": row_label(labels[variant], scaling, scaling_factor, block_size),
-            "encoding": configs[items[0][0]]["pos_encoding"], "rope_scaling": scaling,
-            # the variants of one encoding: plot.py's dashes; RoPE's scalings: their own
-            "linestyle": dashes[variant][1] if scaling == "none" else LINESTYLES[scaling],
-            "runs": [str(run_dirs[i]) for i, _, _ in items], "results": []})
-        reasons = [out for _, out, _ in items if isinstance(out, str)]
-        entry = {"length": L, "multiple": L / block_size, "factor": items[0][2], "n_windows": len(windows[L])}
-        if reasons:
-            entry.update(loss=None, reason=reasons[0])
-        else:
-            curves = torch.stack([out for _, out, _ in items])  # (runs, L)
-            losses = [c.mean().item() for c in curves]
-            entry.update(loss=statistics.mean(losses), std=statistics.stdev(losses) if len(losses) > 1 else None,
-                         run_losses=losses, loss_by_position=curves.mean(0).tolist())
-        row["results"].append(entry)
+    keys = ["none"] + [k for k, *_ in methods_of("rope", scalings, yarn_betas, yarn_alpha) if k != "none"] + ["sliding"]
+    for (variant, key), row in sorted(per_row.items(), key=lambda kv: (order.index(kv[0][0]), keys.index(kv[0][1]))):
+        first = groups[variant][0]
+        base = re.sub(r"_seed\d+$", "", run_dirs[first].name)
+        scaling = row["scaling"]
+        label = (f"{labels[variant]}, sliding window ({block})" if key == "sliding" else
+                 row_label(labels[variant], key, scaling, row["extra"], scaling_factor, block))
+        out = {"name": base + ("" if key == "none" else f"+{key}"), "label": label,
+               "encoding": configs[first]["pos_encoding"], "rope_scaling": scaling, "extra": row["extra"],
+               # the variants of one encoding: plot.py's dashes; RoPE's methods: their own
+               "linestyle": dashes[variant][1] if scaling in ("none", "sliding") else LINESTYLES[scaling],
+               "marker": (YARN_MARKERS[list(yarn_betas).index(row["extra"]["yarn_beta"]) % len(YARN_MARKERS)]
+                          if scaling == "yarn" else MARKERS[scaling]),
+               "runs": [str(run_dirs[i]) for i in groups[variant]], "results": []}
+        for L, items in row["items"].items():
+            factor = items[0][2]
+            entry = {"length": L, "multiple": L / block, "factor": factor, "n_windows": len(windows[L])}
+            reasons = [o for _, o, _ in items if isinstance(o, str)]
+            if reasons:
+                entry.update(loss=None, past=None, reason=reasons[0])
+            else:
+                entry.update(summarize([o for _, o, _ in items], block))
+            out["results"].append(entry)
+        rows.append(out)
     return {
-        "block_size": block_size, "lengths": lengths, "scaling_factor": scaling_factor or "auto",
+        "block_size": block, "lengths": lengths, "scaling_factor": scaling_factor or "auto",
+        "sliding_stride": stride, "yarn_alpha": yarn_alpha, "yarn_betas": list(yarn_betas),
         "data_dir": str(data_dir), "val_tokens": len(tokens),
         "windows": [{"length": L, "count": len(w), "stride": L, "max_windows": max_windows,
                      "predicted_tokens": w[:, 1:].numel(), "sha256": digest(w)} for L, w in windows.items()],
-        "rows": list(rows.values()),
+        "rows": rows,
         "device": device, "elapsed_s": round(time.time() - t0, 1),
     }
 
@@ -216,58 +337,76 @@ def evaluate_runs(run_dirs, lengths=None, scalings=SCALINGS, scaling_factor=None
 # --- outputs ------------------------------------------------------------------
 
 
+def cell(mean, std):
+    return "—" if mean is None else f"{mean:.4f}" + (f" ± {std:.4f}" if std is not None else "")
+
+
 def format_table(results):
-    """Plain-text table: one row per encoding / RoPE variant, one column per eval length."""
+    """Plain-text tables, one row per encoding / RoPE method / baseline, one column per eval length:
+    the whole-window mean, then the mean over positions past the training length."""
     block = results["block_size"]
-    header = ["val loss"] + [f"{L} ({L / block:g}x)" for L in results["lengths"]]
-    lines, notes = [header], []
-    for row in results["rows"]:
-        cells = [row["label"]]
-        for r in row["results"]:
-            if r["loss"] is None:
-                cells.append("n/a")
-                note = f"n/a: {r['reason']}"
-                notes += [note] if note not in notes else []
-            else:
-                cells.append(f"{r['loss']:.4f}" + (f" ± {r['std']:.4f}" if r["std"] is not None else ""))
-        lines.append(cells)
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    text = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
-            for line in lines]
+    header = [f"{L} ({L / block:g}x)" for L in results["lengths"]]
+    notes, text = [], []
+    for title, key in (("val loss, whole window", "loss"), (f"val loss at positions >= {block}", "past")):
+        lines = [[title] + header]
+        for row in results["rows"]:
+            cells = [row["label"]]
+            for r in row["results"]:
+                if r["loss"] is None:
+                    cells.append("n/a")
+                    note = f"n/a: {r['reason']}"
+                    notes += [note] if note not in notes else []
+                else:
+                    cells.append(cell(r[key], r[f"{key}_std"] if key == "past" else r["std"]))
+            lines.append(cells)
+        widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+        text += ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
+                 for line in lines] + [""]
     windows = ", ".join(f"{w['count']} at {w['length']}" for w in results["windows"])
-    return "\n".join(text + notes + [f"(nats/char on the val split's {results['val_tokens']:,} tokens;"
-                                     f" windows: {windows}; trained on {block})"])
+    return "\n".join(text + notes + [
+        f"(nats/char on the val split's {results['val_tokens']:,} tokens; mean ± std over seeds; windows:"
+        f" {windows}; trained on {block}; sliding window: stride {results['sliding_stride']}, so"
+        f" {block - results['sliding_stride'] + 1}-{block} characters of context)"])
 
 
 def style(row):
-    """Colour by encoding (plot.py's), line style by variant or RoPE scaling, marker by scaling."""
+    """Colour by encoding (plot.py's), line style by variant or RoPE method, marker by method."""
     scaling = row["rope_scaling"]
-    return dict(color=COLORS.get(row["encoding"]), linestyle=row["linestyle"], marker=MARKERS[scaling])
+    kw = dict(color=COLORS.get(row["encoding"]), linestyle=row["linestyle"], marker=row["marker"])
+    if scaling == "sliding":  # the baselines: thin and dotted, behind the rest
+        kw.update(linestyle=":", linewidth=1.2, alpha=0.8)
+    return kw
 
 
 def plot_extrapolation(results, path):
+    """Two panels: the whole-window mean and the mean past the training length, against L."""
     block, lengths = results["block_size"], results["lengths"]
-    fig, ax = plt.subplots(figsize=(10, 4.8), dpi=120)
-    for row in results["rows"]:
-        done = [r for r in row["results"] if r["loss"] is not None]
-        if not done:
-            continue
-        missing = len(done) < len(row["results"])
-        ax.errorbar([r["length"] for r in done], [r["loss"] for r in done], capsize=3, markersize=5,
-                    yerr=[r["std"] or 0.0 for r in done] if any(r["std"] for r in done) else None,
-                    label=row["label"] + (f" (n/a past {done[-1]['length']})" if missing else ""), **style(row))
-    ax.axvline(block, color="gray", linestyle="--", linewidth=1, label=f"training length ({block})")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(lengths, [f"{L}\n{L / block:g}x" for L in lengths])
-    ax.minorticks_off()
-    ax.set_xlabel("eval context length (characters)")
-    ax.set_ylabel("val loss (cross-entropy, nats/char)")
-    ax.set_title("Length extrapolation: val loss vs eval context length\n"
-                 f"mean over non-overlapping windows of the val split; models trained on {block} characters",
-                 fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # outside: lines cross everywhere
-    fig.tight_layout()
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5), dpi=120, sharey=False)
+    for ax, key, title in ((axes[0], "loss", "whole window (all positions)"),
+                           (axes[1], "past", f"positions >= {block} only (the part past the training length)")):
+        for row in results["rows"]:
+            done = [r for r in row["results"] if r["loss"] is not None and r[key] is not None]
+            if not done:
+                continue
+            stds = [r["std" if key == "loss" else "past_std"] for r in done]
+            missing = len(done) < len([r for r in row["results"] if key == "loss" or r["length"] > block])
+            ax.errorbar([r["length"] for r in done], [r[key] for r in done], capsize=3, markersize=5,
+                        yerr=[sd or 0.0 for sd in stds] if any(stds) else None,
+                        label=row["label"] + (f" (n/a past {done[-1]['length']})" if missing else ""), **style(row))
+        ax.axvline(block, color="gray", linestyle="--", linewidth=1)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(lengths, [f"{L}\n{L / block:g}x" for L in lengths])
+        ax.minorticks_off()
+        ax.set_xlabel(f"eval context length (characters; dashed: the training length, {block})")
+        ax.set_ylabel("val loss (nats/char)")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, fontsize=8, loc="center left", bbox_to_anchor=(0.8, 0.5))
+    fig.suptitle(f"Length extrapolation: models trained on {block} characters, val loss of non-overlapping windows"
+                 f" of length L\ndotted: the same model reading only its last {block} characters (sliding"
+                 f" window), the baseline to beat; mean ± std over seeds", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 0.8, 1))
     atomic_write(path, lambda f: fig.savefig(f, format="png"))
     plt.close(fig)
 
@@ -278,25 +417,27 @@ def plot_loss_by_position(results, path):
     block, longest = results["block_size"], results["lengths"][-1]
     # a long window leaves few windows per position: draw the raw curve faintly and a running mean on top
     k = max(1, longest // 64)
-    fig, ax = plt.subplots(figsize=(10, 4.8), dpi=120)
+    fig, ax = plt.subplots(figsize=(12, 5), dpi=120)
     for row in results["rows"]:
         done = [r for r in row["results"] if r["loss"] is not None]
         if not done:
             continue
         r, kw = done[-1], {key: v for key, v in style(row).items() if key != "marker"}
         y = np.array(r["loss_by_position"])
-        ax.plot(y, linewidth=0.6, alpha=0.25, color=kw["color"])
+        if row["rope_scaling"] != "sliding":
+            ax.plot(y, linewidth=0.6, alpha=0.2, color=kw["color"])
         smooth = np.convolve(y, np.ones(min(k, len(y))) / min(k, len(y)), mode="valid")
         short = f" (window {r['length']}: n/a beyond)" if r["length"] < longest else ""
-        ax.plot(np.arange(len(smooth)) + (len(y) - len(smooth)) / 2, smooth, linewidth=1.5,
-                label=row["label"] + short, **kw)
+        ax.plot(np.arange(len(smooth)) + (len(y) - len(smooth)) / 2, smooth,
+                **{"linewidth": 1.5, **kw}, label=row["label"] + short)
     ax.axvline(block, color="gray", linestyle="--", linewidth=1, label=f"training length ({block})")
     ax.set_xlim(0, longest)
     ax.set_xlabel("position in the window (characters of context before the prediction)")
     ax.set_ylabel("mean val loss at that position (nats/char)")
     smoothed = f"; bold: running mean over {k} positions" if k > 1 else ""
     ax.set_title(f"Val loss by position in a {longest}-character window{smoothed}\n"
-                 f"past position {block} the models see more context than in training", fontsize=10)
+                 f"past position {block} the models see more context than in training; dotted: the sliding"
+                 f" window, which never does", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # outside: lines cross everywhere
     fig.tight_layout()
@@ -330,13 +471,26 @@ def parse_lengths(text):
 
 
 def parse_factor(text):
-    """--rope-scaling-factor: None for 'auto', else a positive number."""
+    """--rope-scaling-factor: None for 'auto', else a number >= 1."""
     if text == "auto":
         return None
     try:
-        return positive(float)(text)
+        value = positive(float)(text)
     except argparse.ArgumentTypeError as e:
-        raise argparse.ArgumentTypeError(f"takes 'auto' or a positive number: {e}") from None
+        raise argparse.ArgumentTypeError(f"takes 'auto' or a number >= 1: {e}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"takes 'auto' or a number >= 1 (it extends the context), got {text}")
+    return value
+
+
+def parse_betas(text):
+    try:
+        betas = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes comma-separated numbers, got {text!r}") from None
+    if not betas:
+        raise argparse.ArgumentTypeError("takes at least one number")
+    return betas
 
 
 def main():
@@ -346,10 +500,20 @@ def main():
     parser.add_argument("--lengths", type=parse_lengths, default=None,
                         help="comma-separated eval lengths (default: 1x,2x,4x,8x the training block size)")
     parser.add_argument("--rope-scaling", default=",".join(SCALINGS),
-                        help="comma-separated variants rope runs are evaluated as: none (plain RoPE), linear"
-                             " (position interpolation), ntk (default: all three)")
+                        help="comma-separated methods rope runs are evaluated with: none (plain RoPE), linear"
+                             " (position interpolation), ntk, dynamic-ntk, yarn (default: all)")
     parser.add_argument("--rope-scaling-factor", type=parse_factor, default=None, metavar="F",
-                        help="scaling factor s, or 'auto' for s = length / block size at each length (default: auto)")
+                        help="scaling factor s >= 1 of the static methods, or 'auto' for s = length / block size at"
+                             " each length (default: auto)")
+    parser.add_argument("--yarn-beta", type=parse_betas, default=list(YARN_BETAS), metavar="B[,B...]",
+                        help="YaRN's beta, one yarn row each: pairs making more turns than beta over the training"
+                             f" length are left alone (default: {','.join(f'{b:g}' for b in YARN_BETAS)}: the"
+                             " paper's, set for 4096 tokens, and one for 64)")
+    parser.add_argument("--yarn-alpha", type=float, default=YARN_ALPHA,
+                        help=f"YaRN's alpha: pairs making fewer turns are interpolated fully (default: {YARN_ALPHA:g})")
+    parser.add_argument("--sliding-stride", type=positive(int), default=None, metavar="S",
+                        help="the sliding-window baseline's stride: each window of block size scores its last S"
+                             " positions (default: block size / 4)")
     parser.add_argument("--data-dir", default=None, help="prepared data (default: the one the runs were trained on)")
     parser.add_argument("--max-windows", type=positive(int), default=None,
                         help="evaluate at most this many evenly spaced windows per length (default: all of them,"
@@ -362,7 +526,8 @@ def main():
 
     scalings = [s.strip() for s in args.rope_scaling.split(",") if s.strip()]
     results = evaluate_runs(find_runs(args.runs), args.lengths, scalings, args.rope_scaling_factor, args.data_dir,
-                            args.max_windows, args.device, progress=args.progress)
+                            args.max_windows, args.device, progress=args.progress, yarn_betas=args.yarn_beta,
+                            yarn_alpha=args.yarn_alpha, sliding_stride=args.sliding_stride)
     print(format_table(results))
     for path in write_outputs(results, args.plots_dir, args.out_json):
         print(f"wrote {path}")

@@ -35,11 +35,15 @@ class GPTConfig:
     pos_encoding: str = "rope"  # a key of POS_ENCODINGS
     rope_theta: float = 10000.0  # RoPE base: theta_i = rope_theta^(-2(i-1)/d)
     sinusoidal_scale: bool = True  # sinusoidal: token embeddings times sqrt(n_embd), as in the paper
-    # RoPE context extension at evaluation time (models are trained with "none"):
-    # "linear" divides positions by the factor (position interpolation, Chen et al. 2023),
-    # "ntk" raises the base to theta * factor^(d/(d-2)) (NTK-aware scaling)
+    # RoPE context extension by a factor s, at evaluation time or for a fine-tune at a longer length:
+    # "linear" divides positions by s (position interpolation, Chen et al. 2023),
+    # "ntk" raises the base to theta * s^(d/(d-2)) (NTK-aware scaling),
+    # "yarn" interpolates only the slow pairs and sharpens attention (NTK-by-parts, Peng et al. 2023)
     rope_scaling: str = "none"
     rope_scaling_factor: float = 1.0
+    yarn_alpha: float = 1.0  # YaRN: pairs turning fewer than alpha times over the original length: interpolated
+    yarn_beta: float = 32.0  # ... more than beta times: left alone; a linear ramp in between
+    rope_original_length: int = 0  # the length the scaling extends from (YaRN's L); 0: block_size
 
     def __post_init__(self):
         if self.pos_encoding not in POS_ENCODINGS:
@@ -62,14 +66,26 @@ class GPTConfig:
 
 def precompute_theta_pos_frequencies(head_dim, seq_len, theta=10000.0, device=None, position_scale=1.0):
     """Complex rotations e^(i * m * theta_j), shape (seq_len, head_dim // 2).
-    position_scale < 1 squeezes positions (m -> m * position_scale), as position interpolation does."""
+    position_scale < 1 squeezes positions (m -> m * position_scale), as position interpolation
+    does; a tensor of head_dim // 2 values squeezes each pair by its own (YaRN)."""
     assert head_dim % 2 == 0, "RoPE rotates pairs of channels: head_dim must be even"
-    # theta_j = theta^(-2(j-1)/d) for j = 1 .. d/2
     # computed in float64 on the CPU (Apple's mps has no float64), then moved
-    theta_j = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
-    m = torch.arange(seq_len, dtype=torch.float64) * position_scale
-    angles = torch.outer(m, theta_j)  # (seq_len, head_dim/2): m * theta_j
+    m = torch.arange(seq_len, dtype=torch.float64)
+    angles = torch.outer(m, rope_frequencies(head_dim, theta)) * position_scale  # (seq_len, head_dim/2)
     return torch.polar(torch.ones_like(angles), angles).to(torch.complex64).to(device)
+
+
+def rope_frequencies(head_dim, theta=10000.0):
+    """theta_j = theta^(-2(j-1)/d) for j = 1 .. d/2, float64: radians per position of each pair."""
+    return theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+
+
+def yarn_ramp(head_dim, theta, length, alpha, beta):
+    """YaRN's gamma per pair: with r = length / wavelength the turns a pair makes over the
+    original length, 0 (interpolate fully) for r < alpha, 1 (leave alone) for r > beta,
+    linear in r between."""
+    turns = length * rope_frequencies(head_dim, theta) / (2 * math.pi)
+    return ((turns - alpha) / (beta - alpha)).clamp(0.0, 1.0)
 
 
 def apply_rotary_embeddings(x, freqs_complex):
@@ -157,14 +173,21 @@ class RotaryPositionalEncoding(PositionalEncoding):
     position parameters.
     """
 
-    options = ("rope_theta",)
+    options = ("rope_theta", "rope_scaling", "rope_scaling_factor", "yarn_alpha", "yarn_beta",
+               "rope_original_length")
 
     def __init__(self, config):
         super().__init__(config)
         self.head_dim = config.head_dim
-        d, s = config.head_dim, config.rope_scaling_factor
-        self.theta = config.rope_theta * (s ** (d / (d - 2)) if config.rope_scaling == "ntk" else 1.0)
-        self.position_scale = 1.0 / s if config.rope_scaling == "linear" else 1.0
+        d, s, kind = config.head_dim, config.rope_scaling_factor, config.rope_scaling
+        self.theta = config.rope_theta * (s ** (d / (d - 2)) if kind == "ntk" else 1.0)
+        self.position_scale = 1.0 / s if kind == "linear" else 1.0
+        self.attn_factor = 1.0  # multiplies q and k: the attention logits by its square
+        if kind == "yarn":
+            gamma = yarn_ramp(d, config.rope_theta, config.rope_original_length or config.block_size,
+                              config.yarn_alpha, config.yarn_beta)
+            self.position_scale = (1.0 - gamma) / s + gamma  # per pair: 1/s where gamma = 0, 1 where gamma = 1
+            self.attn_factor = 0.1 * math.log(s) + 1.0  # the paper's sqrt(1/t)
         self.register_buffer("freqs", torch.empty(0, dtype=torch.complex64), persistent=False)
 
     @staticmethod
@@ -175,10 +198,16 @@ class RotaryPositionalEncoding(PositionalEncoding):
             )
         if not config.rope_theta > 1:  # theta_i = rope_theta^(-2(i-1)/d): 1 gives every pair one frequency
             raise ValueError(f"rope_theta must be greater than 1, got {config.rope_theta}")
-        if config.rope_scaling not in ("none", "linear", "ntk"):
-            raise ValueError(f"rope_scaling must be none, linear or ntk, got {config.rope_scaling!r}")
-        if config.rope_scaling_factor <= 0:
-            raise ValueError(f"rope_scaling_factor must be positive, got {config.rope_scaling_factor}")
+        if config.rope_scaling not in ("none", "linear", "ntk", "yarn"):
+            raise ValueError(f"rope_scaling must be none, linear, ntk or yarn, got {config.rope_scaling!r}")
+        if not config.rope_scaling_factor >= 1:
+            raise ValueError(f"rope_scaling_factor must be at least 1 (it extends the context), got"
+                             f" {config.rope_scaling_factor}")
+        if not 0 <= config.yarn_alpha < config.yarn_beta:
+            raise ValueError(f"yarn_alpha and yarn_beta need 0 <= alpha < beta, got {config.yarn_alpha} and"
+                             f" {config.yarn_beta}")
+        if config.rope_original_length < 0:
+            raise ValueError(f"rope_original_length must not be negative, got {config.rope_original_length}")
 
     def rotate(self, q, k, pos):
         if self.freqs.shape[0] < pos.stop or self.freqs.device != q.device:
@@ -186,7 +215,10 @@ class RotaryPositionalEncoding(PositionalEncoding):
                 self.freqs = precompute_theta_pos_frequencies(
                     self.head_dim, max(pos.stop, 2 * self.freqs.shape[0]), self.theta, q.device, self.position_scale)
         freqs = self.freqs[pos.start:pos.stop]  # (T, head_dim/2)
-        return apply_rotary_embeddings(q, freqs), apply_rotary_embeddings(k, freqs)
+        q, k = apply_rotary_embeddings(q, freqs), apply_rotary_embeddings(k, freqs)
+        if self.attn_factor != 1.0:
+            q, k = q * self.attn_factor, k * self.attn_factor
+        return q, k
 
 
 @register("sinusoidal")
@@ -291,12 +323,27 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, pos_enc, pos, bias, cache=None):
+    def qkv(self, x, pos_enc, pos):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         # (B, T, C) -> (B, n_head, T, head_dim)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         q, k = pos_enc.rotate(q, k, pos)  # RoPE acts here: on q and k only, never on v
+        return q, k, v
+
+    def attention_weights(self, x, pos_enc, pos, bias):
+        """The attention weights (B, n_head, T, T) that forward() applies to the values, for
+        analysis (scaled_dot_product_attention does not return them). Without a cache."""
+        q, k, _ = self.qkv(x, pos_enc, pos)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))
+        if bias is None:  # the bias holds the causal mask; without one, mask here
+            bias = torch.zeros(q.size(2), k.size(2), device=x.device).masked_fill(
+                torch.ones(q.size(2), k.size(2), dtype=torch.bool, device=x.device).triu(1), float("-inf"))
+        return torch.softmax(scores + bias, dim=-1)
+
+    def forward(self, x, pos_enc, pos, bias, cache=None):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x, pos_enc, pos)
         if cache is not None:  # attend to the cached tokens too
             k, v = cache.append(self.layer, k, v, pos)
         dropout = self.dropout if self.training else 0.0

@@ -22,7 +22,7 @@ import sys
 import time
 import typing
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 try:
@@ -59,6 +59,16 @@ class TrainConfig:
     dropout: float = option(0.0, "dropout probability (0 for small data / short runs)")
     bias: bool = option(False, "biases in Linear and LayerNorm layers")
     rope_theta: float = option(10000.0, "RoPE base theta, above 1 (only for --pos-encoding rope)")
+    rope_scaling: str = option("none", "RoPE context extension: none, linear (position interpolation), ntk"
+                                       " (NTK-aware base), yarn (NTK-by-parts + temperature); for a fine-tune at a"
+                                       " longer --block-size with --init-from (only for rope)")
+    rope_scaling_factor: float = option(1.0, "the factor s >= 1 the RoPE scaling extends the context by (only for"
+                                             " rope)")
+    yarn_alpha: float = option(1.0, "YaRN: pairs making fewer turns than this over the original length are"
+                                    " interpolated fully (only for rope)")
+    yarn_beta: float = option(32.0, "YaRN: pairs making more turns than this are left alone (only for rope)")
+    rope_original_length: int = option(0, "the length the RoPE scaling extends from, YaRN's L (0: the --init-from"
+                                          " run's block size, else block_size; only for rope)")
     sinusoidal_scale: bool = option(True, "scale the token embeddings by sqrt(n_embd) before adding the waves, as"
                                           " in the paper (only for --pos-encoding sinusoidal)")
     # optimisation
@@ -75,6 +85,8 @@ class TrainConfig:
     grad_clip: float = option(1.0, "clip the gradient norm to this (0: off)")
     # evaluation
     eval_interval: int = option(250, "evaluate train and val loss every this many steps (on the whole val split)")
+    init_from: str = option("", "fine-tune: start from the best weights (ckpt.pt) of this run directory, with a new"
+                                " optimizer; the model's shape must match it, --block-size may grow (not for learned)")
     # system
     seed: int = option(1337, "seeds data order, initial weights and dropout")
     device: str = option("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
@@ -104,11 +116,9 @@ class TrainConfig:
             self.run_name = f"{self.pos_encoding}_seed{self.seed}"
 
     def model_config(self, vocab_size):
-        try:
-            return GPTConfig(vocab_size=vocab_size, block_size=self.block_size, n_layer=self.n_layer,
-                             n_head=self.n_head, n_embd=self.n_embd, dropout=self.dropout, bias=self.bias,
-                             pos_encoding=self.pos_encoding, rope_theta=self.rope_theta,
-                             sinusoidal_scale=self.sinusoidal_scale)
+        try:  # every model setting has a TrainConfig field of the same name
+            return GPTConfig(vocab_size=vocab_size, **{f.name: getattr(self, f.name) for f in fields(GPTConfig)
+                                                       if f.name != "vocab_size"})
         except ValueError as e:
             raise UserError(str(e)) from None
 
@@ -454,6 +464,30 @@ def metrics_before(path, step):
     return [r for r in read_metrics(path) if int(r["step"]) < step]
 
 
+SHAPE = ("n_layer", "n_head", "n_embd", "bias", "pos_encoding")  # what --init-from's weights fix
+
+
+def start_weights(cfg, meta):
+    """For --init-from: the weights to start from (the run's best, ckpt.pt), after checking they fit
+    cfg, and cfg with YaRN's original length filled in. (cfg, None) without --init-from."""
+    if not cfg.init_from:
+        return cfg, None
+    src = Path(cfg.init_from)
+    ckpt = load_checkpoint(src / "ckpt.pt")
+    if ckpt["vocab"] != meta["chars"]:
+        raise UserError(f"--init-from: {src} was trained on another vocabulary than {cfg.data_dir}")
+    args = ckpt["model_args"]
+    differ = [f"{k} {args[k]}, not {getattr(cfg, k)}" for k in SHAPE if args[k] != getattr(cfg, k)]
+    if differ:
+        raise UserError(f"--init-from: {src} has another model ({'; '.join(differ)}); give the same settings")
+    if cfg.pos_encoding == "learned" and cfg.block_size != args["block_size"]:
+        raise UserError(f"--init-from: {src} has a learned table of {args['block_size']} positions; a fine-tune"
+                        f" of it keeps --block-size {args['block_size']}")
+    if cfg.rope_scaling == "yarn" and not cfg.rope_original_length:
+        cfg = replace(cfg, rope_original_length=args["block_size"])
+    return cfg, ckpt["model"]
+
+
 def train(cfg: TrainConfig, resume=False, overwrite=False, bar_position=None):
     """Train one model; returns the summary dict also written to summary.json (None on torchrun
     ranks other than 0). bar_position: the progress bar's line when several runs train side by
@@ -468,7 +502,10 @@ def _train(cfg, resume, overwrite, bar_position):
     t_start = time.time()
     keep_freed_memory()  # no page faults for each step's activations (4-6% faster CPU-config steps)
     meta = load_meta(cfg.data_dir)
+    cfg, weights = start_weights(cfg, meta)
     trainer = Trainer(cfg, meta["vocab_size"], pick_device(cfg.device))
+    if weights is not None and not resume:  # (a resumed run has its own weights in last.pt)
+        trainer.model.load_state_dict(weights)
     dist, model = trainer.dist, trainer.model
     master = dist.master  # only rank 0 logs and writes files
     run_dir = Path(cfg.out_dir) / cfg.run_name

@@ -247,10 +247,14 @@ def test_compare_extrapolate_writes_the_study(workspace, tmp_path):
     args = ["--data-dir", workspace / "data", "--out-dir", tmp_path / "out", "--plots-dir", tmp_path / "plots",
             "--pos-encodings", "rope,learned", "--seeds", "1,2", "--sample-tokens", 20, "--extrapolate", *TINY_FLAGS]
     run("compare.py", *args)
-    for name in ("extrapolation.png", "loss_by_position.png", "rope_decay.png", "train_loss.png"):
+    for name in ("extrapolation.png", "loss_by_position.png", "rope_decay.png", "train_loss.png",
+                 "attention_distance.png", "copy_probe.png"):
         assert (tmp_path / "plots" / name).read_bytes().startswith(PNG_MAGIC), name
     results = (tmp_path / "plots" / "results.md").read_text()
     assert "## Length extrapolation" in results and "n/a" in results  # learned past its table
+    assert "## How far back the models read" in results and "| learned | whole 2n | " in results
+    probes = json.loads((tmp_path / "plots" / "probes.json").read_text())
+    assert [row["label"] for row in probes["rows"]] == ["RoPE", "learned"] and probes["periods"] == [16, 32, 48, 96, 192]
     study = json.loads((tmp_path / "plots" / "extrapolation.json").read_text())
     assert study  # written by evaluate.py's write_outputs
     rows = [ln for ln in results.splitlines() if ln.startswith("| RoPE |")][:1]

@@ -78,7 +78,9 @@ def test_every_model_is_evaluated_on_the_same_windows_covering_the_split(results
 
 
 def test_rows_and_the_loss_matches_the_models_own_loss(results, runs, data_dir):
-    assert [row["name"] for row in results["rows"]] == ["rope", "rope+linear", "rope+ntk", "learned"]
+    assert [row["name"] for row in results["rows"]] == [
+        "rope", "rope+linear", "rope+ntk", "rope+dynamic-ntk", "rope+yarn-b32", "rope+yarn-b8", "rope+sliding",
+        "learned", "learned+sliding"]
     # recompute one number independently, with the model's own mean cross-entropy
     ckpt = load_checkpoint(runs / "rope_seed1" / "ckpt.pt")
     w = eval_windows(load_tokens(data_dir, "val"), 32)
@@ -95,12 +97,15 @@ def test_learned_is_na_past_its_table_with_a_reason(results):
         assert learned[length]["reason"] == "learned table has 16 positions"
     table = format_table(results)
     assert "n/a" in table and "learned table has 16 positions" in table
+    # its sliding window reads any length
+    sliding = rows(results)["learned+sliding"]
+    assert sliding[16]["loss"] == learned[16]["loss"] and sliding[64]["past"] > 0
 
 
 def test_rope_scaling_is_the_unscaled_model_at_factor_one(results, runs):
     r = rows(results)
     # auto factor: s = L / block_size, so 1 at 1x and the same loss, bit for bit
-    for variant in ("rope+linear", "rope+ntk"):
+    for variant in ("rope+linear", "rope+ntk", "rope+yarn-b32", "rope+yarn-b8"):
         assert r[variant][16]["factor"] == 1.0 and r[variant][64]["factor"] == 4.0
         assert r[variant][16]["run_losses"] == r["rope"][16]["run_losses"]
         assert r[variant][64]["loss"] != r["rope"][64]["loss"]  # and scaling really acts past 1x
@@ -142,13 +147,15 @@ def test_cli_default_lengths_and_outputs(runs, data_dir, tmp_path):
     assert out["lengths"] == [16, 32, 64, 128]  # 1x, 2x, 4x, 8x the block size
     n_val = len(load_tokens(data_dir, "val"))
     assert [w["count"] for w in out["windows"]] == [min(20, (n_val - 1) // L) for L in (16, 32, 64, 128)]
-    assert [row["name"] for row in out["rows"]] == ["rope", "rope+ntk", "learned"]
+    assert [row["name"] for row in out["rows"]] == ["rope", "rope+ntk", "rope+sliding", "learned", "learned+sliding"]
     assert len(out["rows"][0]["runs"]) == 2  # both rope seeds found under the folder
     for name in ("extrapolation.png", "loss_by_position.png"):
         assert (tmp_path / name).read_bytes()[:8] == PNG_MAGIC
 
-    proc = run("evaluate.py", runs, "--rope-scaling", "yarn", "--data-dir", data_dir, check=False)
-    assert proc.returncode == 2 and "unknown rope scaling yarn" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run("evaluate.py", runs, "--rope-scaling", "longrope", "--data-dir", data_dir, check=False)
+    assert proc.returncode == 2 and "unknown rope scaling longrope" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run("evaluate.py", runs, "--rope-scaling", "yarn", "--yarn-beta", "1", "--data-dir", data_dir, check=False)
+    assert proc.returncode == 2 and "YaRN needs 0 <= alpha < beta, got alpha 1 and beta 1" in proc.stderr
 
 
 def test_user_errors(runs, data_dir):
@@ -161,8 +168,8 @@ def test_user_errors(runs, data_dir):
 def test_scaling_factor_flag():
     assert parse_factor("auto") is None and parse_factor("2.5") == 2.5
     for text, message in [("0", "must be positive, got 0"), ("nan", "must be a finite number, got nan"),
-                          ("inf", "must be a finite number, got inf"),
-                          ("two", "takes 'auto' or a positive number: invalid float value: 'two'")]:
+                          ("inf", "must be a finite number, got inf"), ("0.5", r"a number >= 1 \(it extends"),
+                          ("two", "takes 'auto' or a number >= 1: invalid float value: 'two'")]:
         with pytest.raises(argparse.ArgumentTypeError, match=message):
             parse_factor(text)
 
