@@ -26,7 +26,8 @@ each with factor s = L / block_size (or --rope-scaling-factor):
   linear       position interpolation (Chen et al. 2023): positions divided by s
   ntk          NTK-aware scaling: base theta * s^(d/(d-2))
   dynamic-ntk  NTK with the factor of each position p: the smallest power of two >= (p+1) /
-               block_size (1 inside the training length). A causal model's loss at p depends only
+               block_size (1 inside the training length; steps of 2, where Peng et al. use
+               s = (p+1) / block_size itself, and a KV cache would keep keys rotated with older bases). A causal model's loss at p depends only
                on tokens <= p, so this row is assembled exactly from static NTK passes at
                s = 1, 2, 4, ...
   yarn         NTK-by-parts + temperature (Peng et al. 2023), one row per --yarn-beta: a pair
@@ -120,16 +121,30 @@ def sliding_window_losses(model, tokens, block, stride, batch_tokens=BATCH_TOKEN
     starts = list(range(0, n - block, stride))
     if starts[-1] != n - block - 1:
         starts.append(n - block - 1)
+    if len(starts) < 2:
+        raise UserError(f"the text has {n} tokens, too few for sliding windows of {block} with stride {stride}")
     starts = torch.tensor(starts)
     windows = rows[:, starts[:, None] + torch.arange(block + 1)]  # (rows, n_windows, block + 1)
     losses = token_losses(model, windows.flatten(0, 1), batch_tokens).view(len(rows), len(starts), block)
     targets = starts[:, None] + torch.arange(1, block + 1)  # position p of a window predicts start + p + 1
     keep = torch.zeros_like(targets, dtype=torch.bool)
     keep[:-1, block - stride:] = True
-    keep[-1, block - (starts[-1] - starts[-2] if len(starts) > 1 else block):] = True  # the last: only new targets
+    keep[-1, block - (starts[-1] - starts[-2]):] = True  # the last: only the targets the others left
     out = torch.full(rows.shape, float("nan"), dtype=torch.float64)
     out[:, targets[keep]] = losses[:, keep]
     return out.view(tokens.shape)
+
+
+def default_stride(block):
+    """The sliding window's default stride: contexts of 3/4 to all of block, where the per-position loss is flat."""
+    return max(1, block // 4)
+
+
+def sliding_baseline(head, sliding, targets, block):
+    """Per-position curve of the sliding-window baseline on windows whose targets are `targets`
+    (n, L): before position block, `head` (the model's own per-position loss there: the window
+    is within its training length); from block on, the mean sliding-window loss of those targets."""
+    return torch.cat([head[:min(len(head), block)], sliding[targets[:, block:]].mean(0)])
 
 
 def dynamic_factor(position, block):
@@ -166,7 +181,7 @@ def row_label(variant_label, key, scaling, extra, scaling_factor, block_size):
     if scaling == "none":
         return variant_label
     if scaling == "dynamic-ntk":
-        return f"{variant_label} + dynamic NTK"
+        return f"{variant_label} + dynamic NTK (s = 2^k)"
     s = f"L/{block_size}" if scaling_factor is None else f"{scaling_factor:g}"
     what = SCALING_LABELS[scaling]
     if scaling == "yarn":
@@ -230,7 +245,7 @@ def evaluate_runs(run_dirs, lengths=None, scalings=SCALINGS, scaling_factor=None
     device = pick_device(device)
     ckpts = [load_checkpoint(r / "ckpt.pt", "cpu") for r in run_dirs]
     block = check_runs(ckpts)
-    stride = sliding_stride or max(1, block // 4)
+    stride = sliding_stride or default_stride(block)
     configs = [read_config(r) for r in run_dirs]
     groups = group_variants(configs)  # runs that differ only in the seed are averaged into one row
     labels = variant_labels(configs, groups)
@@ -250,10 +265,12 @@ def evaluate_runs(run_dirs, lengths=None, scalings=SCALINGS, scaling_factor=None
 
     plan = {}  # (run, length) -> [(row key, rope_scaling, overrides, factor or "dynamic")]
     for i, c in enumerate(configs):
+        # a run trained with a RoPE scaling (a fine-tune) is read only as it was trained
+        encoding = c["pos_encoding"] if c.get("rope_scaling", "none") == "none" else "rope, scaled"
         for L in lengths:
             plan[i, L] = [(key, scaling, extra, "dynamic" if scaling == "dynamic-ntk" else
                            (scaling_factor or auto_factor(L, block)) if scaling != "none" else None)
-                          for key, scaling, extra in methods_of(c["pos_encoding"], scalings, yarn_betas, yarn_alpha)]
+                          for key, scaling, extra in methods_of(encoding, scalings, yarn_betas, yarn_alpha)]
     passes = {}  # (run, length, scaling, overrides, factor) -> per-position losses, or the n/a reason
 
     def static(i, L, scaling="none", extra=None, factor=None):
@@ -291,7 +308,7 @@ def evaluate_runs(run_dirs, lengths=None, scalings=SCALINGS, scaling_factor=None
             # that), later ones from the sliding window, on the same targets
             head = (loss_by_position(plain_model, windows[L][:, :block + 1], batch_tokens) if L > block
                     else static(i, L))
-            curve = torch.cat([head[:min(L, block)], sliding[targets[L][:, block:]].mean(0)])
+            curve = sliding_baseline(head, sliding, targets[L], block)
             row = per_row.setdefault((variant_of[i], "sliding"), {"scaling": "sliding", "extra": {}, "items": {}})
             row["items"].setdefault(L, []).append((i, curve, None))
             bar.update(1)

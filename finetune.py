@@ -37,7 +37,7 @@ from tqdm import tqdm  # noqa: E402
 from common import (UserError, atomic_write, build_model, eval_windows, load_checkpoint, load_tokens,  # noqa: E402
                     pick_device, positive, run_cli, write_json, write_text)
 from compare import make_configs, parse_seeds, train_runs  # noqa: E402
-from evaluate import loss_by_position, sliding_window_losses  # noqa: E402
+from evaluate import default_stride, loss_by_position, sliding_baseline, sliding_window_losses  # noqa: E402
 from train import add_config_flags, build_parser, config_from_args  # noqa: E402
 
 FINETUNE = dict(max_iters=200, warmup_iters=20, learning_rate=1e-4, min_lr=1e-4, lr_decay_iters=0, eval_interval=50)
@@ -71,6 +71,7 @@ def finetune_configs(args, seeds, methods, factor, scratch_seeds):
     block = base[0].block_size * factor
     tunes = [(m, config_from_args(args, pos_encoding="rope", seed=b.seed, block_size=block, **FINETUNE,
                                   **method_settings(m, factor), init_from=str(Path(b.out_dir) / b.run_name),
+                                  rope_original_length=b.block_size if m.startswith("yarn") else 0,
                                   run_name=f"{group}/rope-ft{factor}x-{m}_seed{b.seed}"))
              for m in methods for b in base]
     scratch = [config_from_args(args, pos_encoding="rope", seed=s, block_size=block,
@@ -113,9 +114,9 @@ def measure(base, tunes, scratch, factor, device, progress=True):
         c = curves(run_dir, windows, device)
         add("plain", f"RoPE trained on {block}, no fine-tune", c)
         model = build_model(load_checkpoint(run_dir / "ckpt.pt"), device)
-        sliding = sliding_window_losses(model, tokens, block, max(1, block // 4))
+        sliding = sliding_window_losses(model, tokens, block, default_stride(block))
         add("sliding", f"the same, sliding window of {block} (the baseline)",
-            {L: torch.cat([c[L][:block], sliding[targets[L][:, block:]].mean(0)]) for L in lengths})
+            {L: sliding_baseline(c[L], sliding, targets[L], block) for L in lengths})
         bar.update(1)
     for method, cfg in tunes:
         add(method, f"fine-tuned at {long}: {method_label(method)}", curves(Path(cfg.out_dir) / cfg.run_name,

@@ -19,7 +19,7 @@ matplotlib.use("Agg")  # files only, no window
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from common import ArgumentParser, UserError, atomic_write, read_metrics, run_cli  # noqa: E402
+from common import ArgumentParser, UserError, atomic_write, load_meta, read_metrics, run_cli  # noqa: E402
 from runs import COLORS, find_runs, group_variants, read_config, variant_labels  # noqa: E402
 
 LINESTYLES = ["-", "--", ":", "-."]  # the variants of one encoding, in order
@@ -56,6 +56,22 @@ def variant_styles(configs, groups):
     return styles
 
 
+def x_name(x):
+    return "step" if x == "step" else "second"
+
+
+def tokens_per_epoch(configs):
+    """(train tokens, tokens per step) if every run shares them, else None."""
+    per_step = {c["batch_size"] * c["block_size"] * c["gradient_accumulation_steps"] for c in configs}
+    dirs = {c["data_dir"] for c in configs}
+    if len(per_step) > 1 or len(dirs) > 1:
+        return None
+    try:
+        return load_meta(dirs.pop())["train_tokens"], per_step.pop()
+    except UserError:  # the data is not on this machine: no epoch axis
+        return None
+
+
 def plot_split(runs, split, path, x="step"):
     """One line per variant (mean over its seeds, min-max band), loss against steps or, with
     x="train_s", against the seconds spent in training steps (evaluation excluded)."""
@@ -68,10 +84,20 @@ def plot_split(runs, split, path, x="step"):
         ax.plot(xs, mean, color=color, linestyle=dash, label=label, marker="o", markersize=3)
         if len(idx) > 1:
             ax.fill_between(xs, low, high, color=color, alpha=0.15, linewidth=0)
+        if split == "val":  # where the val curve bottoms out: overfitting starts after it
+            best = int(np.argmin(mean))
+            ax.plot(xs[best], mean[best], marker="*", markersize=13, color=color, markeredgecolor="black",
+                    linestyle="none", label=f"   its minimum, {mean[best]:.4f} at {x_name(x)} {xs[best]:,.0f}")
     ax.set_xlabel("step" if x == "step" else "seconds of training (mean over seeds; evaluation excluded)")
+    epoch_tokens = tokens_per_epoch(configs)
+    if x == "step" and epoch_tokens:  # data passes on top: what overfitting depends on
+        per_step = epoch_tokens[1] / epoch_tokens[0]
+        top = ax.secondary_xaxis("top", functions=(lambda s: s * per_step, lambda e: e / per_step))
+        top.set_xlabel("epochs (passes over the train split)", fontsize=8)
     ax.set_ylabel(f"{split} loss (cross-entropy, nats/char)")
     what = "the whole val split" if split == "val" else "a fixed sample of train windows"
-    ax.set_title(f"{split} loss by positional encoding, on {what}\n{describe_model(configs[0])}", fontsize=10)
+    ax.set_title(f"{split} loss by positional encoding, on {what}\n{describe_model(configs[0])}", fontsize=10,
+                 pad=6 + 16 * (x == "step" and epoch_tokens is not None))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8 if len(groups) > 5 else 10)
     # the first evaluation (~ln(vocab)) dwarfs the rest; zoom on the interesting range

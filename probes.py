@@ -13,8 +13,8 @@ Two probes of how far back a model reads, beside evaluate.py's losses:
                       join of two passages mid-word costs a few characters of loss by itself, so
                       also against a control: the second copy minus the same passage read after an
                       unrelated one of the same length (0: no copying at all).
-                      n in 16, 32, 48 (inside a 64 training length: the positive control) and 96,
-                      192 (beyond it). Two readings: the whole 2n characters at once, and the
+                      n in 16, 32, 48 (a copy n back is within a 64-character training window:
+                      the positive control) and 96, 192 (beyond it). Two readings: the whole 2n characters at once, and the
                       sliding window of evaluate.py (at most the last block_size characters), which
                       cannot see a copy more than block_size back -> copy_probe.png.
 
@@ -39,31 +39,32 @@ from tqdm import tqdm  # noqa: E402
 
 from common import (ArgumentParser, UserError, atomic_write, build_model, eval_windows, load_checkpoint,  # noqa: E402
                     load_tokens, pick_device, positive, run_cli, write_json)
-from evaluate import check_runs, position_limit, resolve_data_dir, sliding_window_losses, token_losses  # noqa: E402
+from evaluate import (check_runs, default_stride, position_limit, resolve_data_dir,  # noqa: E402
+                      sliding_window_losses, token_losses)
 from runs import COLORS, find_runs, group_variants, read_config, variant_labels  # noqa: E402
 
 MULTIPLES = (1, 4)  # attention at 1x and 4x the training length
 PERIODS = (16, 32, 48, 96, 192)
-PASSAGES = 200
-ATTENTION_WINDOWS = 64  # windows per length for the attention statistics (evenly spread over val)
+PASSAGES = 100
+ATTENTION_WINDOWS = 32  # windows per length for the attention statistics (evenly spread over val)
 
 
 # --- attention ----------------------------------------------------------------
 
 
-def attention_stats(model, windows, batch=8):
+def attention_stats(model, windows, batch=16):
     """Attention-weighted mean distance and mean entropy per layer and head over all query
     positions of the windows (n, T): two tensors (n_layer, n_head), float64."""
     cfg = model.config
     T = windows.shape[1]
-    distance = (torch.arange(T)[:, None] - torch.arange(T)[None, :]).clamp(min=0).double()  # masked keys: weight 0
+    distance = (torch.arange(T)[:, None] - torch.arange(T)[None, :]).clamp(min=0).float()  # masked keys: weight 0
     sums = torch.zeros(2, cfg.n_layer, cfg.n_head, dtype=torch.float64)
 
     def grab(module, args):  # called with each attention layer's inputs: recompute its weights
         x, pos_enc, pos, bias = args[:4]
-        p = module.attention_weights(x, pos_enc, pos, bias).double().cpu()  # (B, n_head, T, T)
-        sums[0, module.layer] += (p * distance).sum(-1).sum((0, 2))
-        sums[1, module.layer] += -torch.special.xlogy(p, p).sum(-1).sum((0, 2))
+        p = module.attention_weights(x, pos_enc, pos, bias).float().cpu()  # (B, n_head, T, T)
+        sums[0, module.layer] += (p * distance).sum(-1).double().sum((0, 2))
+        sums[1, module.layer] += -torch.special.xlogy(p, p).sum(-1).double().sum((0, 2))
 
     hooks = [block.attn.register_forward_pre_hook(grab) for block in model.transformer.h]
     device = next(model.parameters()).device
@@ -134,7 +135,7 @@ def probe_runs(run_dirs, data_dir=None, device="cpu", periods=PERIODS, passages=
     device = pick_device(device)
     ckpts = [load_checkpoint(r / "ckpt.pt", "cpu") for r in run_dirs]
     block = check_runs(ckpts)
-    stride = sliding_stride or max(1, block // 4)
+    stride = sliding_stride or default_stride(block)
     configs = [read_config(r) for r in run_dirs]
     groups = group_variants(configs)
     labels = variant_labels(configs, groups)
@@ -247,9 +248,10 @@ def plot_attention(results, path):
                            label=f"{row['label']} ({len(values)} seed{'s' * (len(values) > 1)} x heads)")
                 ax.plot(layers + (k - (len(rows) - 1) / 2) * width, values.mean((0, 2)), "_", markersize=14,
                         color=COLORS.get(row["encoding"]))
-            ref = row["attention"][col][uniform]
-            ax.axhline(ref, color="gray", linestyle="--", linewidth=1, label="uniform causal attention")
-            ax.set_xticks(layers, [f"layer {i}" for i in layers])
+            ax.axhline(rows[0]["attention"][col][uniform], color="gray", linestyle="--", linewidth=1,
+                       label="uniform causal attention")
+            n_layer = max(len(np.array(r["attention"][col][key])[0]) for r in rows if "reason" not in r["attention"][col])
+            ax.set_xticks(range(n_layer), [f"layer {i}" for i in range(n_layer)])
             ax.set_ylabel(name)
             ax.set_title(f"windows of {T} ({T / results['block_size']:g}x the training length)", fontsize=10)
             ax.grid(alpha=0.3)

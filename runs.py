@@ -25,7 +25,8 @@ COLORS = {"rope": "tab:blue", "learned": "tab:orange", "none": "tab:green",
           "sinusoidal": "tab:red", "alibi": "tab:purple"}
 LABELS = {"rope": "RoPE", "learned": "learned", "none": "none", "sinusoidal": "sinusoidal", "alibi": "ALiBi"}
 
-PER_SEED = ("seed", "run_name", "out_dir", "progress", "device", "compile", "provenance")  # not part of a variant
+# not part of a variant (a fine-tune's init_from names its seed's run)
+PER_SEED = ("seed", "run_name", "out_dir", "progress", "device", "compile", "provenance", "init_from")
 SHORT = {"learning_rate": "lr"}  # in run names and labels
 
 

@@ -86,7 +86,8 @@ class TrainConfig:
     # evaluation
     eval_interval: int = option(250, "evaluate train and val loss every this many steps (on the whole val split)")
     init_from: str = option("", "fine-tune: start from the best weights (ckpt.pt) of this run directory, with a new"
-                                " optimizer; the model's shape must match it, --block-size may grow (not for learned)")
+                                " optimizer; the model's shape must match it; --block-size may grow (not for learned),"
+                                " the RoPE settings may change")
     # system
     seed: int = option(1337, "seeds data order, initial weights and dropout")
     device: str = option("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
@@ -483,8 +484,8 @@ def start_weights(cfg, meta):
     if cfg.pos_encoding == "learned" and cfg.block_size != args["block_size"]:
         raise UserError(f"--init-from: {src} has a learned table of {args['block_size']} positions; a fine-tune"
                         f" of it keeps --block-size {args['block_size']}")
-    if cfg.rope_scaling == "yarn" and not cfg.rope_original_length:
-        cfg = replace(cfg, rope_original_length=args["block_size"])
+    if cfg.rope_scaling == "yarn" and not cfg.rope_original_length:  # the length the source was first trained at
+        cfg = replace(cfg, rope_original_length=args.get("rope_original_length") or args["block_size"])
     return cfg, ckpt["model"]
 
 

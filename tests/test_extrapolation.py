@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from common import load_checkpoint, load_tokens
+from common import build_model, eval_windows, load_checkpoint, load_tokens
 from conftest import TINY, TINY_FLAGS, run
-from evaluate import dynamic_factor, evaluate_runs, sliding_window_losses
+from evaluate import dynamic_factor, evaluate_runs, loss_by_position, sliding_window_losses
 from model import GPT, GPTConfig, RotaryPositionalEncoding, apply_rotary_embeddings, precompute_theta_pos_frequencies
 from probes import attention_stats, copy_gain, copy_sequences, uniform_reference
 
@@ -63,6 +63,18 @@ def test_yarn_with_the_papers_beta_interpolates_every_pair_here():
     gamma = yarn_ramp(32, 10000.0, 64, 1.0, 32.0)
     assert (gamma < 1).all() and gamma[0] == pytest.approx((64 / (2 * math.pi) - 1) / 31)
     assert int((yarn_ramp(32, 10000.0, 64, 1.0, 8.0) == 1).sum()) == 1  # beta 8 leaves the fastest pair alone
+
+
+def test_yarn_ramp_uses_the_original_length_not_the_new_block():
+    """A fine-tune at 64 of a model trained at 16: YaRN's r counts turns over 16 positions."""
+    fine_tune = RotaryPositionalEncoding(GPTConfig(n_embd=32, n_head=2, block_size=64, rope_scaling="yarn",
+                                                   rope_scaling_factor=4.0, yarn_beta=8.0, rope_original_length=16))
+    at_16 = RotaryPositionalEncoding(GPTConfig(n_embd=32, n_head=2, block_size=16, rope_scaling="yarn",
+                                               rope_scaling_factor=4.0, yarn_beta=8.0))
+    at_64 = RotaryPositionalEncoding(GPTConfig(n_embd=32, n_head=2, block_size=64, rope_scaling="yarn",
+                                               rope_scaling_factor=4.0, yarn_beta=8.0))
+    assert torch.equal(fine_tune.position_scale, at_16.position_scale)
+    assert not torch.equal(fine_tune.position_scale, at_64.position_scale)
 
 
 def test_yarn_at_factor_one_is_plain_rope_and_its_temperature_is_one():
@@ -136,8 +148,6 @@ def test_dynamic_ntk_is_the_static_pass_at_each_positions_factor(rope_run, data_
     plain = rows["rope"]["loss_by_position"]
     assert dynamic[:BLOCK] == plain[:BLOCK]  # factor 1 inside the training length
     # the reference: for each position, a model with static NTK at that position's factor
-    from evaluate import eval_windows, loss_by_position
-    from common import build_model
     ckpt = load_checkpoint(rope_run / "ckpt.pt")
     windows = eval_windows(load_tokens(data_dir, "val"), 4 * BLOCK, 20)
     static = {s: loss_by_position(build_model(ckpt, rope_scaling="ntk", rope_scaling_factor=float(s)), windows)
@@ -145,10 +155,19 @@ def test_dynamic_ntk_is_the_static_pass_at_each_positions_factor(rope_run, data_
     for p in (BLOCK, 2 * BLOCK - 1, 2 * BLOCK, 4 * BLOCK - 1):
         assert dynamic[p] == pytest.approx(static[dynamic_factor(p, BLOCK)][p].item(), abs=1e-6)
     # the sliding-window baseline: the plain model before position 16, then the same targets read from
-    # windows of 16; past-the-length means are the means over positions >= 16
-    sliding = rows["rope+sliding"]
-    assert sliding["loss_by_position"][:BLOCK] == pytest.approx(plain[:BLOCK], abs=1e-9)
-    assert sliding["past"] == pytest.approx(sum(sliding["loss_by_position"][BLOCK:]) / (3 * BLOCK))
+    # windows of 16. The targets, from the definition: the tiny val split has fewer than 20 windows of
+    # 64, so all of them, window k starting at k * 64; its position p predicts the token after start + p
+    tokens = load_tokens(data_dir, "val")
+    L = 4 * BLOCK
+    n = (len(tokens) - 1) // L
+    assert n < 20
+    starts = [k * L for k in range(n)]
+    per_token = sliding_window_losses(build_model(ckpt), tokens, BLOCK, BLOCK // 4)
+    curve = rows["rope+sliding"]["loss_by_position"]
+    for p in (BLOCK, 2 * BLOCK + 3, L - 1):
+        expected = sum(per_token[s + p + 1].item() for s in starts) / n
+        assert curve[p] == pytest.approx(expected, abs=1e-9)
+    assert curve[:BLOCK] == pytest.approx(plain[:BLOCK], abs=1e-9)
     assert rows["rope"]["past"] == pytest.approx(sum(plain[BLOCK:]) / (3 * BLOCK))
 
 
@@ -218,8 +237,8 @@ def test_uniform_attention_gives_the_reference_distance_and_entropy():
     distance, entropy = attention_stats(model, torch.randint(0, 20, (3, 16)))
     ref_distance, ref_entropy = uniform_reference(16)
     assert ref_distance == 15 / 4 and ref_entropy == pytest.approx(sum(math.log(i) for i in range(1, 17)) / 16)
-    torch.testing.assert_close(distance, torch.full((2, 2), ref_distance, dtype=torch.float64))
-    torch.testing.assert_close(entropy, torch.full((2, 2), ref_entropy, dtype=torch.float64))
+    torch.testing.assert_close(distance, torch.full((2, 2), ref_distance, dtype=torch.float64), atol=1e-5, rtol=0)
+    torch.testing.assert_close(entropy, torch.full((2, 2), ref_entropy, dtype=torch.float64), atol=1e-5, rtol=0)
 
 
 def test_copy_probe_sequences_and_what_it_compares():
@@ -261,5 +280,9 @@ def test_finetune_trains_from_the_base_runs_and_reports_every_row(data_dir, tmp_
         assert label in table and label in proc.stdout
     assert "at 32, positions >= 16" in table and "at 64, positions >= 32" in table
     assert (plots / "finetune.png").read_bytes()[:4] == b"\x89PNG"
+    again = run("finetune.py", "config/shakespeare_char_cpu.toml", "--data-dir", data_dir, "--out-dir", out,
+                "--plots-dir", plots, *TINY_FLAGS, "--seeds", "1", "--methods", "none,yarn-b8", "--factor", 2,
+                "--scratch-seeds", "1")
+    assert again.stdout.count("finished earlier, reusing it") == 4  # the base run, 2 fine-tunes, the scratch run
     proc = run("finetune.py", "config/shakespeare_char_cpu.toml", "--methods", "rope-pi", check=False)
     assert "unknown fine-tune method 'rope-pi'" in proc.stderr and "Traceback" not in proc.stderr
