@@ -36,6 +36,7 @@ from tqdm import tqdm  # noqa: E402
 
 from common import (UserError, atomic_write, build_model, eval_windows, load_checkpoint, load_tokens,  # noqa: E402
                     pick_device, positive, run_cli, write_json, write_text)
+from analysis import paired, verdict  # noqa: E402
 from compare import make_configs, parse_seeds, train_runs  # noqa: E402
 from evaluate import default_stride, loss_by_position, sliding_baseline, sliding_window_losses  # noqa: E402
 from train import add_config_flags, build_parser, config_from_args  # noqa: E402
@@ -86,8 +87,10 @@ def curves(run_dir, windows, device):
 
 
 def summarize(values):
-    return {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else None,
-            "runs": values}
+    """values: {seed: loss}."""
+    xs = list(values.values())
+    return {"mean": statistics.mean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else None,
+            "runs": {str(k): v for k, v in values.items()}}
 
 
 def measure(base, tunes, scratch, factor, device, progress=True):
@@ -104,33 +107,49 @@ def measure(base, tunes, scratch, factor, device, progress=True):
     rows = {}
     bar = tqdm(total=len(base) + len(tunes) + len(scratch), desc="finetune eval", disable=not progress)
 
-    def add(key, label, c):
-        row = rows.setdefault(key, {"label": label, "values": [[] for _ in columns]})
+    def add(key, label, seed, c):
+        row = rows.setdefault(key, {"label": label, "values": [{} for _ in columns]})
         for j, (_, L, start) in enumerate(columns):
-            row["values"][j].append(c[L][start:].mean().item())
+            row["values"][j][seed] = c[L][start:].mean().item()
 
     for cfg in base:
         run_dir = Path(cfg.out_dir) / cfg.run_name
         c = curves(run_dir, windows, device)
-        add("plain", f"RoPE trained on {block}, no fine-tune", c)
+        add("plain", f"RoPE trained on {block}, no fine-tune", cfg.seed, c)
         model = build_model(load_checkpoint(run_dir / "ckpt.pt"), device)
         sliding = sliding_window_losses(model, tokens, block, default_stride(block))
-        add("sliding", f"the same, sliding window of {block} (the baseline)",
+        add("sliding", f"the same, sliding window of {block} (the baseline)", cfg.seed,
             {L: sliding_baseline(c[L], sliding, targets[L], block) for L in lengths})
         bar.update(1)
     for method, cfg in tunes:
-        add(method, f"fine-tuned at {long}: {method_label(method)}", curves(Path(cfg.out_dir) / cfg.run_name,
+        add(method, f"fine-tuned at {long}: {method_label(method)}", cfg.seed, curves(Path(cfg.out_dir) / cfg.run_name,
                                                                         windows, device))
         bar.update(1)
     for cfg in scratch:
-        add("scratch", f"RoPE trained from scratch at {long} (the upper bound)",
-            curves(Path(cfg.out_dir) / cfg.run_name, windows, device))
+        add("scratch", f"RoPE trained from scratch at {long} ({factor}x the tokens of the others: an upper bound)",
+            cfg.seed, curves(Path(cfg.out_dir) / cfg.run_name, windows, device))
         bar.update(1)
     bar.close()
     names = [name.format(b=block, l=long, L=2 * long) for name, _, _ in columns]
     return {"block_size": block, "factor": factor, "finetune": FINETUNE, "columns": names,
             "rows": [{"key": k, "label": r["label"], "seeds": len(r["values"][0]),
                       "cells": [summarize(v) for v in r["values"]]} for k, r in rows.items()]}
+
+
+def differences(results, column=2):
+    """Markdown: each fine-tune minus the sliding-window baseline, paired by seed, in one column."""
+    rows = {r["key"]: r for r in results["rows"]}
+    base = rows["sliding"]["cells"][column]["runs"]
+    lines = [f"| a − the sliding window, {results['columns'][column]} | per seed | mean [95% CI] | same sign |",
+             "|---|---|---|---:|"]
+    for r in results["rows"]:
+        if r["key"] in ("sliding", "plain", "scratch"):
+            continue
+        d = paired(r["cells"][column]["runs"], base)
+        ci = "" if d["ci"] is None else f" [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}] ({verdict(d)})"
+        lines.append(f"| {r['label']} | {', '.join(f'{x:+.4f}' for x in d['diffs'])} | {d['mean']:+.4f}{ci} |"
+                     f" {d['agree']}/{len(d['diffs'])} |")
+    return "\n".join(lines)
 
 
 def format_table(results):
@@ -206,7 +225,7 @@ def main():
         results["best"] = best
     results["wall_s"] = round(time.time() - t0, 1)
     plots = Path(args.plots_dir)
-    table = format_table(results)
+    table = format_table(results) + "\n\n" + differences(results)
     command = "python " + " ".join(["finetune.py", *sys.argv[1:]])
     write_text(plots / "finetune.md", f"# Short fine-tunes at {args.factor}x the training length\n\n{table}\n\n"
                f"Val loss (nats/char) on non-overlapping windows of the val split; mean ± std over seeds."

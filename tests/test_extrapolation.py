@@ -276,7 +276,7 @@ def test_finetune_trains_from_the_base_runs_and_reports_every_row(data_dir, tmp_
     assert scratch["init_from"] == "" and scratch["max_iters"] == TINY["max_iters"]
     table = (plots / "finetune.md").read_text()
     for label in ("RoPE trained on 16, no fine-tune", "sliding window of 16", "fine-tuned at 32: plain RoPE",
-                  "fine-tuned at 32: YaRN β=8", "RoPE trained from scratch at 32"):
+                  "fine-tuned at 32: YaRN β=8", "RoPE trained from scratch at 32", "a − the sliding window"):
         assert label in table and label in proc.stdout
     assert "at 32, positions >= 16" in table and "at 64, positions >= 32" in table
     assert (plots / "finetune.png").read_bytes()[:4] == b"\x89PNG"
