@@ -59,6 +59,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from analysis import paired, verdict  # noqa: E402
 from common import (ArgumentParser, UserError, atomic_write, build_model, digest, eval_windows,  # noqa: E402
                     load_checkpoint, load_meta, load_tokens, pick_device, positive, run_cli, write_json)
 from plot import variant_styles  # noqa: E402
@@ -379,11 +380,41 @@ def format_table(results):
         widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
         text += ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
                  for line in lines] + [""]
+    text += differences_from_baseline(results)
     windows = ", ".join(f"{w['count']} at {w['length']}" for w in results["windows"])
     return "\n".join(text + notes + [
         f"(nats/char on the val split's {results['val_tokens']:,} tokens; mean ± std over seeds; windows:"
         f" {windows}; trained on {block}; sliding window: stride {results['sliding_stride']}, so"
         f" {block - results['sliding_stride'] + 1}-{block} characters of context)"])
+
+
+def differences_from_baseline(results):
+    """Lines of a table: each row minus its own model's sliding window at positions >= block_size,
+    paired by seed (the same runs, in the same order), mean [95% CI] and the verdict."""
+    block = results["block_size"]
+    baselines = {row["runs"][0]: row for row in results["rows"] if row["rope_scaling"] == "sliding"}
+    lengths = [L for L in results["lengths"] if L > block]
+    lines = [[f"minus its sliding window, positions >= {block}"] + [f"{L} ({L / block:g}x)" for L in lengths]]
+    for row in results["rows"]:
+        base = baselines.get(row["runs"][0])
+        if row["rope_scaling"] == "sliding" or base is None or len(row["runs"]) < 2:
+            continue
+        cells = []
+        for r, b in zip(row["results"], base["results"]):
+            if r["length"] not in lengths:
+                continue
+            if r["loss"] is None:
+                cells.append("n/a")
+                continue
+            d = paired(dict(enumerate(r["run_past"])), dict(enumerate(b["run_past"])))
+            cells.append(f"{d['mean']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}]"
+                         + ("" if verdict(d) != "undecided" else " ?"))
+        lines.append([row["label"]] + cells)
+    if len(lines) == 1 or not lengths:
+        return []
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    return ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
+            for line in lines] + ["(paired by seed, 95% CI; ?: the interval contains 0)", ""]
 
 
 def style(row):

@@ -162,7 +162,7 @@ def format_table(results):
 
 
 def plot(results, path):
-    fig, ax = plt.subplots(figsize=(11, 4.8), dpi=120)
+    fig, ax = plt.subplots(figsize=(11, 6.5), dpi=120)
     cols = results["columns"]
     width = 0.8 / len(results["rows"])
     for k, row in enumerate(results["rows"]):
@@ -175,9 +175,10 @@ def plot(results, path):
     ax.set_ylim(min(lows) - 0.05, min(max(lows) + 0.05, min(lows) + 1.0))
     ax.set_ylabel("val loss (nats/char)")
     ax.set_title(f"Short fine-tunes at {results['factor']}x the training length ({results['finetune']['max_iters']}"
-                 f" steps at {results['finetune']['learning_rate']:g}): val loss, mean ± std over seeds", fontsize=10)
+                 f" steps at {results['finetune']['learning_rate']:g})\nval loss, mean ± std over seeds; hatched: the"
+                 f" baseline to beat", fontsize=10)
     ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png"))
     plt.close(fig)
