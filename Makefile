@@ -3,8 +3,6 @@
 #                      the variants of pairs that 3 seeds do not decide -> plots/all/ (reuses the runs above)
 # make finetune        short fine-tunes of the RoPE runs at 4x their length (PI, NTK, YaRN, plain), 1 seed, then
 #                      3 for the two best, and RoPE trained from scratch at 256 -> plots/finetune/
-# make experiment-mid  rope/learned/none on the mid CPU config (val curves turn; ~30 min per run), 1 seed
-#                      -> plots/shakespeare_char_mid/
 # make sweep           learning-rate sweep of the same six, then 3 seeds at each one's best rate
 #                      -> plots/lr_sweep.png, plots/lr_sweep/
 # make test            venv + the test suite
@@ -23,7 +21,7 @@ MORE_SEEDS ?= 1340,1341
 VARIANTS   := all,sinusoidal:sinusoidal_scale=false
 JOBS       ?= 1
 
-.PHONY: experiment experiment-all experiment-mid finetune sweep test bench data clean
+.PHONY: experiment experiment-all finetune sweep test bench data clean
 
 $(VENV)/.installed: requirements.txt
 	@$(PYTHON_SYS) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "error: Python 3.11 or newer is needed (tomllib); $(PYTHON_SYS) is " + sys.version.split()[0] + ". Use PYTHON_SYS=python3.11 make ...")'
@@ -42,9 +40,6 @@ experiment: $(VENV)/.installed $(DATA)
 experiment-all: $(VENV)/.installed $(DATA)
 	$(PY) compare.py $(CONFIG) --pos-encodings $(VARIANTS) --seeds $(SEEDS) --seeds-if-undecided $(MORE_SEEDS) \
 		--jobs $(JOBS) --extrapolate --plots-dir plots/all
-
-experiment-mid: $(VENV)/.installed $(DATA)
-	$(PY) compare.py config/shakespeare_char_mid.toml --seeds 1337 --jobs $(JOBS) --plots-dir plots/shakespeare_char_mid
 
 finetune: $(VENV)/.installed $(DATA)
 	$(PY) finetune.py $(CONFIG) --seeds 1337 --more-seeds 1338,1339 --scratch-seeds 1337 --plots-dir plots/finetune
