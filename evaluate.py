@@ -39,9 +39,9 @@ sliding window is not). Seeds of one variant are averaged (mean ± std over seed
 Each run is measured with its best-val checkpoint (ckpt.pt), the weights sample.py uses.
 Writes <plots-dir>/extrapolation.png, loss_by_position.png and extrapolation.json.
 
-Cost: every (run, method, length) pass covers the whole val split (~56k predicted tokens);
-the sliding window costs s-fold fewer positions kept, so block_size / s passes. For the CPU
-config's rope, learned and none at 3 seeds and 1x-8x, about a minute on 2 cores;
+Cost: every (run, method, length) pass covers the whole val split (~56k predicted tokens),
+and the sliding window, which always covers the whole split, block_size / s of them. For the
+CPU config's rope, learned and none at 3 seeds and 1x-8x, 140 s on 2 cores (measured);
 --max-windows N evaluates an evenly spread subset of N windows per length instead.
 """
 

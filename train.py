@@ -50,6 +50,9 @@ class TrainConfig:
     data_dir: str = option("data/shakespeare_char", "prepared data (from prepare_shakespeare.py)")
     out_dir: str = option("out", "runs are written to OUT_DIR/RUN_NAME")
     run_name: str = option("", "run directory name (default: <pos-encoding>_seed<seed>)")
+    init_from: str = option("", "fine-tune: start from the best weights (ckpt.pt) of this run directory, with a new"
+                                " optimizer; the model's shape must match it; --block-size may grow (not for learned),"
+                                " the RoPE settings may change")
     # model
     pos_encoding: str = option("rope", "positional encoding: " + ", ".join(POS_ENCODINGS))
     n_layer: int = option(4, "transformer blocks")
@@ -85,9 +88,6 @@ class TrainConfig:
     grad_clip: float = option(1.0, "clip the gradient norm to this (0: off)")
     # evaluation
     eval_interval: int = option(250, "evaluate train and val loss every this many steps (on the whole val split)")
-    init_from: str = option("", "fine-tune: start from the best weights (ckpt.pt) of this run directory, with a new"
-                                " optimizer; the model's shape must match it; --block-size may grow (not for learned),"
-                                " the RoPE settings may change")
     # system
     seed: int = option(1337, "seeds data order, initial weights and dropout")
     device: str = option("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
