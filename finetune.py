@@ -14,7 +14,7 @@ new length. Methods (each with factor s = --factor):
   linear    position interpolation (Chen et al. 2023)
   ntk       NTK-aware base, theta * s^(d/(d-2))
   yarn-bB   YaRN with alpha 1 and beta B (yarn-b32: the paper's; yarn-b8: scaled to 64 characters)
-The upper bound: RoPE trained from scratch at the new length with the config's schedule
+A reference at another budget: RoPE trained from scratch at the new length with the config's schedule
 (--scratch-seeds). Each model is read with its best-val checkpoint; the baseline is the
 unchanged model reading only its last block_size characters (evaluate.py's sliding window).
 
@@ -126,7 +126,7 @@ def measure(base, tunes, scratch, factor, device, progress=True):
                                                                         windows, device))
         bar.update(1)
     for cfg in scratch:
-        add("scratch", f"RoPE trained from scratch at {long} ({factor}x the tokens of the others: an upper bound)",
+        add("scratch", f"RoPE trained from scratch at {long} ({factor}x the tokens of the others)",
             cfg.seed, curves(Path(cfg.out_dir) / cfg.run_name, windows, device))
         bar.update(1)
     bar.close()
