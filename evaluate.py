@@ -62,7 +62,7 @@ from tqdm import tqdm  # noqa: E402
 from analysis import paired, verdict  # noqa: E402
 from common import (ArgumentParser, UserError, atomic_write, build_model, digest, eval_windows,  # noqa: E402
                     load_checkpoint, load_meta, load_tokens, pick_device, positive, run_cli, write_json)
-from plot import variant_styles  # noqa: E402
+from plot import length_axis, variant_styles  # noqa: E402
 from runs import COLORS, find_runs, group_variants, read_config, variant_labels  # noqa: E402
 
 SCALINGS = ("none", "linear", "ntk", "dynamic-ntk", "yarn")
@@ -441,14 +441,10 @@ def plot_extrapolation(results, path):
             ax.errorbar([r["length"] for r in done], [r[key] for r in done], capsize=3, markersize=5,
                         yerr=[sd or 0.0 for sd in stds] if any(stds) else None,
                         label=row["label"] + (f" (n/a past {done[-1]['length']})" if missing else ""), **style(row))
-        ax.axvline(block, color="gray", linestyle="--", linewidth=1)
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(lengths, [f"{L}\n{L / block:g}x" for L in lengths])
-        ax.minorticks_off()
-        ax.set_xlabel(f"eval context length (characters; dashed: the training length, {block})")
+        length_axis(ax, lengths, [f"{L}\n{L / block:g}x" for L in lengths], block,
+                    f"eval context length (characters; dashed: the training length, {block})")
         ax.set_ylabel("val loss (nats/char)")
         ax.set_title(title, fontsize=10)
-        ax.grid(alpha=0.3)
     handles, names = axes[0].get_legend_handles_labels()
     fig.legend(handles, names, fontsize=8, loc="center left", bbox_to_anchor=(0.8, 0.5))
     fig.suptitle(f"Length extrapolation: models trained on {block} characters, val loss of non-overlapping windows"

@@ -109,6 +109,16 @@ def plot_split(runs, split, path, x="step"):
     plt.close(fig)
 
 
+def length_axis(ax, ticks, labels, block, xlabel):
+    """A log2 x axis of lengths with the training length dashed (the extrapolation plots' axis)."""
+    ax.axvline(block, color="gray", linestyle="--", linewidth=1)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ticks, labels)
+    ax.minorticks_off()
+    ax.set_xlabel(xlabel)
+    ax.grid(alpha=0.3)
+
+
 def plot_runs(run_dirs, plots_dir):
     """train_loss.png, val_loss.png (against steps) and val_loss_seconds.png in plots_dir.
     Runs that differ in more than the seed are drawn as separate variants, labelled by what

@@ -41,6 +41,7 @@ from common import (ArgumentParser, UserError, atomic_write, build_model, eval_w
                     load_tokens, pick_device, positive, run_cli, write_json)
 from evaluate import (check_runs, default_stride, position_limit, resolve_data_dir,  # noqa: E402
                       sliding_window_losses, token_losses)
+from plot import length_axis  # noqa: E402
 from runs import COLORS, find_runs, group_variants, read_config, variant_labels  # noqa: E402
 
 MULTIPLES = (1, 4)  # attention at 1x and 4x the training length
@@ -279,14 +280,10 @@ def plot_copy(results, path):
                             color=COLORS.get(row["encoding"]), linestyle=style,
                             marker="o" if reading == "whole" else "x", capsize=3, label=f"{row['label']}, {name}")
         ax.axhline(0, color="black", linewidth=0.8)
-        ax.axvline(block, color="gray", linestyle="--", linewidth=1)
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(periods, [str(n) for n in periods])
-        ax.minorticks_off()
-        ax.set_xlabel(f"period n: the passage's length (dashed: the training length, {block})")
+        length_axis(ax, periods, [str(n) for n in periods], block,
+                    f"period n: the passage's length (dashed: the training length, {block})")
         ax.set_ylabel("difference in loss (nats/char)")
         ax.set_title(title, fontsize=10)
-        ax.grid(alpha=0.3)
     handles, names = axes[0].get_legend_handles_labels()
     fig.legend(handles, names, fontsize=8, loc="center left", bbox_to_anchor=(0.8, 0.5))
     fig.suptitle(f"Copy probe: {results['passages']} val passages of n characters, each followed by itself;"
