@@ -355,6 +355,13 @@ def evaluate_runs(run_dirs, lengths=None, scalings=SCALINGS, scaling_factor=None
 # --- outputs ------------------------------------------------------------------
 
 
+def aligned(lines):
+    """Rows of cells as text columns: the first left-aligned, the others right-aligned."""
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    return ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
+            for line in lines]
+
+
 def cell(mean, std):
     return "—" if mean is None else f"{mean:.4f}" + (f" ± {std:.4f}" if std is not None else "")
 
@@ -377,9 +384,7 @@ def format_table(results):
                 else:
                     cells.append(cell(r[key], r[f"{key}_std"] if key == "past" else r["std"]))
             lines.append(cells)
-        widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-        text += ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
-                 for line in lines] + [""]
+        text += aligned(lines) + [""]
     text += differences_from_baseline(results)
     windows = ", ".join(f"{w['count']} at {w['length']}" for w in results["windows"])
     return "\n".join(text + notes + [
@@ -412,9 +417,7 @@ def differences_from_baseline(results):
         lines.append([row["label"]] + cells)
     if len(lines) == 1 or not lengths:
         return []
-    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-    return ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
-            for line in lines] + ["(paired by seed, 95% CI; ?: the interval contains 0)", ""]
+    return aligned(lines) + ["(paired by seed, 95% CI; ?: the interval contains 0)", ""]
 
 
 def style(row):
