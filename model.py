@@ -10,8 +10,10 @@ A positional encoding can act at three places, and each class overrides only
 the hook(s) it needs (`pos` is a Python range of the tokens' absolute positions):
   embed(x, pos)              add something to the token embeddings   (learned, sinusoidal)
   rotate(q, k, pos)          transform queries and keys per head     (rope)
-  attn_bias(q_pos, k_pos)    additive bias on the attention scores   (alibi)
+  attn_bias(q_pos, k_pos)    additive bias on the attention scores   (alibi, t5, fire)
                              of shape (1, n_head, len(q_pos), len(k_pos))
+and an encoding with parameters that must not start from the model's random
+initialisation (FIRE's c and L) sets them in init_weights(generator).
 """
 
 import hashlib
@@ -34,6 +36,7 @@ class GPTConfig:
     bias: bool = False  # biases in Linear and LayerNorm layers (nanoGPT: False is a bit better and faster)
     pos_encoding: str = "rope"  # a key of POS_ENCODINGS
     rope_theta: float = 10000.0  # RoPE base: theta_i = rope_theta^(-2(i-1)/d)
+    rope_fraction: float = 1.0  # p-RoPE: the fastest p share of the pairs rotate, the rest get frequency 0
     sinusoidal_scale: bool = True  # sinusoidal: token embeddings times sqrt(n_embd), as in the paper
     # RoPE context extension by a factor s, at evaluation time or for a fine-tune at a longer length:
     # "linear" divides positions by s (position interpolation, Chen et al. 2023),
@@ -88,6 +91,14 @@ def yarn_ramp(head_dim, theta, length, alpha, beta):
     return ((turns - alpha) / (beta - alpha)).clamp(0.0, 1.0)
 
 
+def rotating_pairs(head_dim, fraction):
+    """p-RoPE (Barbero et al. 2024): 1 for the fastest `fraction` of the head_dim // 2 pairs
+    (theta_j as in full RoPE), 0 for the slowest rest, which then carry no position at all.
+    (GPT-NeoX's partial rotary instead re-spaces all of 1 .. 1/base over the rotated channels.)"""
+    pairs = head_dim // 2
+    return (torch.arange(pairs) < round(fraction * pairs)).double()
+
+
 def apply_rotary_embeddings(x, freqs_complex):
     """Rotate x (..., seq_len, head_dim) by freqs_complex (seq_len, head_dim // 2)."""
     # consecutive channels (x0, x1) become the complex number x0 + i*x1 ...
@@ -139,6 +150,9 @@ class PositionalEncoding(nn.Module):
     def attn_bias(self, q_pos, k_pos):
         return None
 
+    def init_weights(self, generator):
+        """Called after the model's own initialisation; generator(name) is this parameter's seeded one."""
+
 
 @register("none")
 class NoPositionalEncoding(PositionalEncoding):
@@ -173,7 +187,7 @@ class RotaryPositionalEncoding(PositionalEncoding):
     position parameters.
     """
 
-    options = ("rope_theta", "rope_scaling", "rope_scaling_factor", "yarn_alpha", "yarn_beta",
+    options = ("rope_theta", "rope_fraction", "rope_scaling", "rope_scaling_factor", "yarn_alpha", "yarn_beta",
                "rope_original_length")
 
     def __init__(self, config):
@@ -188,6 +202,8 @@ class RotaryPositionalEncoding(PositionalEncoding):
                               config.yarn_alpha, config.yarn_beta)
             self.position_scale = (1.0 - gamma) / s + gamma  # per pair: 1/s where gamma = 0, 1 where gamma = 1
             self.attn_factor = 0.1 * math.log(s) + 1.0  # the paper's sqrt(1/t)
+        if config.rope_fraction < 1:  # p-RoPE: a position scale of 0 is a frequency of 0 for the slow pairs
+            self.position_scale = self.position_scale * rotating_pairs(d, config.rope_fraction)
         self.register_buffer("freqs", torch.empty(0, dtype=torch.complex64), persistent=False)
 
     @staticmethod
@@ -198,6 +214,10 @@ class RotaryPositionalEncoding(PositionalEncoding):
             )
         if not config.rope_theta > 1:  # theta_i = rope_theta^(-2(i-1)/d): 1 gives every pair one frequency
             raise ValueError(f"rope_theta must be greater than 1, got {config.rope_theta}")
+        pairs = config.head_dim // 2 * config.rope_fraction
+        if not (0 < config.rope_fraction <= 1 and pairs == round(pairs)):
+            raise ValueError(f"rope_fraction must be in (0, 1] and rotate a whole number of the"
+                             f" {config.head_dim // 2} pairs of a head, got {config.rope_fraction} ({pairs:g} pairs)")
         if config.rope_scaling not in ("none", "linear", "ntk", "yarn"):
             raise ValueError(f"rope_scaling must be none, linear, ntk or yarn, got {config.rope_scaling!r}")
         if not config.rope_scaling_factor >= 1:
@@ -269,10 +289,7 @@ class ALiBiPositionalEncoding(PositionalEncoding):
         self.register_buffer("slopes", torch.tensor(alibi_slopes(config.n_head)), persistent=False)
 
     def attn_bias(self, q_pos, k_pos):
-        device = self.slopes.device
-        q = torch.arange(q_pos.start, q_pos.stop, device=device)[:, None]
-        k = torch.arange(k_pos.start, k_pos.stop, device=device)[None, :]
-        distance = (q - k).float()  # >= 0 for keys at or before the query
+        distance = causal_distance(q_pos, k_pos, self.slopes.device).float()
         bias = -self.slopes[:, None, None] * distance  # (n_head, Tq, Tk)
         # (1, n_head, Tq, Tk): given a 3-D mask, SDPA on the CPU falls back from its flash kernel to
         # the math path, 3.1 instead of 1.9 ms per layer (forward and backward, CPU config)
@@ -290,6 +307,86 @@ def alibi_slopes(n_head):
         return power_of_two(n_head)
     closest = 2 ** math.floor(math.log2(n_head))
     return power_of_two(closest) + power_of_two(2 * closest)[0::2][:n_head - closest]
+
+
+def causal_distance(q_pos, k_pos, device):
+    """(len(q_pos), len(k_pos)) query position minus key position: >= 0 for the keys a query may see."""
+    q = torch.arange(q_pos.start, q_pos.stop, device=device)[:, None]
+    return q - torch.arange(k_pos.start, k_pos.stop, device=device)[None, :]
+
+
+def per_head_bias(bias, distance):
+    """(Tq, Tk, n_head) learned biases -> SDPA's (1, n_head, Tq, Tk) float mask, causal mask included."""
+    return bias.permute(2, 0, 1).masked_fill(distance < 0, float("-inf"))[None]
+
+
+@register("t5")
+class T5RelativeBias(PositionalEncoding):
+    """T5's relative position bias (Raffel et al. 2020): a learned scalar per head for each of
+    32 distance buckets, added to the scores; one table for all layers, as in T5. Causal
+    (one-sided) buckets: distances 0-15 get one bucket each, 16-127 share the other 16 on a log
+    scale, 128 and more fall in the last. Over a 64-character window distances reach 63
+    (bucket 26), so buckets 27-31 (distances 67 and more) keep their initial values.
+    The bias needs gradients, so in training SDPA takes its math path (see bench.py)."""
+
+    num_buckets, max_distance = 32, 128
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.relative_attention_bias = nn.Embedding(self.num_buckets, config.n_head)
+
+    def attn_bias(self, q_pos, k_pos):
+        distance = causal_distance(q_pos, k_pos, self.relative_attention_bias.weight.device)
+        buckets = t5_bucket(distance.clamp(min=0), self.num_buckets, self.max_distance)
+        return per_head_bias(self.relative_attention_bias(buckets), distance)
+
+
+def t5_bucket(distance, num_buckets=32, max_distance=128):
+    """T5's causal bucket of each distance >= 0 (its _relative_position_bucket, bidirectional=False):
+    the first half of the buckets hold one distance each, the second half log-spaced distances up
+    to max_distance, and every distance beyond shares the last bucket."""
+    exact = num_buckets // 2
+    log_ratio = torch.log(distance.float().clamp(min=1) / exact) / math.log(max_distance / exact)
+    far = exact + (log_ratio * (num_buckets - exact)).long()  # truncation, as in T5
+    return torch.where(distance < exact, distance, far.clamp(max=num_buckets - 1))
+
+
+@register("fire")
+class FIRE(PositionalEncoding):
+    """FIRE (Li et al. 2023): bias(i, j) = f(psi(i - j) / psi(max(L, i))), psi(x) = log(c x + 1),
+    for query i and key j; f a 1 -> 32 -> n_head ReLU MLP; shared by all layers. The log
+    stretches short distances; dividing by psi of the query's position (progressive
+    interpolation) maps every distance into [0, 1], at any length; L keeps short prefixes from
+    being stretched. As the paper's code: c starts at 0.1; L = 512 times a learned multiplier
+    that starts at 1; the MLP starts as PyTorch's nn.Linear does."""
+
+    hidden, init_c, init_L, eps = 32, 0.1, 512.0, 1e-6
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.mlp = nn.Sequential(nn.Linear(1, self.hidden), nn.ReLU(), nn.Linear(self.hidden, config.n_head))
+        self.c = nn.Parameter(torch.tensor(self.init_c))
+        self.L_multiplier = nn.Parameter(torch.tensor(1.0))
+
+    @torch.no_grad()
+    def init_weights(self, generator):
+        for name, p in self.mlp.named_parameters():  # nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+            fan_in = self.mlp[int(name.split(".")[0])].in_features
+            p.uniform_(-fan_in ** -0.5, fan_in ** -0.5, generator=generator(f"mlp.{name}"))
+        self.c.fill_(self.init_c)
+        self.L_multiplier.fill_(1.0)
+
+    def normalized_distance(self, q_pos, k_pos):
+        """psi(i - j) / psi(max(L, i)) for the keys a query sees (0 elsewhere) and the distances."""
+        distance = causal_distance(q_pos, k_pos, self.c.device)
+        i = torch.arange(q_pos.start, q_pos.stop, device=self.c.device, dtype=torch.float32)[:, None]
+        psi = lambda x: torch.log(torch.abs(self.c * x) + 1)  # noqa: E731
+        threshold = torch.abs(self.L_multiplier * self.init_L)
+        return psi(distance.clamp(min=0).float()) / (psi(torch.maximum(i, threshold)) + self.eps), distance
+
+    def attn_bias(self, q_pos, k_pos):
+        x, distance = self.normalized_distance(q_pos, k_pos)
+        return per_head_bias(self.mlp(x[..., None]), distance)
 
 
 # -----------------------------------------------------------------------------
@@ -382,6 +479,12 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+def parameter_generator(seed, name):
+    """A generator of its own for each parameter, seeded by (seed, parameter name)."""
+    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
 class GPT(nn.Module):
     def __init__(self, config, seed=0):
         super().__init__()
@@ -405,8 +508,7 @@ class GPT(nn.Module):
         even though one of them has an extra position table."""
         residual_std = 0.02 / math.sqrt(2 * self.config.n_layer)  # GPT-2: scale residual projections
         for name, p in self.named_parameters():
-            digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
-            gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+            gen = parameter_generator(seed, name)
             if name.endswith("bias"):
                 p.zero_()
             elif ".ln_" in name or name.startswith("transformer.ln_"):
@@ -414,6 +516,7 @@ class GPT(nn.Module):
             else:
                 std = residual_std if name.endswith("c_proj.weight") else 0.02
                 p.copy_(torch.randn(p.shape, generator=gen) * std)
+        self.transformer.pos.init_weights(lambda name: parameter_generator(seed, f"transformer.pos.{name}"))
 
     def num_params(self):
         return sum(p.numel() for p in self.parameters())

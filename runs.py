@@ -22,8 +22,9 @@ from train import TrainConfig, config_json
 
 # The reference article's colours: RoPE blue, learned orange, none green.
 COLORS = {"rope": "tab:blue", "learned": "tab:orange", "none": "tab:green",
-          "sinusoidal": "tab:red", "alibi": "tab:purple"}
-LABELS = {"rope": "RoPE", "learned": "learned", "none": "none", "sinusoidal": "sinusoidal", "alibi": "ALiBi"}
+          "sinusoidal": "tab:red", "alibi": "tab:purple", "t5": "tab:brown", "fire": "tab:pink"}
+LABELS = {"rope": "RoPE", "learned": "learned", "none": "none", "sinusoidal": "sinusoidal", "alibi": "ALiBi",
+          "t5": "T5 bias", "fire": "FIRE"}
 
 # not part of a variant (a fine-tune's init_from names its seed's run)
 PER_SEED = ("seed", "run_name", "out_dir", "progress", "device", "compile", "provenance", "init_from")
@@ -44,6 +45,10 @@ def shown(config, key):
 def describe(key, value):
     if key == "sinusoidal_scale":
         return "√d scale" if value else "no √d scale"
+    if key == "rope_fraction":
+        return f"{value:.0%} of pairs rotate"
+    if key == "rope_theta":
+        return f"base {value:g}"
     return f"{SHORT.get(key, key)} {format_value(value)}"
 
 

@@ -62,6 +62,8 @@ class TrainConfig:
     dropout: float = option(0.0, "dropout probability (0 for small data / short runs)")
     bias: bool = option(False, "biases in Linear and LayerNorm layers")
     rope_theta: float = option(10000.0, "RoPE base theta, above 1 (only for --pos-encoding rope)")
+    rope_fraction: float = option(1.0, "p-RoPE: the share of each head's channel pairs that rotate, the fastest"
+                                       " ones at full RoPE's frequencies; the rest carry no position (only for rope)")
     rope_scaling: str = option("none", "RoPE context extension: none, linear (position interpolation), ntk"
                                        " (NTK-aware base), yarn (NTK-by-parts + temperature); for a fine-tune at a"
                                        " longer --block-size with --init-from (only for rope)")

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from model import (GPT, POS_ENCODINGS, GPTConfig, KVCache, RotaryPositionalEncoding, alibi_slopes,
-                   apply_rotary_embeddings, precompute_theta_pos_frequencies, sinusoidal_table)
+from model import (GPT, POS_ENCODINGS, GPTConfig, KVCache, RotaryPositionalEncoding, alibi_slopes, rotating_pairs,
+                   apply_rotary_embeddings, precompute_theta_pos_frequencies, sinusoidal_table, t5_bucket)
 
 SMALL = dict(vocab_size=20, block_size=16, n_layer=2, n_head=2, n_embd=32)
 
@@ -171,3 +171,108 @@ def test_sinusoidal_scale_is_an_option_and_the_waves_have_the_same_size_at_every
     # sin^2 + cos^2 = 1 for each of the d/2 pairs: RMS 1/sqrt(2) = 0.71 per channel, at every position
     rms = sinusoidal_table(4096, 32).pow(2).mean(1).sqrt()
     torch.testing.assert_close(rms, torch.full((4096,), 2 ** -0.5))
+
+
+# --- T5 relative bias, FIRE, p-RoPE --------------------------------------------------
+
+
+def t5_bucket_reference(n, num_buckets=32, max_distance=128):
+    """T5's _relative_position_bucket for bidirectional=False, one distance n >= 0 at a time."""
+    exact = num_buckets // 2
+    if n < exact:
+        return n
+    return min(num_buckets - 1, exact + int(math.log(n / exact) / math.log(max_distance / exact) * (num_buckets - exact)))
+
+
+def test_t5_buckets_follow_the_paper():
+    got = t5_bucket(torch.arange(0, 600)).tolist()
+    assert got == [t5_bucket_reference(n) for n in range(600)]
+    # boundaries: one bucket per distance below 16, then log-spaced up to 128, then the last one
+    assert [got[n] for n in (0, 15, 16, 18, 19, 63, 66, 67, 112, 113, 127, 128, 599)] == \
+        [0, 15, 16, 16, 17, 26, 26, 27, 30, 31, 31, 31, 31]
+
+
+def test_t5_bias_is_the_bucket_table_per_head_and_causal():
+    enc = POS_ENCODINGS["t5"](GPTConfig(**SMALL, pos_encoding="t5"))
+    table = enc.relative_attention_bias.weight  # (32 buckets, 2 heads)
+    bias = enc.attn_bias(range(0, 40), range(0, 40))
+    assert bias.shape == (1, 2, 40, 40)
+    for h in range(2):
+        for i in (0, 5, 39):
+            for j in (0, 4, 5, 6, 39):
+                want = table[t5_bucket_reference(i - j), h].item() if j <= i else float("-inf")
+                assert bias[0, h, i, j].item() == want
+    assert torch.equal(enc.attn_bias(range(30, 32), range(0, 32)), bias[:, :, 30:32, :32])  # after cached keys
+
+
+def test_fire_normalizes_the_log_distance_by_the_query_position():
+    enc = POS_ENCODINGS["fire"](GPTConfig(**SMALL, pos_encoding="fire"))
+    assert (enc.c.item(), enc.L_multiplier.item()) == (pytest.approx(0.1), 1.0)
+    psi = lambda x: math.log(0.1 * x + 1)  # noqa: E731
+    x, distance = enc.normalized_distance(range(0, 700), range(0, 700))
+    for i, j in ((0, 0), (10, 3), (63, 0), (511, 200), (600, 0), (699, 1)):
+        # below L = 512 every query shares the normalizer psi(512); past it, its own position's
+        assert x[i, j].item() == pytest.approx(psi(i - j) / psi(max(512, i)), rel=1e-5)
+        assert distance[i, j].item() == i - j
+    assert x.max().item() <= 1 and x[699, 0].item() == pytest.approx(1.0, rel=1e-4)
+    with torch.no_grad():  # a learned multiplier moves the threshold: L = 0.125 * 512 = 64
+        enc.L_multiplier.fill_(0.125)
+    assert enc.normalized_distance(range(0, 100), range(0, 100))[0][99, 9].item() == pytest.approx(psi(90) / psi(99))
+    bias = enc.attn_bias(range(0, 8), range(0, 8))
+    x = enc.normalized_distance(range(0, 8), range(0, 8))[0]
+    torch.testing.assert_close(bias[0, :, 7, 2], enc.mlp(x[7, 2].view(1, 1))[0])
+    assert bias[0, 0, 2, 3].item() == float("-inf")
+
+
+def test_fire_starts_at_the_papers_values_not_the_models_random_ones():
+    model = GPT(GPTConfig(**SMALL, pos_encoding="fire"), seed=3)
+    fire = model.transformer.pos
+    assert (fire.c.item(), fire.L_multiplier.item()) == (pytest.approx(0.1), 1.0)
+    w1 = fire.mlp[0].weight  # nn.Linear's default for fan_in 1: U(-1, 1), not the model's N(0, 0.02)
+    assert w1.abs().max().item() <= 1 and w1.std().item() > 0.3
+    assert fire.mlp[2].weight.abs().max().item() <= 32 ** -0.5
+    again = GPT(GPTConfig(**SMALL, pos_encoding="fire"), seed=3).transformer.pos
+    assert torch.equal(again.mlp[0].weight, w1)  # seeded like every other parameter
+    assert not torch.equal(GPT(GPTConfig(**SMALL, pos_encoding="fire"), seed=4).transformer.pos.mlp[0].weight, w1)
+
+
+@pytest.mark.parametrize("enc", ["t5", "fire"])
+def test_learned_biases_get_the_gradient_of_plain_attention(enc):
+    """The bias is an SDPA mask that needs a gradient: it must get the same one as written-out attention."""
+    model = GPT(GPTConfig(**SMALL, pos_encoding=enc), seed=0)
+    idx = torch.randint(0, 20, (2, 16))
+    model(idx, idx)[1].backward()
+    sdpa = {n: p.grad.clone() for n, p in model.transformer.pos.named_parameters()}
+    model.zero_grad()
+    x = model.transformer.wte(idx)
+    bias = model.transformer.pos.attn_bias(range(16), range(16))
+    for block in model.transformer.h:
+        att = block.attn
+        a = att.attention_weights(block.ln_1(x), model.transformer.pos, range(16), bias)
+        v = att.c_attn(block.ln_1(x)).split(32, dim=2)[2].view(2, 16, 2, 16).transpose(1, 2)
+        x = x + att.c_proj((a @ v).transpose(1, 2).reshape(2, 16, 32))
+        x = x + block.mlp(block.ln_2(x))
+    logits = model.lm_head(model.transformer.ln_f(x))
+    torch.nn.functional.cross_entropy(logits.view(-1, 20), idx.view(-1)).backward()
+    for name, p in model.transformer.pos.named_parameters():
+        assert sdpa[name].abs().sum() > 0, name
+        torch.testing.assert_close(sdpa[name], p.grad, atol=1e-6, rtol=1e-4)
+
+
+def test_p_rope_rotates_the_fastest_pairs_and_leaves_the_rest_alone():
+    d = 16  # 8 pairs; a quarter rotate: pairs 0 and 1, at full RoPE's frequencies
+    enc = RotaryPositionalEncoding(GPTConfig(n_embd=32, n_head=2, rope_fraction=0.25))
+    q, k = torch.randn(1, 2, 30, d), torch.randn(1, 2, 30, d)
+    rq, rk = enc.rotate(q, k, range(0, 30))
+    full = apply_rotary_embeddings(q, precompute_theta_pos_frequencies(d, 30))
+    torch.testing.assert_close(rq[..., :4], full[..., :4])
+    assert torch.equal(rq[..., 4:], q[..., 4:]) and torch.equal(rk[..., 4:], k[..., 4:])
+    assert rotating_pairs(16, 0.5).tolist() == [1] * 4 + [0] * 4
+    one = RotaryPositionalEncoding(GPTConfig(n_embd=32, n_head=2, rope_fraction=1.0)).rotate(q, k, range(0, 30))
+    assert torch.equal(one[0], apply_rotary_embeddings(q, precompute_theta_pos_frequencies(d, 30)))
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.3, 1.5])
+def test_p_rope_needs_a_whole_number_of_pairs(fraction):
+    with pytest.raises(ValueError, match="rope_fraction must be in"):
+        GPTConfig(n_embd=32, n_head=2, rope_fraction=fraction)
