@@ -11,7 +11,7 @@ the same round, median over rounds, with the middle half of those ratios beside 
 to trust it). Peak: GFLOP/s of a square float32 matmul (of the fastest size) with the same
 thread count, measured again in every round. Model FLOPs per step are counted from the
 shapes (see `flops_per_step`); MFU = FLOPs per step / step time / that round's peak, median
-over rounds.
+over rounds. "attention kernel": the scaled_dot_product_attention kernel a training step runs.
 Sampling: `--samples` sequences of `--sample-tokens` characters from "\\n" as one batch,
 without (a sliding window) and with the KV cache (a context cut back to half a block when
 full), alternately, median of `--sample-repeats`; the two must give the same tokens within
@@ -80,6 +80,7 @@ def time_training(cfg, encodings, vocab_size, steps, rounds, warmup, peak_sizes)
     for trainer in trainers.values():
         for _ in range(warmup):
             trainer.step()
+    kernels = {enc: sdpa_kernel(trainer) for enc, trainer in trainers.items()}
     mc = next(iter(trainers.values())).model_config
     flops = flops_per_step(mc, cfg.batch_size, cfg.gradient_accumulation_steps)
     times, mfu, peaks = {enc: [] for enc in encodings}, {enc: [] for enc in encodings}, []
@@ -92,7 +93,18 @@ def time_training(cfg, encodings, vocab_size, steps, rounds, warmup, peak_sizes)
                 trainers[enc].step()
             times[enc].append((time.perf_counter() - t0) / steps)
             mfu[enc].append(flops / times[enc][-1] / 1e9 / peaks[-1])
-    return times, {enc: statistics.median(m) for enc, m in mfu.items()}, peaks, mc, flops
+    return times, {enc: statistics.median(m) for enc, m in mfu.items()}, peaks, mc, flops, kernels
+
+
+def sdpa_kernel(trainer):
+    """Which of scaled_dot_product_attention's CPU kernels a training step runs: "flash" (fused, no
+    T x T matrix kept) or "math" (written-out attention). A bias that needs a gradient (T5, FIRE)
+    gets the math path; a fixed one (ALiBi) and the causal mask alone get flash."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        trainer.step()
+    names = {e.key for e in prof.key_averages()}
+    kinds = [kind for kind, op in (("flash", "flash_attention"), ("math", "attention_math")) if any(op in n for n in names)]
+    return "+".join(kinds) or "other"
 
 
 def paired_ratios(times, ref):
@@ -168,7 +180,7 @@ def main():
     # the load average (which counts this benchmark's own threads)
     busy0, own0, wall0 = busy_seconds(), time.process_time(), time.perf_counter()
     peak_sizes = matmul_sizes()
-    times, mfu, peaks, mc, flops = time_training(cfg, encodings, vocab_size, args.steps, args.rounds, args.warmup,
+    times, mfu, peaks, mc, flops, kernels = time_training(cfg, encodings, vocab_size, args.steps, args.rounds, args.warmup,
                                                  peak_sizes)
     ms = {enc: 1000 * statistics.median(t) for enc, t in times.items()}
     ratios = paired_ratios(times, "learned") if "learned" in times else {}
@@ -180,7 +192,7 @@ def main():
     print(f"matmul peak: {peak:.1f} GFLOP/s (float32; median of {len(peaks)} rounds, {min(peaks):.0f}-{max(peaks):.0f});"
           f" model: {flops / 1e9:.2f} GFLOP per training step\n")
     print(f"{'encoding':<12}{'ms/iter':>9}{'tokens/s':>11}{'vs learned':>12}{'middle half':>15}{'GFLOP/s':>9}"
-          f"{'MFU':>7}")
+          f"{'MFU':>7}  attention kernel")
     results = {"config": args.config, "threads": torch.get_num_threads(), "torch": torch.__version__,
                "matmul_peak_gflops": peak, "matmul_peak_by_round": peaks, "flops_per_step": flops,
                "training": {}, "sampling": {}}
@@ -190,9 +202,10 @@ def main():
         rel, spread = (statistics.median(r), "{:.3f}-{:.3f}".format(*middle_half(r))) if r else (None, "-")
         results["training"][enc] = {"ms_per_iter": ms[enc], "ms_by_round": [1000 * t for t in times[enc]],
                                     "tokens_per_s": tokens / (ms[enc] / 1000), "relative_to_learned": rel,
+                                    "sdpa_kernel": kernels[enc],
                                     "relative_to_learned_by_round": r, "gflops": gflops, "mfu": mfu[enc]}
         print(f"{enc:<12}{ms[enc]:>9.2f}{tokens / (ms[enc] / 1000):>11,.0f}"
-              f"{f'{rel:.3f}x' if r else '-':>12}{spread:>15}{gflops:>9.1f}{100 * mfu[enc]:>6.0f}%")
+              f"{f'{rel:.3f}x' if r else '-':>12}{spread:>15}{gflops:>9.1f}{100 * mfu[enc]:>6.0f}%  {kernels[enc]}")
 
     if not args.no_sampling:
         print(f"\nsampling {args.samples} x {args.sample_tokens} characters from '\\n' as one batch:")

@@ -34,10 +34,13 @@ def test_ratios_are_paired_by_round():
 
 def test_bench_reports_every_encoding_and_same_first_block(data_dir, tmp_path):
     out = tmp_path / "bench.json"
-    proc = run("bench.py", "--data-dir", data_dir, "--pos-encodings", "rope,learned", "--steps", 2, "--rounds", 2,
+    proc = run("bench.py", "--data-dir", data_dir, "--pos-encodings", "rope,learned,t5", "--steps", 2, "--rounds", 2,
                "--warmup", 1, "--sample-tokens", 80, "--sample-repeats", 1, "--json", out)
     result = json.loads(out.read_text())
-    assert set(result["training"]) == set(result["sampling"]) == {"rope", "learned"}
+    assert set(result["training"]) == set(result["sampling"]) == {"rope", "learned", "t5"}
+    # a bias that needs a gradient cannot use the fused kernel
+    assert {e: r["sdpa_kernel"] for e, r in result["training"].items()} == {"rope": "flash", "learned": "flash",
+                                                                           "t5": "math"}
     assert result["training"]["learned"]["relative_to_learned"] == 1.0
     for enc, r in result["training"].items():
         assert r["ms_per_iter"] > 0 and 0 < r["mfu"] < 1.5, (enc, r)
