@@ -1,0 +1,115 @@
+"""
+What the learned attention biases learned: the bias each head adds to a score, against the
+distance between query and key, for trained T5 and FIRE models beside ALiBi's fixed lines,
+out to 8x the training length.
+
+  python plot_bias.py                                   # the seed-1337 ALiBi, T5 and FIRE runs of the CPU config
+  python plot_bias.py out/shakespeare_char_cpu/t5_seed1338 --max-distance 1024
+
+Writes <plots-dir>/learned_bias.png (one panel per run, one line per head) and learned_bias.json
+(the curves, and FIRE's learned c and threshold L). The bias is read off the encoding itself
+(attn_bias) for a query at position max_distance, so every distance 0 .. max_distance is drawn;
+a T5 bucket or a FIRE input that training never reached is drawn all the same, past the dashed line.
+FIRE's bias also depends on the query's position once that passes L: a query at the last training
+position is drawn dotted beside it.
+"""
+
+import argparse
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no window
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from common import (ArgumentParser, UserError, atomic_write, build_model, load_checkpoint, positive,  # noqa: E402
+                    run_cli, write_json)
+from runs import LABELS, read_config  # noqa: E402
+
+DEFAULT_RUNS = [f"out/shakespeare_char_cpu/{enc}_seed1337" for enc in ("alibi", "t5", "fire")]
+
+
+@torch.inference_mode()
+def bias_by_distance(model, query):
+    """(n_head, query + 1): the bias a query at position `query` adds to the key `distance` back,
+    for distance = 0 .. query."""
+    bias = model.transformer.pos.attn_bias(range(query, query + 1), range(0, query + 1))
+    if bias is None:
+        raise UserError(f"{model.config.pos_encoding} adds no bias to the attention scores; pass ALiBi, T5 or FIRE runs")
+    return bias[0, :, 0, :].flip(-1).float()  # keys 0 .. query -> distances query .. 0, reversed
+
+
+def read_biases(run_dirs, max_distance):
+    out = []
+    for run_dir in run_dirs:
+        config = read_config(run_dir)
+        model = build_model(load_checkpoint(Path(run_dir) / "ckpt.pt"))
+        block = config["block_size"]
+        row = {"run": str(run_dir), "encoding": config["pos_encoding"], "block_size": block,
+               "bias": bias_by_distance(model, max_distance).tolist()}
+        if config["pos_encoding"] == "fire":
+            fire = model.transformer.pos
+            row["c"] = fire.c.item()
+            row["L"] = abs(fire.L_multiplier.item() * fire.init_L)
+            row["bias_at_block"] = bias_by_distance(model, block - 1).tolist()
+        out.append(row)
+    return out
+
+
+def plot_biases(rows, path):
+    fig, axes = plt.subplots(1, len(rows), figsize=(4.6 * len(rows), 4.2), dpi=120, squeeze=False)
+    for ax, row in zip(axes[0], rows):
+        bias = np.array(row["bias"])
+        colors = plt.cm.viridis(np.linspace(0, 0.9, len(bias)))
+        for h, (values, color) in enumerate(zip(bias, colors)):
+            ax.plot(np.arange(len(values)), values, color=color, linewidth=1.2, label=f"head {h}")
+            if "bias_at_block" in row:
+                near = np.array(row["bias_at_block"][h])
+                ax.plot(np.arange(len(near)), near, color=color, linewidth=1.2, linestyle=":")
+        ax.axvline(row["block_size"] - 1, color="gray", linestyle="--", linewidth=1,
+                   label=f"longest distance in training ({row['block_size'] - 1})")
+        title = f"{LABELS.get(row['encoding'], row['encoding'])} ({Path(row['run']).name})"
+        if row["encoding"] == "fire":
+            title += f"\nlearned c = {row['c']:.3g}, L = {row['L']:.0f}; dotted: query at {row['block_size'] - 1}"
+        elif row["encoding"] == "alibi":
+            title += "\nfixed: -slope x distance"
+        ax.set_title(title, fontsize=9)
+        ax.set_xscale("symlog", linthresh=16)
+        ax.set_xlim(0, bias.shape[1] - 1)
+        ax.set_xlabel("distance from query to key (characters; linear to 16, then log)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("bias added to the attention score")
+    fig.suptitle("Learned attention biases per head, for a query at position "
+                 f"{len(rows[0]['bias'][0]) - 1}", fontsize=11)
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png"))
+    plt.close(fig)
+
+
+def main():
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="*", default=DEFAULT_RUNS,
+                        help="run directories of encodings that bias the scores (default: the CPU config's seed-1337"
+                             " alibi, t5 and fire runs)")
+    parser.add_argument("--max-distance", type=positive(int), default=511,
+                        help="the query's position: distances 0 .. this are drawn (default: 511, 8x the CPU block)")
+    parser.add_argument("--plots-dir", default="plots", help="where to write learned_bias.png (default: plots)")
+    args = parser.parse_args()
+    rows = read_biases(args.runs, args.max_distance)
+    path = Path(args.plots_dir) / "learned_bias.png"
+    plot_biases(rows, path)
+    write_json(path.with_suffix(".json"), rows)
+    for row in rows:
+        bias = np.array(row["bias"])
+        b = row["block_size"]
+        print(f"{row['run']}: bias at distance 0 / {b - 1} / {len(bias[0]) - 1} per head: "
+              + "; ".join(f"{h[0]:+.2f} / {h[b - 1]:+.2f} / {h[-1]:+.2f}" for h in bias)
+              + (f"  (c = {row['c']:.3g}, L = {row['L']:.0f})" if "c" in row else ""))
+    print(f"wrote {path} and {path.with_suffix('.json')}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
