@@ -26,7 +26,7 @@ matplotlib.use("Agg")  # files only, no window
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from common import ArgumentParser, UserError, atomic_write, run_cli  # noqa: E402
+from common import ArgumentParser, UserError, atomic_write, run_cli, write_text  # noqa: E402
 
 
 def frequencies(head_dim, theta=10000.0):
@@ -51,6 +51,29 @@ def decay_bound(distances, head_dim, theta=10000.0, relative=True):
     partial_sums = np.cumsum(rotations, axis=1)  # S_j = sum of the first j rotations, j = 1 .. d/2
     bound = np.abs(partial_sums).mean(axis=1)
     return bound / ((head_dim / 2 + 1) / 2) if relative else bound
+
+
+def similarity_bound(head_dim, theta=10000.0, max_distance=1 << 16):
+    """Men et al. 2024 ("Base of RoPE Bounds Context Length"): a query can attend more to a key
+    like itself than to a random one only while B(m) = sum_i cos(m theta_i) > 0; the first
+    distance m where it is not bounds the context the base supports. None if beyond max_distance."""
+    m = np.arange(max_distance + 1, dtype=np.float64)
+    b = np.cos(np.outer(m, frequencies(head_dim, theta))).sum(axis=1)
+    negative = np.flatnonzero(b <= 0)
+    return int(negative[0]) if len(negative) else None
+
+
+def base_table(head_dim, block_size, bases):
+    """Markdown: per base, the pairs that turn fully within the block, the slowest wavelength,
+    and the distance at which Men et al.'s bound B(m) first fails."""
+    lines = [f"| base | pairs turning fully within {block_size} positions (of {head_dim // 2}) |"
+             f" slowest wavelength | B(m) = Σ cos(m θ_i) first ≤ 0 at m |", "|---:|---:|---:|---:|"]
+    for base in bases:
+        wl = wavelengths(head_dim, base)
+        bound = similarity_bound(head_dim, base)
+        lines.append(f"| {base:g} | {(wl <= block_size).sum()} | {wl[-1]:,.0f} |"
+                     f" {bound if bound is not None else 'beyond 65,536'} |")
+    return "\n".join(lines) + "\n"
 
 
 def plot_rope(head_dim, theta, block_size, path, max_distance=None):
@@ -107,6 +130,9 @@ def main():
                         help="take head dim, theta and block size from this run's config.json (flags still override)")
     parser.add_argument("--max-distance", type=int, default=None, help="x range of panel (a) (default: 8x block size)")
     parser.add_argument("--plots-dir", default="plots", help="where to write rope_decay.png (default: plots)")
+    parser.add_argument("--bases", default=None,
+                        help="comma-separated RoPE bases: also write <plots-dir>/rope_bases.md, a table of each one's"
+                             " turning pairs, slowest wavelength and the distance where Men et al.'s bound fails")
     args = parser.parse_args()
 
     values = {"head_dim": 32, "theta": 10000.0, "block_size": 64}  # the CPU config: 128 wide / 4 heads
@@ -118,6 +144,16 @@ def main():
     path = Path(args.plots_dir) / "rope_decay.png"
     plot_rope(values["head_dim"], values["theta"], values["block_size"], path, args.max_distance)
     print(f"wrote {path} (head dim {values['head_dim']}, theta {values['theta']:g}, block size {values['block_size']})")
+    if args.bases:
+        try:
+            bases = [float(b) for b in args.bases.split(",")]
+        except ValueError:
+            raise UserError(f"--bases takes comma-separated numbers, got {args.bases!r}") from None
+        for base in bases:
+            frequencies(2, base)  # refuses a base <= 1
+        table = base_table(values["head_dim"], values["block_size"], bases)
+        write_text(Path(args.plots_dir) / "rope_bases.md", table)
+        print(table + f"wrote {Path(args.plots_dir) / 'rope_bases.md'}")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import math
 import torch
 
 from model import GPTConfig, RotaryPositionalEncoding, apply_rotary_embeddings, precompute_theta_pos_frequencies
+from plot_rope import base_table, similarity_bound
 
 
 def rotate_by_matrices(x, theta=10000.0):
@@ -79,3 +80,11 @@ def test_rotation_keeps_norms():
     torch.testing.assert_close(y.norm(dim=-1), x.norm(dim=-1), atol=1e-5, rtol=1e-5)
     assert not torch.allclose(y[..., 1:, :], x[..., 1:, :])  # it did rotate (position 0 is the identity)
     torch.testing.assert_close(y[..., 0, :], x[..., 0, :])
+
+
+def test_men_et_al_bound_is_the_first_distance_where_the_cosine_sum_fails():
+    # d = 4, base 100: theta = (1, 0.1); B(m) = cos(m) + cos(0.1 m) = 1.54, 0.56, -0.035 at m = 1, 2, 3
+    assert similarity_bound(4, 100.0) == 3
+    assert similarity_bound(4, 100.0, max_distance=2) is None
+    table = base_table(32, 64, [100, 10000])
+    assert "| 100 | 9 | 471 | 28 |" in table and "| 10000 | 5 | 35,333 | 474 |" in table
