@@ -215,7 +215,7 @@ class RotaryPositionalEncoding(PositionalEncoding):
         if not config.rope_theta > 1:  # theta_i = rope_theta^(-2(i-1)/d): 1 gives every pair one frequency
             raise ValueError(f"rope_theta must be greater than 1, got {config.rope_theta}")
         pairs = config.head_dim // 2 * config.rope_fraction
-        if not (0 < config.rope_fraction <= 1 and pairs == round(pairs)):
+        if not (0 < config.rope_fraction <= 1 and abs(pairs - round(pairs)) < 1e-6):
             raise ValueError(f"rope_fraction must be in (0, 1] and rotate a whole number of the"
                              f" {config.head_dim // 2} pairs of a head, got {config.rope_fraction} ({pairs:g} pairs)")
         if config.rope_scaling not in ("none", "linear", "ntk", "yarn"):
@@ -325,8 +325,10 @@ class T5RelativeBias(PositionalEncoding):
     """T5's relative position bias (Raffel et al. 2020): a learned scalar per head for each of
     32 distance buckets, added to the scores; one table for all layers, as in T5. Causal
     (one-sided) buckets: distances 0-15 get one bucket each, 16-127 share the other 16 on a log
-    scale, 128 and more fall in the last. Over a 64-character window distances reach 63
-    (bucket 26), so buckets 27-31 (distances 67 and more) keep their initial values.
+    scale (the last one from 113), and 128 and more are clamped into the last. Over a 64-character
+    window distances reach 63 (bucket 26), so buckets 27-31 (distances 67 and more) are never
+    trained: they keep their initial values, shrunk by weight decay (the table is decayed like
+    every matrix here; T5 itself used none).
     The bias needs gradients, so in training SDPA takes its math path (see bench.py)."""
 
     num_buckets, max_distance = 32, 128

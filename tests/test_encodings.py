@@ -230,7 +230,10 @@ def test_fire_starts_at_the_papers_values_not_the_models_random_ones():
     assert (fire.c.item(), fire.L_multiplier.item()) == (pytest.approx(0.1), 1.0)
     w1 = fire.mlp[0].weight  # nn.Linear's default for fan_in 1: U(-1, 1), not the model's N(0, 0.02)
     assert w1.abs().max().item() <= 1 and w1.std().item() > 0.3
-    assert fire.mlp[2].weight.abs().max().item() <= 32 ** -0.5
+    w2 = fire.mlp[2].weight  # U(-1/sqrt(32), 1/sqrt(32)): std 0.102
+    assert w2.abs().max().item() <= 32 ** -0.5 and 0.08 < w2.std().item() < 0.13
+    for bias, bound in ((fire.mlp[0].bias, 1.0), (fire.mlp[2].bias, 32 ** -0.5)):  # not left at the model's 0
+        assert bias.abs().max().item() <= bound and (bias != 0).all()
     again = GPT(GPTConfig(**SMALL, pos_encoding="fire"), seed=3).transformer.pos
     assert torch.equal(again.mlp[0].weight, w1)  # seeded like every other parameter
     assert not torch.equal(GPT(GPTConfig(**SMALL, pos_encoding="fire"), seed=4).transformer.pos.mlp[0].weight, w1)
@@ -276,3 +279,4 @@ def test_p_rope_rotates_the_fastest_pairs_and_leaves_the_rest_alone():
 def test_p_rope_needs_a_whole_number_of_pairs(fraction):
     with pytest.raises(ValueError, match="rope_fraction must be in"):
         GPTConfig(n_embd=32, n_head=2, rope_fraction=fraction)
+    GPTConfig(n_embd=50, n_head=1, rope_fraction=0.28)  # 25 pairs x 0.28 = 7.000000000000001: accepted
