@@ -267,13 +267,17 @@ class Study:
         return {s["seed"]: s[field] for s in self.runs(key)}
 
     def pairs(self):
-        """Each variant against learned, RoPE against each other variant, and the variants of one
-        encoding against each other (sinusoidal with and without its sqrt(d) scale): each
-        unordered pair once, and only pairs that share a seed."""
+        """Each variant against learned, RoPE against each other variant, the variants of one
+        encoding against each other (sinusoidal with and without its sqrt(d) scale), and each
+        variant against its neighbour in the order of mean final val loss (so that a whole
+        ranking can be read off the table): each unordered pair once, and only pairs that share
+        a seed."""
         keys = list(self.groups)
         candidates = [(k, b) for b in keys if self.encoding(b) == "learned" for k in keys]
         candidates += [(r, k) for r in keys if self.encoding(r) == "rope" for k in keys]
         candidates += [(a, b) for i, a in enumerate(keys) for b in keys[i + 1:] if self.encoding(a) == self.encoding(b)]
+        ranked = sorted(keys, key=lambda k: statistics.mean(self.per_seed(k, "final_val_loss").values()))
+        candidates += list(zip(ranked, ranked[1:]))
         pairs, seen = [], set()
         for a, b in candidates:
             shared = self.per_seed(a, "seed").keys() & self.per_seed(b, "seed").keys()

@@ -11,6 +11,7 @@ from common import UserError
 from compare import Study, differences_table, results_table
 from conftest import run
 from plot import aggregate, plot_runs, read_metrics_of
+from model import POS_ENCODINGS
 from runs import group_variants, parse_variants, read_config, variant_labels, variant_name
 from train import FIELD_TYPES, TrainConfig
 
@@ -173,7 +174,7 @@ def test_a_variant_with_one_seed_twice_is_refused(tmp_path):
 
 def test_variants_on_the_command_line():
     v = parse_variants("rope,all,sinusoidal:sinusoidal_scale=false:learning_rate=2e-3", FIELD_TYPES)
-    assert v[0] == ("rope", {}) and len(v) == 6  # 'all' repeats rope: kept once
+    assert v[0] == ("rope", {}) and len(v) == len(POS_ENCODINGS) + 1  # "all" repeats rope: kept once
     assert v[-1] == ("sinusoidal", {"sinusoidal_scale": False, "learning_rate": 0.002})
     assert variant_name(*v[-1]) == "sinusoidal-sinusoidal_scale=false-lr=0.002"
     assert variant_name("rope", {"learning_rate": 0.002, "min_lr": 0.0002}) == "rope-lr=0.002"
@@ -207,3 +208,12 @@ def test_real_word_shares_of_a_hand_made_text():
     # 5+ letters: romeo light through yondre window breaks hilly -> 5 of 7 real (do'nt has 4 letters)
     assert (r["long_words"], r["real_long"]) == (7, pytest.approx(5 / 7))
     assert real_word_shares(["42 !"], vocabulary) == {"words": 0, "real": None, "long_words": 0, "real_long": None}
+
+
+def test_neighbours_in_the_ranking_are_paired_too(tmp_path):
+    # alibi and sinusoidal meet no rule but their ranks: 1.2 and 1.3 are neighbours; rope-alibi exists already
+    runs = [finished(tmp_path, enc, s, v + 0.01 * s) for enc, v in (("rope", 1.0), ("alibi", 1.2), ("sinusoidal", 1.3))
+            for s in (1, 2)]
+    study = Study(runs)
+    labels = [(study.labels[a], study.labels[b]) for a, b in study.pairs()]
+    assert labels == [("RoPE", "sinusoidal"), ("RoPE", "ALiBi"), ("ALiBi", "sinusoidal")]
