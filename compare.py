@@ -29,7 +29,7 @@ from tqdm import tqdm
 from analysis import paired, paired_table, real_word_shares, verdict, words
 from common import (CPU_CONFIG, UserError, load_meta, load_tokens, pick_device, positive, read_json, run_cli,
                     write_json, write_text)
-from evaluate import evaluate_runs, format_table, write_outputs
+from evaluate import SCALINGS, evaluate_runs, format_table, write_outputs
 from model import POS_ENCODINGS
 from plot import plot_runs
 from plot_rope import plot_rope
@@ -397,7 +397,7 @@ def parse_seeds(text):
     return seeds
 
 
-def write_report(study, plots_dir, title, args, extrapolate=False, t0=None, intro=""):
+def write_report(study, plots_dir, title, args, extrapolate=False, t0=None, intro="", methods=SCALINGS):
     """Everything a study's readers look at, in plots_dir: the loss curves, results.md (`intro`,
     results table, paired differences, real-word shares, extrapolation) and samples.md."""
     t0 = t0 or time.time()
@@ -414,7 +414,7 @@ def write_report(study, plots_dir, title, args, extrapolate=False, t0=None, intr
     sections += ["## Samples: real words\n", words_table, ""]
     if extrapolate:
         t_eval = time.time()
-        results = evaluate_runs(study.run_dirs, device=pick_device(study.configs[0]["device"]),
+        results = evaluate_runs(study.run_dirs, scalings=methods, device=pick_device(study.configs[0]["device"]),
                                 progress=study.configs[0]["progress"])
         write_outputs(results, plots_dir)
         c = study.configs[0]
@@ -472,11 +472,18 @@ def main():
                         help="afterwards, evaluate every run at 1x, 2x, 4x, 8x its block size (evaluate.py), run the"
                              " attention-distance and copy probes (probes.py) and draw the RoPE decay picture"
                              " (plot_rope.py)")
+    parser.add_argument("--extrapolate-methods", default=",".join(SCALINGS), metavar="METHODS",
+                        help="with --extrapolate: the RoPE context-extension methods rope runs are also read with"
+                             " (evaluate.py --rope-scaling): none (plain), linear, ntk, dynamic-ntk, yarn"
+                             " (default: all)")
     add_config_flags(parser, exclude=("pos_encoding", "run_name", "seed"))
     args = parser.parse_args()
 
     variants = parse_variants(args.pos_encodings, FIELD_TYPES)
     seeds = parse_seeds(args.seeds)
+    methods = [m.strip() for m in args.extrapolate_methods.split(",") if m.strip()]
+    if not methods or set(methods) - set(SCALINGS):
+        raise UserError(f"--extrapolate-methods takes some of {', '.join(SCALINGS)}, got {args.extrapolate_methods!r}")
     base = config_from_args(args)  # flags over the config file over the defaults, before per-run settings
     if args.jobs > 1 and pick_device(base.device) != "cpu":
         raise UserError(f"--jobs trains runs side by side on the CPU; on {pick_device(base.device)} train one at a time")
@@ -491,7 +498,8 @@ def main():
         print(f"{len(close)} variant(s) in pairs the seeds do not decide: {len(more)} more seed(s) each")
         train_runs(extra, args.overwrite, args.jobs)
         study = Study([Path(cfg.out_dir) / cfg.run_name for cfg in cfgs + extra])
-    write_report(study, args.plots_dir, f"Results: {Path(args.config).stem}", args, args.extrapolate, t0)
+    write_report(study, args.plots_dir, f"Results: {Path(args.config).stem}", args, args.extrapolate, t0,
+                 methods=methods)
     total = time.time() - t0
     print(f"total wall time: {total:.0f} s ({total / 60:.1f} min)")
 

@@ -103,6 +103,8 @@ def test_prepare_and_plot_errors(data_dir, tmp_path):
     assert_one_line_error(run("plot.py", tmp_path / "empty", check=False), "is not a run directory")
     assert_one_line_error(run("compare.py", "--pos-encodings", "rope,bogus", check=False), "unknown encoding 'bogus'")
     assert_one_line_error(run("compare.py", "--seeds", "1,x", check=False), "--seeds takes comma-separated integers")
+    assert_one_line_error(run("compare.py", "--extrapolate-methods", "ntk,bogus", check=False),
+                          "--extrapolate-methods takes some of none, linear, ntk, dynamic-ntk, yarn")
     # an error inside a worker process (compare.py --jobs) reaches the user as the same one line
     too_long = run("compare.py", "--data-dir", data_dir, "--out-dir", tmp_path, "--plots-dir", tmp_path,
                    "--pos-encodings", "rope,none", *TINY_FLAGS, "--block-size", 5000, check=False)
