@@ -1,9 +1,13 @@
 # make experiment      venv + data + rope/learned/none on the CPU config, 3 seeds, extrapolation study -> plots/
-# make experiment-all  all five encodings and sinusoidal without its sqrt(d) scale, 3 seeds, 2 more for
-#                      the variants of pairs that 3 seeds do not decide -> plots/all/ (reuses the runs above)
+# make experiment-all  all seven encodings, sinusoidal without its sqrt(d) scale and RoPE rotating half its pairs,
+#                      3 seeds, 2 more for the variants of pairs that 3 seeds do not decide -> plots/all/ (reuses
+#                      the runs above), and the biases T5 and FIRE learned -> plots/learned_bias.png
+# make rope-study      RoPE at its best rate (4e-3) with 25/50/75/100% of its pairs rotating (p-RoPE) and with
+#                      the base 100, 1000, 10000, 100000, 1 seed, extrapolation study -> plots/rope_study/
 # make finetune        short fine-tunes of the RoPE runs at 4x their length (PI, NTK, YaRN, plain), 1 seed, then
 #                      3 for the two best, and RoPE trained from scratch at 256 -> plots/finetune/
-# make sweep           learning-rate sweep of the same six, then 3 seeds at each one's best rate
+# make sweep           learning-rate sweep of the seven and sinusoidal without its scale, then 3 seeds at each
+#                      one's best rate
 #                      -> plots/lr_sweep.png, plots/lr_sweep/
 # make test            venv + the test suite
 # make bench           speed of each encoding on this machine
@@ -18,10 +22,14 @@ DATA       := data/shakespeare_char/test.bin
 CONFIG     ?= config/shakespeare_char_cpu.toml
 SEEDS      ?= 1337,1338,1339
 MORE_SEEDS ?= 1340,1341
-VARIANTS   := all,sinusoidal:sinusoidal_scale=false
+SWEEP      := all,sinusoidal:sinusoidal_scale=false
+VARIANTS   := $(SWEEP),rope:rope_fraction=0.5
+ROPE_LR    := rope:learning_rate=0.004:min_lr=0.0004
+FRACTIONS  := $(ROPE_LR):rope_fraction=0.25,$(ROPE_LR):rope_fraction=0.5,$(ROPE_LR):rope_fraction=0.75
+BASES      := $(ROPE_LR):rope_theta=100,$(ROPE_LR):rope_theta=1000,$(ROPE_LR):rope_theta=100000
 JOBS       ?= 1
 
-.PHONY: experiment experiment-all finetune sweep test bench data clean
+.PHONY: experiment experiment-all rope-study finetune sweep test bench data clean
 
 $(VENV)/.installed: requirements.txt
 	@$(PYTHON_SYS) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "error: Python 3.11 or newer is needed (tomllib); $(PYTHON_SYS) is " + sys.version.split()[0] + ". Use PYTHON_SYS=python3.11 make ...")'
@@ -40,12 +48,18 @@ experiment: $(VENV)/.installed $(DATA)
 experiment-all: $(VENV)/.installed $(DATA)
 	$(PY) compare.py $(CONFIG) --pos-encodings $(VARIANTS) --seeds $(SEEDS) --seeds-if-undecided $(MORE_SEEDS) \
 		--jobs $(JOBS) --extrapolate --plots-dir plots/all
+	$(PY) plot_bias.py --plots-dir plots
+
+rope-study: $(VENV)/.installed $(DATA)
+	$(PY) compare.py $(CONFIG) --pos-encodings $(ROPE_LR),$(FRACTIONS),$(BASES) --seeds 1337 --jobs $(JOBS) --extrapolate \
+		--extrapolate-methods none,ntk --plots-dir plots/rope_study
+	$(PY) plot_rope.py --bases 100,1000,10000,100000 --plots-dir plots/rope_study
 
 finetune: $(VENV)/.installed $(DATA)
 	$(PY) finetune.py $(CONFIG) --seeds 1337 --more-seeds 1338,1339 --scratch-seeds 1337 --plots-dir plots/finetune
 
 sweep: $(VENV)/.installed $(DATA)
-	$(PY) sweep.py $(CONFIG) --pos-encodings $(VARIANTS) --seeds $(SEEDS) --jobs $(JOBS) --plots-dir plots
+	$(PY) sweep.py $(CONFIG) --pos-encodings $(SWEEP) --seeds $(SEEDS) --jobs $(JOBS) --plots-dir plots
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q tests
