@@ -6,6 +6,8 @@
 #                      the base 100, 1000, 10000, 100000, 1 seed, extrapolation study -> plots/rope_study/
 # make finetune        short fine-tunes of the RoPE runs at 4x their length (PI, NTK, YaRN, plain), 1 seed, then
 #                      3 for the two best, and RoPE trained from scratch at 256 -> plots/finetune/
+# make experiment-mid  rope/learned/none on the mid CPU config (4.7M parameters, 12 epochs, where the val loss
+#                      stops falling; about an hour per run), 1 seed -> plots/shakespeare_char_mid/
 # make sweep           learning-rate sweep of the seven and sinusoidal without its scale, then 3 seeds at each
 #                      one's best rate
 #                      -> plots/lr_sweep.png, plots/lr_sweep/
@@ -29,7 +31,7 @@ FRACTIONS  := $(ROPE_LR):rope_fraction=0.25,$(ROPE_LR):rope_fraction=0.5,$(ROPE_
 BASES      := $(ROPE_LR):rope_theta=100,$(ROPE_LR):rope_theta=1000,$(ROPE_LR):rope_theta=100000
 JOBS       ?= 1
 
-.PHONY: experiment experiment-all rope-study finetune sweep test bench data clean
+.PHONY: experiment experiment-all experiment-mid rope-study finetune sweep test bench data clean
 
 $(VENV)/.installed: requirements.txt
 	@$(PYTHON_SYS) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "error: Python 3.11 or newer is needed (tomllib); $(PYTHON_SYS) is " + sys.version.split()[0] + ". Use PYTHON_SYS=python3.11 make ...")'
@@ -49,6 +51,9 @@ experiment-all: $(VENV)/.installed $(DATA)
 	$(PY) compare.py $(CONFIG) --pos-encodings $(VARIANTS) --seeds $(SEEDS) --seeds-if-undecided $(MORE_SEEDS) \
 		--jobs $(JOBS) --extrapolate --plots-dir plots/all
 	$(PY) plot_bias.py --plots-dir plots
+
+experiment-mid: $(VENV)/.installed $(DATA)
+	$(PY) compare.py config/shakespeare_char_mid.toml --seeds 1337 --jobs $(JOBS) --plots-dir plots/shakespeare_char_mid
 
 rope-study: $(VENV)/.installed $(DATA)
 	$(PY) compare.py $(CONFIG) --pos-encodings $(ROPE_LR),$(FRACTIONS),$(BASES) --seeds 1337 --jobs $(JOBS) --extrapolate \

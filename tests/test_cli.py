@@ -224,6 +224,18 @@ def test_missing_checkpoint(tmp_path):
     assert_clear_error(proc, "no checkpoint at")
 
 
+def test_mid_config_trains_with_a_constant_learning_rate_and_no_dropout(workspace, tmp_path):
+    """config/shakespeare_char_mid.toml's own code path, shrunk: every key of the file is valid, and
+    the schedule it sets (what lets its val curves turn) is really constant after the warm-up."""
+    run("train.py", ROOT / "config" / "shakespeare_char_mid.toml", "--data-dir", workspace / "data", "--out-dir",
+        tmp_path, "--n-layer=1", "--n-head=2", "--n-embd=32", "--block-size=16", "--batch-size=4",
+        "--max-iters=6", "--eval-interval=2", "--warmup-iters=2", "--no-progress")
+    config = json.loads((tmp_path / "rope_seed1337" / "config.json").read_text())
+    assert (config["dropout"], config["learning_rate"], config["min_lr"], config["eval_interval"]) == (0.0, 1e-3, 1e-3, 2)
+    metrics = (tmp_path / "rope_seed1337" / "metrics.csv").read_text().splitlines()[1:]
+    assert [float(line.split(",")[3]) for line in metrics][1:] == [1e-3] * 3  # steps 2, 4, 6
+
+
 def test_config_file_is_data_with_checked_keys_and_types(workspace, tmp_path):
     bad_key = tmp_path / "bad_key.toml"
     bad_key.write_text("n_layers = 4\n")
