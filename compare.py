@@ -7,7 +7,8 @@ the loss plots, a results table and one sample per encoding.
   python compare.py --pos-encodings rope,none --max-iters 500 --seeds 1,2,3
 
 Runs go to <out-dir>/<config name>/<encoding>_seed<seed>/; a run whose config.json
-matches and that has finished (summary.json) is reused, not retrained. Writes
+matches and that has finished (summary.json) is reused, not retrained, and one of a constant
+learning rate is continued when the config asks for more steps. Writes
 <plots-dir>/train_loss.png, val_loss.png, results.md and samples.md.
 """
 
@@ -39,7 +40,7 @@ from probes import write_outputs as write_probe_outputs
 from runs import group_variants, parse_variants, read_config, variant_key, variant_labels, variant_name
 from sample import load_model, sample
 from train import (FIELD_TYPES, add_config_flags, build_parser, config_differences, config_from_args, config_json,
-                   explain, provenance, train)
+                   continues, explain, provenance, train)
 
 ARTICLE_ENCODINGS = ["rope", "learned", "none"]
 
@@ -52,9 +53,12 @@ def plan(cfg, overwrite, prov):
     changed = config_differences(run_dir, cfg, prov)
     if changed == [] and (run_dir / "summary.json").exists():
         return "reuse"
+    same = changed == [] or continues(run_dir, cfg, changed)  # (or the same run, trained longer)
+    if same and (run_dir / "last.pt").exists():
+        return "resume"
     if changed and not overwrite:
         raise UserError(f"{explain(changed, run_dir)}; --overwrite retrains it, --out-dir elsewhere keeps both")
-    return "resume" if changed == [] and (run_dir / "last.pt").exists() else "train"
+    return "train"
 
 
 def make_configs(args, variants, seeds, learning_rates=None):

@@ -445,15 +445,36 @@ def differing_keys(a, b, ignore=NOT_RESULTS):
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in ignore)
 
 
+LENGTH = {"max_iters", "lr_decay_iters"}  # what a longer run of the same schedule may change
+
+
+def continues(run_dir, cfg, changed):
+    """True when cfg is the run in run_dir trained for more steps: only its length grew, and every
+    step it already ran keeps its learning rate (a constant rate after warm-up, or a decay over a
+    fixed lr_decay_iters). Resumed, it is then exactly the run trained that long from the start."""
+    if not changed or set(changed) - LENGTH:
+        return False
+    saved = read_json(Path(run_dir) / "config.json", f"remove {run_dir} or choose another --run-name")
+    old = replace(cfg, max_iters=saved["max_iters"], lr_decay_iters=saved.get("lr_decay_iters", 0))
+    return cfg.max_iters > old.max_iters and all(
+        learning_rate(old, it) == learning_rate(cfg, it) for it in range(old.max_iters))
+
+
 def prepare_run_dir(run_dir, cfg, prov, resume, overwrite):
     """Refuse to mix two runs' results in one directory."""
     if resume:
         if not (run_dir / "last.pt").exists():
             raise UserError(f"--resume: {run_dir} has no last.pt to resume from; start it without --resume")
         changed = config_differences(run_dir, cfg, prov)
-        if changed:
+        if changed and not set(changed) - LENGTH and not continues(run_dir, cfg, changed):
+            raise UserError(f"--resume: {run_dir} holds a shorter run whose steps would change their learning"
+                            f" rate; a run continues for more steps only if they keep it: a constant rate after"
+                            f" warm-up (--min-lr equal to --learning-rate), or a decay over a fixed --lr-decay-iters")
+        if changed and not continues(run_dir, cfg, changed):
             raise UserError(f"--resume: {explain(changed, run_dir)}; resume with the same settings, or start"
                             f" anew with --overwrite")
+        for name in ("summary.json", "samples.txt", "samples.json"):  # rewritten when the run ends
+            (run_dir / name).unlink(missing_ok=True)
         return
     if (run_dir / "metrics.csv").exists() and not overwrite:
         raise UserError(f"{run_dir} already holds a run; --resume to continue it, --overwrite to replace it,"
@@ -627,7 +648,8 @@ def main():
     parser = build_parser()
     add_config_flags(parser)
     parser.add_argument("--resume", action="store_true",
-                        help="continue the run in OUT_DIR/RUN_NAME from its last checkpoint (last.pt), exactly")
+                        help="continue the run in OUT_DIR/RUN_NAME from its last checkpoint (last.pt), exactly;"
+                             " with a larger --max-iters, train a finished run of a constant rate longer")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the results of an earlier run in the same directory")
     args = parser.parse_args()

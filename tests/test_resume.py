@@ -1,6 +1,7 @@
 """Crash-safe runs: exact resume after SIGKILL or Ctrl-C, refusing to mix runs, stopping on NaN, torchrun."""
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -178,3 +179,37 @@ def test_ctrl_c_while_compare_workers_start_up_stops_them_too(data_dir, tmp_path
     assert "compare.py: error: stopped by Ctrl-C; the same command resumes the interrupted runs" in stderr
     for enc in ("rope", "none"):
         assert not (tmp_path / "shakespeare_char_cpu" / f"{enc}_seed1337" / "summary.json").exists()
+
+
+def test_a_finished_run_of_a_constant_rate_continues_to_more_steps(data_dir, tmp_path):
+    constant = [*TINY_FLAGS, "--min-lr=3e-3"]  # (TINY: a rate of 3e-3 after 5 warm-up steps)
+    run("train.py", "--data-dir", data_dir, "--out-dir", tmp_path / "long", *constant, "--max-iters=60")
+    run("train.py", "--data-dir", data_dir, "--out-dir", tmp_path, *constant, "--max-iters=30")
+    run("train.py", "--data-dir", data_dir, "--out-dir", tmp_path, *constant, "--max-iters=60", "--resume")
+    run_dir = tmp_path / "rope_seed1337"
+    assert_same_rows(metrics(run_dir), metrics(tmp_path / "long" / "rope_seed1337"))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert json.loads((run_dir / "config.json").read_text())["max_iters"] == 60
+    assert summary["final_val_loss"] == pytest.approx(metrics(run_dir)[-1][2], abs=1e-6)
+    # compare.py continues it too, and reuses it once it is that long
+    run("compare.py", "--data-dir", data_dir, "--out-dir", tmp_path / "cmp", *constant, "--max-iters=30",
+        "--pos-encodings=rope", "--plots-dir", tmp_path / "plots", "--sample-tokens=20")
+    run("compare.py", "--data-dir", data_dir, "--out-dir", tmp_path / "cmp", *constant, "--max-iters=60",
+        "--pos-encodings=rope", "--plots-dir", tmp_path / "plots", "--sample-tokens=20")
+    assert_same_rows(metrics(next((tmp_path / "cmp").glob("*/rope_seed1337"))),
+                     metrics(tmp_path / "long" / "rope_seed1337"))
+
+
+def test_a_decaying_run_is_not_continued_to_more_steps(data_dir, tmp_path):
+    run("train.py", "--data-dir", data_dir, "--out-dir", tmp_path, *TINY_FLAGS, "--max-iters=30")
+    proc = run("train.py", "--data-dir", data_dir, "--out-dir", tmp_path, *TINY_FLAGS, "--max-iters=60", "--resume",
+               check=False)
+    assert proc.returncode == 2 and "would change their learning rate" in proc.stderr
+    assert "--min-lr equal to --learning-rate" in proc.stderr
+    # (the CPU config compare.py reads by default decays over a fixed 2000 steps: not over these)
+    decaying = [*TINY_FLAGS, "--lr-decay-iters=0", "--pos-encodings=rope", "--plots-dir", tmp_path / "plots",
+                "--sample-tokens=20"]
+    run("compare.py", "--data-dir", data_dir, "--out-dir", tmp_path / "cmp", *decaying)
+    proc = run("compare.py", "--data-dir", data_dir, "--out-dir", tmp_path / "cmp", *decaying, "--max-iters=60",
+               check=False)
+    assert proc.returncode == 2 and "holds a run with other settings (max_iters)" in proc.stderr
