@@ -79,6 +79,28 @@ def mean_ci(result):
 VERDICTS = {"lower": "a lower", "higher": "a higher", "undecided": "not decided"}
 
 
+# --- overfitting ----------------------------------------------------------------------
+
+TURN_NATS, TURN_NOISES, TURN_TAIL = 0.02, 3, 5
+
+
+def turn(val):
+    """Whether a val curve (losses at evenly spaced evaluations) has turned up by its end. The
+    rise is read on the mean of each TURN_TAIL consecutive evaluations, from its lowest to its
+    last value, so one lucky or unlucky evaluation neither makes nor hides a turn (and a curve
+    still falling has none). The noise σ is the evaluation-to-evaluation wobble over the second
+    half: for a trend plus independent noise of sd σ, successive differences have sd σ√2 around
+    their mean (the trend). A turn rises TURN_NATS and more than TURN_NOISES σ. (No noise, and
+    no turn, with fewer than 3 evaluations in the second half.)"""
+    best = min(range(len(val)), key=val.__getitem__)
+    means = [statistics.mean(val[i:i + TURN_TAIL]) for i in range(max(1, len(val) - TURN_TAIL + 1))]
+    rise = means[-1] - min(means)
+    half = val[len(val) // 2:]
+    noise = statistics.stdev([b - a for a, b in zip(half, half[1:])]) / math.sqrt(2) if len(half) > 2 else None
+    turned = noise is not None and rise >= TURN_NATS and rise > TURN_NOISES * noise
+    return {"best": best, "rise": rise, "noise": noise, "turned": turned}
+
+
 # --- samples ------------------------------------------------------------------------
 
 WORD = re.compile(r"[A-Za-z']+")

@@ -27,9 +27,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from analysis import paired, paired_table, real_word_shares, verdict, words
-from common import (CPU_CONFIG, UserError, load_meta, load_tokens, pick_device, positive, read_json, run_cli,
-                    write_json, write_text)
+from analysis import (TURN_NATS, TURN_NOISES, TURN_TAIL, paired, paired_table, real_word_shares, turn,
+                      verdict, words)
+from common import (CPU_CONFIG, UserError, load_meta, load_tokens, pick_device, positive, read_json, read_metrics,
+                    run_cli, write_json, write_text)
 from evaluate import SCALINGS, evaluate_runs, format_table, write_outputs
 from model import POS_ENCODINGS
 from plot import plot_runs
@@ -318,6 +319,25 @@ def results_table(study):
     return "\n".join(lines)
 
 
+def turns_table(study):
+    """Per run, how far its val curve rose after its minimum (analysis.turn); '' when every
+    run's best evaluation is its last."""
+    lines = [f"| variant | seed | best val loss | at step | final val loss | rise | noise σ "
+             f"| turned (rise ≥ {TURN_NATS} and > {TURN_NOISES}σ) |", "|---|---:|---:|---:|---:|---:|---:|---|"]
+    any_before_end = False
+    for key in study.groups:
+        for i in study.groups[key]:
+            rows = read_metrics(study.run_dirs[i] / "metrics.csv")
+            val = [float(r["val_loss"]) for r in rows]
+            t = turn(val)
+            noise = "–" if t["noise"] is None else f"{t['noise']:.4f}"
+            any_before_end |= t["best"] < len(rows) - 1
+            lines.append(f"| {study.labels[key]} | {study.summaries[i]['seed']} | {val[t['best']]:.4f} "
+                         f"| {rows[t['best']]['step']} | {val[-1]:.4f} | {t['rise']:+.4f} "
+                         f"| {noise} | {'yes' if t['turned'] else 'no'} |")
+    return "\n".join(lines) if any_before_end else ""
+
+
 def differences_table(study):
     """The paired differences of final losses (analysis.py), or '' when there is nothing to pair."""
     pairs = study.pairs()
@@ -414,6 +434,12 @@ def write_report(study, plots_dir, title, args, extrapolate=False, t0=None, intr
                      "Per seed, a − b of the final loss (both runs share initial weights and batches); 95% CI:"
                      " mean ± t(0.975, seeds − 1) · sd / √seeds; \"not decided\" where it contains 0. Each"
                      " interval is 95% on its own: with this many rows, one may miss by chance.", ""]
+    turns = turns_table(study)
+    if turns:
+        sections += ["## Where the val loss turns\n", turns, "",
+                     f"Rise: the mean of {TURN_TAIL} consecutive evaluations, from its lowest to its last value"
+                     f" (0 for a curve still falling). Noise σ: the evaluation-to-evaluation wobble over the"
+                     f" second half of the run (sd of successive differences / √2).", ""]
     words_table, samples_md = samples_report(study, args.sample_tokens, study.configs[0]["progress"])
     sections += ["## Samples: real words\n", words_table, ""]
     if extrapolate:

@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from analysis import paired, paired_table, real_word_shares, t_quantile, verdict, words
+from analysis import paired, paired_table, real_word_shares, t_quantile, turn, verdict, words
 from common import UserError
-from compare import Study, differences_table, results_table
+from compare import Study, differences_table, results_table, turns_table
 from conftest import run
 from plot import aggregate, plot_runs, read_metrics_of
 from model import POS_ENCODINGS
@@ -217,3 +217,33 @@ def test_neighbours_in_the_ranking_are_paired_too(tmp_path):
     study = Study(runs)
     labels = [(study.labels[a], study.labels[b]) for a, b in study.pairs()]
     assert labels == [("RoPE", "sinusoidal"), ("RoPE", "ALiBi"), ("ALiBi", "sinusoidal")]
+
+
+def test_turn_needs_a_rise_of_0_02_nats_and_three_times_the_noise():
+    # falls to 1.44 and climbs back: the means of 5 evaluations go down to 1.454 and end at
+    # 1.506; the second half's successive differences .02 0 .02 0 .02 have sd 0.010954, and
+    # the noise is that over √2
+    rising = turn([1.6, 1.5, 1.45, 1.44, 1.45, 1.46, 1.47, 1.49, 1.49, 1.51, 1.51, 1.53])
+    assert rising["best"] == 3 and rising["rise"] == pytest.approx(0.052)
+    assert rising["noise"] == pytest.approx(0.0109545 / 2 ** 0.5, rel=1e-4) and rising["turned"]
+    # flat and noisy: its minimum is a lucky 1.49, but the 5-evaluation means only wander by 0.004
+    flat = turn([1.5, 1.49, 1.51, 1.49, 1.51, 1.49, 1.51, 1.49, 1.51, 1.50])
+    assert flat["best"] == 1 and flat["rise"] == pytest.approx(0.002) and not flat["turned"]
+    # still falling at the end: no rise however noisy the last evaluations are
+    falling = turn([2.0, 1.8, 1.7, 1.65, 1.6, 1.58, 1.56, 1.55, 1.53, 1.52])
+    assert falling["best"] == 9 and falling["rise"] == 0 and not falling["turned"]
+    # 0.02 above the lowest means, but the curve jumps by 0.1 between evaluations
+    jumpy = turn([1.5, 1.4, 1.5, 1.4, 1.5, 1.4, 1.5, 1.4, 1.5, 1.5])
+    assert jumpy["rise"] == pytest.approx(0.02) and jumpy["noise"] > 0.06 and not jumpy["turned"]
+
+
+def test_turns_table_rows_and_when_it_is_left_out(tmp_path):
+    still_falling = Study([finished(tmp_path, "rope", 1, 1.0)])  # val 4.0 then 1.0: best at the end
+    assert turns_table(still_falling) == ""
+    val = [1.6, 1.5, 1.45, 1.44, 1.45, 1.46, 1.47, 1.49, 1.49, 1.51, 1.51, 1.53]  # as in the test above
+    run = make_run(tmp_path, "learned_1", val, seed=1, pos_encoding="learned", summary={
+        "best_val_loss": 1.44, "final_train_loss": 1.3, "final_val_loss": 1.53, "best_test_loss": 1.5,
+        "final_test_loss": 1.55})
+    rows = turns_table(Study([tmp_path / "rope_1", run])).splitlines()
+    assert rows[2].startswith("| RoPE | 1 | 1.0000 | 10 |") and rows[2].endswith("| no |")
+    assert rows[3] == "| learned | 1 | 1.4400 | 30 | 1.5300 | +0.0520 | 0.0077 | yes |"
