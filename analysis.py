@@ -81,24 +81,32 @@ VERDICTS = {"lower": "a lower", "higher": "a higher", "undecided": "not decided"
 
 # --- overfitting ----------------------------------------------------------------------
 
-TURN_NATS, TURN_NOISES, TURN_TAIL = 0.02, 3, 5
+# A turn: the val curve ends at least TURN_NATS above its lowest point, each point the mean of
+# TURN_WINDOW consecutive evaluations, and the rise also exceeds TURN_SIGMAS times one
+# evaluation's noise: a conservative heuristic, not a test (the difference of two such means
+# has sd about 0.63σ before the choice of the lowest one adds to it).
+TURN_NATS, TURN_SIGMAS, TURN_WINDOW = 0.02, 3, 5
 
 
 def turn(val):
-    """Whether a val curve (losses at evenly spaced evaluations) has turned up by its end. The
-    rise is read on the mean of each TURN_TAIL consecutive evaluations, from its lowest to its
-    last value, so one lucky or unlucky evaluation neither makes nor hides a turn (and a curve
-    still falling has none). The noise σ is the evaluation-to-evaluation wobble over the second
-    half: for a trend plus independent noise of sd σ, successive differences have sd σ√2 around
-    their mean (the trend). A turn rises TURN_NATS and more than TURN_NOISES σ. (No noise, and
-    no turn, with fewer than 3 evaluations in the second half.)"""
+    """Whether a val curve (losses at evenly spaced evaluations) has turned up by its end, read
+    on the means of each TURN_WINDOW consecutive evaluations, from their lowest to their last,
+    so one lucky or unlucky evaluation neither makes nor hides a turn. The rise is 0 when the
+    last mean is the lowest: still falling, or turned only within its last evaluations. The
+    noise σ is the evaluation-to-evaluation wobble over the second half: for a straight trend
+    plus independent noise of sd σ, successive differences have sd σ√2 around their mean (a
+    bend in the curve inflates it, which errs towards "no turn"). With fewer than
+    2 · TURN_WINDOW evaluations there is no noise estimate and no verdict."""
     best = min(range(len(val)), key=val.__getitem__)
-    means = [statistics.mean(val[i:i + TURN_TAIL]) for i in range(max(1, len(val) - TURN_TAIL + 1))]
-    rise = means[-1] - min(means)
+    means = [statistics.mean(val[i:i + TURN_WINDOW]) for i in range(max(1, len(val) - TURN_WINDOW + 1))]
     half = val[len(val) // 2:]
-    noise = statistics.stdev([b - a for a, b in zip(half, half[1:])]) / math.sqrt(2) if len(half) > 2 else None
-    turned = noise is not None and rise >= TURN_NATS and rise > TURN_NOISES * noise
-    return {"best": best, "rise": rise, "noise": noise, "turned": turned}
+    noise = None
+    if len(val) >= 2 * TURN_WINDOW:
+        noise = statistics.stdev([b - a for a, b in zip(half, half[1:])]) / math.sqrt(2)
+    rise = means[-1] - min(means)
+    turned = noise is not None and rise >= TURN_NATS and rise > TURN_SIGMAS * noise
+    return {"best": best, "lowest_mean": min(means), "last_mean": means[-1], "rise": rise, "noise": noise,
+            "turned": turned}
 
 
 # --- samples ------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from analysis import (TURN_NATS, TURN_NOISES, TURN_TAIL, paired, paired_table, real_word_shares, turn,
+from analysis import (TURN_NATS, TURN_SIGMAS, TURN_WINDOW, paired, paired_table, real_word_shares, turn,
                       verdict, words)
 from common import (CPU_CONFIG, UserError, load_meta, load_tokens, pick_device, positive, read_json, read_metrics,
                     run_cli, write_json, write_text)
@@ -41,25 +41,27 @@ from probes import write_outputs as write_probe_outputs
 from runs import group_variants, parse_variants, read_config, variant_key, variant_labels, variant_name
 from sample import load_model, sample
 from train import (FIELD_TYPES, add_config_flags, build_parser, config_differences, config_from_args, config_json,
-                   continues, explain, provenance, train)
+                   explain, provenance, train, why_not_continued)
 
 ARTICLE_ENCODINGS = ["rope", "learned", "none"]
 
 
 def plan(cfg, overwrite, prov):
-    """"reuse" a finished run with this config and provenance, "resume" an interrupted one, else
+    """"reuse" a finished run with this config and provenance, "resume" an interrupted one,
+    "continue" a finished one that cfg trains for more steps (train.why_not_continued), else
     "train". A run of another config, or evaluated another way (an older version of the
     evaluation, other text), is replaced only with --overwrite."""
     run_dir = Path(cfg.out_dir) / cfg.run_name
     changed = config_differences(run_dir, cfg, prov)
     if changed == [] and (run_dir / "summary.json").exists():
         return "reuse"
-    same = changed == [] or continues(run_dir, cfg, changed)  # (or the same run, trained longer)
-    if same and (run_dir / "last.pt").exists():
-        return "resume"
     if changed and not overwrite:
-        raise UserError(f"{explain(changed, run_dir)}; --overwrite retrains it, --out-dir elsewhere keeps both")
-    return "train"
+        reason = why_not_continued(run_dir, cfg, changed)
+        if reason is None and (run_dir / "last.pt").exists():
+            return "continue"
+        raise UserError(f"{reason or explain(changed, run_dir)}; --overwrite retrains it, --out-dir elsewhere"
+                        f" keeps both")
+    return "resume" if changed == [] and (run_dir / "last.pt").exists() else "train"
 
 
 def make_configs(args, variants, seeds, learning_rates=None):
@@ -228,6 +230,8 @@ def train_runs(cfgs, overwrite, jobs=1):
         else:
             if action == "resume":
                 print(f"{cfg.run_name}: resuming the interrupted run")
+            if action == "continue":
+                print(f"{cfg.run_name}: continuing the finished run to {cfg.max_iters} steps")
             todo.append(i)
 
     def done(i, summary):
@@ -238,9 +242,9 @@ def train_runs(cfgs, overwrite, jobs=1):
     jobs = min(jobs, len(todo))
     if jobs <= 1:
         for i in todo:
-            done(i, train(cfgs[i], resume=actions[i] == "resume", overwrite=True))
+            done(i, train(cfgs[i], resume=actions[i] in ("resume", "continue"), overwrite=True))
     else:
-        train_side_by_side([cfgs[i] for i in todo], [actions[i] == "resume" for i in todo], jobs,
+        train_side_by_side([cfgs[i] for i in todo], [actions[i] in ("resume", "continue") for i in todo], jobs,
                            lambda k, summary: done(todo[k], summary))
     return summaries
 
@@ -322,8 +326,9 @@ def results_table(study):
 def turns_table(study):
     """Per run, how far its val curve rose after its minimum (analysis.turn); '' when every
     run's best evaluation is its last."""
-    lines = [f"| variant | seed | best val loss | at step | final val loss | rise | noise σ "
-             f"| turned (rise ≥ {TURN_NATS} and > {TURN_NOISES}σ) |", "|---|---:|---:|---:|---:|---:|---:|---|"]
+    lines = [f"| variant | seed | best val loss | at step | lowest mean of {TURN_WINDOW} | last mean of {TURN_WINDOW} "
+             f"| rise | noise σ | turned (rise ≥ {TURN_NATS} and > {TURN_SIGMAS}σ) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     any_before_end = False
     for key in study.groups:
         for i in study.groups[key]:
@@ -333,8 +338,8 @@ def turns_table(study):
             noise = "–" if t["noise"] is None else f"{t['noise']:.4f}"
             any_before_end |= t["best"] < len(rows) - 1
             lines.append(f"| {study.labels[key]} | {study.summaries[i]['seed']} | {val[t['best']]:.4f} "
-                         f"| {rows[t['best']]['step']} | {val[-1]:.4f} | {t['rise']:+.4f} "
-                         f"| {noise} | {'yes' if t['turned'] else 'no'} |")
+                         f"| {rows[t['best']]['step']} | {t['lowest_mean']:.4f} | {t['last_mean']:.4f} "
+                         f"| {t['rise']:+.4f} | {noise} | {'yes' if t['turned'] else 'no'} |")
     return "\n".join(lines) if any_before_end else ""
 
 
@@ -423,7 +428,8 @@ def parse_seeds(text):
 
 def write_report(study, plots_dir, title, args, extrapolate=False, t0=None, intro="", methods=SCALINGS):
     """Everything a study's readers look at, in plots_dir: the loss curves, results.md (`intro`,
-    results table, paired differences, real-word shares, extrapolation) and samples.md."""
+    results table, paired differences, where the val loss turns, real-word shares,
+    extrapolation) and samples.md."""
     t0 = t0 or time.time()
     plots_dir = Path(plots_dir)
     plot_runs(study.run_dirs, plots_dir)
@@ -437,9 +443,10 @@ def write_report(study, plots_dir, title, args, extrapolate=False, t0=None, intr
     turns = turns_table(study)
     if turns:
         sections += ["## Where the val loss turns\n", turns, "",
-                     f"Rise: the mean of {TURN_TAIL} consecutive evaluations, from its lowest to its last value"
-                     f" (0 for a curve still falling). Noise σ: the evaluation-to-evaluation wobble over the"
-                     f" second half of the run (sd of successive differences / √2).", ""]
+                     f"Means of {TURN_WINDOW} consecutive evaluations; rise: from the lowest to the last (0"
+                     f" when the last is the lowest). Noise σ: the evaluation-to-evaluation wobble over the"
+                     f" second half of the run (sd of successive differences / √2; – with fewer than"
+                     f" {2 * TURN_WINDOW} evaluations).", ""]
     words_table, samples_md = samples_report(study, args.sample_tokens, study.configs[0]["progress"])
     sections += ["## Samples: real words\n", words_table, ""]
     if extrapolate:

@@ -445,42 +445,48 @@ def differing_keys(a, b, ignore=NOT_RESULTS):
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in ignore)
 
 
-LENGTH = {"max_iters", "lr_decay_iters"}  # what a longer run of the same schedule may change
+LENGTH_KEYS = {"max_iters", "lr_decay_iters"}  # what a run continued for more steps may change
 
 
-def continues(run_dir, cfg, changed):
-    """True when cfg is the run in run_dir trained for more steps: only its length grew, and every
-    step it already ran keeps its learning rate (a constant rate after warm-up, or a decay over a
-    fixed lr_decay_iters). Resumed, it is then exactly the run trained that long from the start."""
-    if not changed or set(changed) - LENGTH:
-        return False
+def why_not_continued(run_dir, cfg, changed):
+    """None when cfg is the run in run_dir (which differs from it in `changed`) trained for more
+    steps: only its length grew, its last evaluation is one the longer run also makes, and every
+    step it ran keeps its learning rate (a constant rate after warm-up, or a decay over a fixed
+    lr_decay_iters). Resumed, it is then exactly the run trained that long from the start.
+    Otherwise a sentence on why not."""
+    if set(changed) - LENGTH_KEYS:
+        return explain(changed, run_dir)
     saved = read_json(Path(run_dir) / "config.json", f"remove {run_dir} or choose another --run-name")
     old = replace(cfg, max_iters=saved["max_iters"], lr_decay_iters=saved.get("lr_decay_iters", 0))
-    return cfg.max_iters > old.max_iters and all(
-        learning_rate(old, it) == learning_rate(cfg, it) for it in range(old.max_iters))
+    if cfg.max_iters <= old.max_iters:
+        return f"{run_dir} holds a run of {old.max_iters} steps, not fewer than --max-iters {cfg.max_iters}"
+    if old.max_iters % cfg.eval_interval:
+        return (f"{run_dir} holds a run of {old.max_iters} steps, not a multiple of --eval-interval"
+                f" {cfg.eval_interval}: a longer run would not evaluate (nor keep a best checkpoint) at its end")
+    if any(learning_rate(old, it) != learning_rate(cfg, it) for it in range(old.max_iters)):
+        return (f"{run_dir} holds a run of {old.max_iters} steps whose learning rate would change; a run"
+                f" continues for more steps only if its steps keep their rate: a constant rate after warm-up"
+                f" (--min-lr equal to --learning-rate), or a decay over a fixed --lr-decay-iters")
+    return None
 
 
 def prepare_run_dir(run_dir, cfg, prov, resume, overwrite):
-    """Refuse to mix two runs' results in one directory."""
+    """Refuse to mix two runs' results in one directory. Returns True when --resume continues a
+    run for more steps."""
     if resume:
         if not (run_dir / "last.pt").exists():
             raise UserError(f"--resume: {run_dir} has no last.pt to resume from; start it without --resume")
         changed = config_differences(run_dir, cfg, prov)
-        if changed and not set(changed) - LENGTH and not continues(run_dir, cfg, changed):
-            raise UserError(f"--resume: {run_dir} holds a shorter run whose steps would change their learning"
-                            f" rate; a run continues for more steps only if they keep it: a constant rate after"
-                            f" warm-up (--min-lr equal to --learning-rate), or a decay over a fixed --lr-decay-iters")
-        if changed and not continues(run_dir, cfg, changed):
-            raise UserError(f"--resume: {explain(changed, run_dir)}; resume with the same settings, or start"
-                            f" anew with --overwrite")
-        for name in ("summary.json", "samples.txt", "samples.json"):  # rewritten when the run ends
-            (run_dir / name).unlink(missing_ok=True)
-        return
+        reason = changed and why_not_continued(run_dir, cfg, changed)
+        if reason:
+            raise UserError(f"--resume: {reason}; resume with the same settings, or start anew with --overwrite")
+        return bool(changed)
     if (run_dir / "metrics.csv").exists() and not overwrite:
         raise UserError(f"{run_dir} already holds a run; --resume to continue it, --overwrite to replace it,"
                         f" or choose another --run-name")
     for name in ("metrics.csv", "ckpt.pt", "last.pt", "summary.json", "samples.txt", "samples.json"):
         (run_dir / name).unlink(missing_ok=True)
+    return False
 
 
 def metrics_before(path, step):
@@ -538,8 +544,7 @@ def _train(cfg, resume, overwrite, bar_position):
     train_time = 0.0  # seconds spent in training steps, evaluation excluded
     rows = []
     prov = provenance(cfg, meta, trainer.batches.eval_text)
-    if master:
-        prepare_run_dir(run_dir, cfg, prov, resume, overwrite)
+    continued = master and prepare_run_dir(run_dir, cfg, prov, resume, overwrite)
     if resume:
         state = load_checkpoint(run_dir / "last.pt", trainer.dist.device, kind="training")
         if state["vocab"] != meta["chars"]:
@@ -548,6 +553,9 @@ def _train(cfg, resume, overwrite, bar_position):
         trainer.load_state_dict(state["trainer"])
         best, train_time, t_start = state["best"], state["train_time"], time.time() - state["elapsed_s"]
         rows = metrics_before(run_dir / "metrics.csv", trainer.iter)
+    if continued:  # the shorter run's summary and samples must not outlive its config.json
+        for name in ("summary.json", "samples.txt", "samples.json"):
+            (run_dir / name).unlink(missing_ok=True)
     if master:
         write_json(run_dir / "config.json", {**asdict(cfg), "provenance": prov})
         write_text(run_dir / "metrics.csv", ",".join(METRIC_FIELDS) + "\n"
@@ -649,7 +657,8 @@ def main():
     add_config_flags(parser)
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in OUT_DIR/RUN_NAME from its last checkpoint (last.pt), exactly;"
-                             " with a larger --max-iters, train a finished run of a constant rate longer")
+                             " with a larger --max-iters, train a finished run longer if its steps keep their"
+                             " learning rate (a constant rate after warm-up, or a fixed --lr-decay-iters)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the results of an earlier run in the same directory")
     args = parser.parse_args()

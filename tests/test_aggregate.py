@@ -224,7 +224,8 @@ def test_turn_needs_a_rise_of_0_02_nats_and_three_times_the_noise():
     # 1.506; the second half's successive differences .02 0 .02 0 .02 have sd 0.010954, and
     # the noise is that over √2
     rising = turn([1.6, 1.5, 1.45, 1.44, 1.45, 1.46, 1.47, 1.49, 1.49, 1.51, 1.51, 1.53])
-    assert rising["best"] == 3 and rising["rise"] == pytest.approx(0.052)
+    assert rising["best"] == 3 and rising["lowest_mean"] == pytest.approx(1.454)
+    assert rising["last_mean"] == pytest.approx(1.506) and rising["rise"] == pytest.approx(0.052)
     assert rising["noise"] == pytest.approx(0.0109545 / 2 ** 0.5, rel=1e-4) and rising["turned"]
     # flat and noisy: its minimum is a lucky 1.49, but the 5-evaluation means only wander by 0.004
     flat = turn([1.5, 1.49, 1.51, 1.49, 1.51, 1.49, 1.51, 1.49, 1.51, 1.50])
@@ -232,9 +233,16 @@ def test_turn_needs_a_rise_of_0_02_nats_and_three_times_the_noise():
     # still falling at the end: no rise however noisy the last evaluations are
     falling = turn([2.0, 1.8, 1.7, 1.65, 1.6, 1.58, 1.56, 1.55, 1.53, 1.52])
     assert falling["best"] == 9 and falling["rise"] == 0 and not falling["turned"]
-    # 0.02 above the lowest means, but the curve jumps by 0.1 between evaluations
-    jumpy = turn([1.5, 1.4, 1.5, 1.4, 1.5, 1.4, 1.5, 1.4, 1.5, 1.5])
-    assert jumpy["rise"] == pytest.approx(0.02) and jumpy["noise"] > 0.06 and not jumpy["turned"]
+    # 0.04 above the lowest means, but the curve jumps by 0.1 between evaluations
+    jumpy = turn([1.5, 1.4, 1.5, 1.4, 1.5, 1.4, 1.5, 1.4, 1.5, 1.6])
+    assert jumpy["rise"] == pytest.approx(0.04) and jumpy["noise"] == pytest.approx(0.1 / 2 ** 0.5)
+    assert not jumpy["turned"]
+    # smooth (no noise) but rises only 0.0116: below the 0.02 floor
+    small = turn([1.5 - 0.01 * i for i in range(10)] + [1.41 + 0.002 * i for i in range(10)])
+    assert small["rise"] == pytest.approx(0.0116) and small["noise"] < 1e-9 and not small["turned"]
+    # too few evaluations for a noise estimate: no verdict
+    short = turn([1.6, 1.5, 1.45, 1.44, 1.5, 1.55, 1.6, 1.65, 1.7])
+    assert short["noise"] is None and short["rise"] > 0.1 and not short["turned"]
 
 
 def test_turns_table_rows_and_when_it_is_left_out(tmp_path):
@@ -245,5 +253,5 @@ def test_turns_table_rows_and_when_it_is_left_out(tmp_path):
         "best_val_loss": 1.44, "final_train_loss": 1.3, "final_val_loss": 1.53, "best_test_loss": 1.5,
         "final_test_loss": 1.55})
     rows = turns_table(Study([tmp_path / "rope_1", run])).splitlines()
-    assert rows[2].startswith("| RoPE | 1 | 1.0000 | 10 |") and rows[2].endswith("| no |")
-    assert rows[3] == "| learned | 1 | 1.4400 | 30 | 1.5300 | +0.0520 | 0.0077 | yes |"
+    assert rows[2] == "| RoPE | 1 | 1.0000 | 10 | 2.5000 | 2.5000 | +0.0000 | – | no |"  # 2 evaluations
+    assert rows[3] == "| learned | 1 | 1.4400 | 30 | 1.4540 | 1.5060 | +0.0520 | 0.0077 | yes |"

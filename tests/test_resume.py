@@ -183,33 +183,50 @@ def test_ctrl_c_while_compare_workers_start_up_stops_them_too(data_dir, tmp_path
 
 def test_a_finished_run_of_a_constant_rate_continues_to_more_steps(data_dir, tmp_path):
     constant = [*TINY_FLAGS, "--min-lr=3e-3"]  # (TINY: a rate of 3e-3 after 5 warm-up steps)
+    long = tmp_path / "long" / "rope_seed1337"
     run("train.py", "--data-dir", data_dir, "--out-dir", tmp_path / "long", *constant, "--max-iters=60")
     run("train.py", "--data-dir", data_dir, "--out-dir", tmp_path, *constant, "--max-iters=30")
-    run("train.py", "--data-dir", data_dir, "--out-dir", tmp_path, *constant, "--max-iters=60", "--resume")
     run_dir = tmp_path / "rope_seed1337"
-    assert_same_rows(metrics(run_dir), metrics(tmp_path / "long" / "rope_seed1337"))
-    summary = json.loads((run_dir / "summary.json").read_text())
+    run("sample.py", "--out-dir", run_dir, "--num-samples=1", "--max-new-tokens=5")
+    assert (run_dir / "samples.txt").exists()
+    run("train.py", "--data-dir", data_dir, "--out-dir", tmp_path, *constant, "--max-iters=60", "--resume")
+    assert not (run_dir / "samples.txt").exists()  # the shorter run's samples went with it
+    assert_same_rows(metrics(run_dir), metrics(long))
+    summary, want = (json.loads((d / "summary.json").read_text()) for d in (run_dir, long))
+    for key in ("best_val_loss", "best_step", "best_test_loss", "final_val_loss", "final_test_loss"):
+        assert summary[key] == pytest.approx(want[key], abs=1e-6), key
+    assert torch.load(run_dir / "ckpt.pt", weights_only=True)["step"] == want["best_step"]
     assert json.loads((run_dir / "config.json").read_text())["max_iters"] == 60
-    assert summary["final_val_loss"] == pytest.approx(metrics(run_dir)[-1][2], abs=1e-6)
-    # compare.py continues it too, and reuses it once it is that long
-    run("compare.py", "--data-dir", data_dir, "--out-dir", tmp_path / "cmp", *constant, "--max-iters=30",
-        "--pos-encodings=rope", "--plots-dir", tmp_path / "plots", "--sample-tokens=20")
-    run("compare.py", "--data-dir", data_dir, "--out-dir", tmp_path / "cmp", *constant, "--max-iters=60",
-        "--pos-encodings=rope", "--plots-dir", tmp_path / "plots", "--sample-tokens=20")
-    assert_same_rows(metrics(next((tmp_path / "cmp").glob("*/rope_seed1337"))),
-                     metrics(tmp_path / "long" / "rope_seed1337"))
+    # compare.py continues it too, then reuses it
+    cmp = [*constant, "--pos-encodings=rope", "--plots-dir", tmp_path / "plots", "--sample-tokens=20"]
+    run("compare.py", "--data-dir", data_dir, "--out-dir", tmp_path / "cmp", *cmp, "--max-iters=30")
+    out = run("compare.py", "--data-dir", data_dir, "--out-dir", tmp_path / "cmp", *cmp, "--max-iters=60").stdout
+    assert "continuing the finished run to 60 steps" in out
+    assert_same_rows(metrics(next((tmp_path / "cmp").glob("*/rope_seed1337"))), metrics(long))
+    out = run("compare.py", "--data-dir", data_dir, "--out-dir", tmp_path / "cmp", *cmp, "--max-iters=60").stdout
+    assert "finished earlier, reusing it" in out
 
 
-def test_a_decaying_run_is_not_continued_to_more_steps(data_dir, tmp_path):
+def test_a_run_is_not_continued_where_its_steps_or_evaluations_would_change(data_dir, tmp_path):
     run("train.py", "--data-dir", data_dir, "--out-dir", tmp_path, *TINY_FLAGS, "--max-iters=30")
     proc = run("train.py", "--data-dir", data_dir, "--out-dir", tmp_path, *TINY_FLAGS, "--max-iters=60", "--resume",
-               check=False)
-    assert proc.returncode == 2 and "would change their learning rate" in proc.stderr
+               check=False)  # cosine decay over max_iters
+    assert proc.returncode == 2 and "whose learning rate would change" in proc.stderr
     assert "--min-lr equal to --learning-rate" in proc.stderr
-    # (the CPU config compare.py reads by default decays over a fixed 2000 steps: not over these)
+    proc = run("train.py", "--data-dir", data_dir, "--out-dir", tmp_path, *TINY_FLAGS, "--max-iters=20", "--resume",
+               check=False)
+    assert proc.returncode == 2 and "holds a run of 30 steps, not fewer than --max-iters 20" in proc.stderr
+    # its last evaluation, at step 25, is one a run of 60 steps does not make
+    constant = [*TINY_FLAGS, "--min-lr=3e-3", "--run-name=off_grid"]
+    run("train.py", "--data-dir", data_dir, "--out-dir", tmp_path, *constant, "--max-iters=25")
+    proc = run("train.py", "--data-dir", data_dir, "--out-dir", tmp_path, *constant, "--max-iters=60", "--resume",
+               check=False)
+    assert proc.returncode == 2 and "not a multiple of --eval-interval 10" in proc.stderr
+    assert (tmp_path / "off_grid" / "summary.json").exists()  # a refused run keeps its results
+    # compare.py says why too (the CPU config it reads by default decays over a fixed 2000 steps: not these)
     decaying = [*TINY_FLAGS, "--lr-decay-iters=0", "--pos-encodings=rope", "--plots-dir", tmp_path / "plots",
                 "--sample-tokens=20"]
     run("compare.py", "--data-dir", data_dir, "--out-dir", tmp_path / "cmp", *decaying)
     proc = run("compare.py", "--data-dir", data_dir, "--out-dir", tmp_path / "cmp", *decaying, "--max-iters=60",
                check=False)
-    assert proc.returncode == 2 and "holds a run with other settings (max_iters)" in proc.stderr
+    assert proc.returncode == 2 and "whose learning rate would change" in proc.stderr and "--overwrite" in proc.stderr
