@@ -131,7 +131,8 @@ def test_compare_trains_plots_tabulates_and_reuses(workspace, tmp_path):
     assert again.stdout.count("finished earlier, reusing it") == 2
     # a changed config is never mistaken for a finished run: refused, or retrained with --overwrite
     refused = run("compare.py", *args, "--max-iters=20", "--pos-encodings", "none", check=False)
-    assert refused.returncode == 2 and "holds a run with other settings (max_iters)" in refused.stderr
+    assert refused.returncode == 2 and "holds a run of 30 steps, not fewer than --max-iters 20" in refused.stderr
+    assert refused.stderr.rstrip().endswith("--overwrite retrains it, --out-dir elsewhere keeps both")
     changed = run("compare.py", *args, "--max-iters=20", "--pos-encodings", "none", "--overwrite")
     assert "reusing" not in changed.stdout
     none_dir = tmp_path / "out" / "shakespeare_char_cpu" / "none_seed1337"
