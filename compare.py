@@ -324,11 +324,12 @@ def results_table(study):
 
 
 def turns_table(study):
-    """Per run, how far its val curve rose after its minimum (analysis.turn); '' when every
-    run's best evaluation is its last."""
-    lines = [f"| variant | seed | best val loss | at step | lowest mean of {TURN_WINDOW} | last mean of {TURN_WINDOW} "
-             f"| rise | noise σ | turned (rise ≥ {TURN_NATS} and > {TURN_SIGMAS}σ) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    """Per run, how far its val curve rose after its minimum (analysis.turn), and the test loss of
+    its best checkpoint (once runs overfit, final losses compare how far each has overfitted, the
+    best checkpoints what each can reach); '' when every run's best evaluation is its last."""
+    lines = [f"| variant | seed | best val loss | at step | test loss there | lowest mean of {TURN_WINDOW} "
+             f"| last mean of {TURN_WINDOW} | rise | noise σ | turned (rise ≥ {TURN_NATS} and > {TURN_SIGMAS}σ) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     any_before_end = False
     for key in study.groups:
         for i in study.groups[key]:
@@ -338,7 +339,8 @@ def turns_table(study):
             noise = "–" if t["noise"] is None else f"{t['noise']:.4f}"
             any_before_end |= t["best"] < len(rows) - 1
             lines.append(f"| {study.labels[key]} | {study.summaries[i]['seed']} | {val[t['best']]:.4f} "
-                         f"| {rows[t['best']]['step']} | {t['lowest_mean']:.4f} | {t['last_mean']:.4f} "
+                         f"| {rows[t['best']]['step']} | {study.summaries[i]['best_test_loss']:.4f} "
+                         f"| {t['lowest_mean']:.4f} | {t['last_mean']:.4f} "
                          f"| {t['rise']:+.4f} | {noise} | {'yes' if t['turned'] else 'no'} |")
     return "\n".join(lines) if any_before_end else ""
 

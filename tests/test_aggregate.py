@@ -250,8 +250,9 @@ def test_turns_table_rows_and_when_it_is_left_out(tmp_path):
     assert turns_table(still_falling) == ""
     val = [1.6, 1.5, 1.45, 1.44, 1.45, 1.46, 1.47, 1.49, 1.49, 1.51, 1.51, 1.53]  # as in the test above
     run = make_run(tmp_path, "learned_1", val, seed=1, pos_encoding="learned", summary={
-        "best_val_loss": 1.44, "final_train_loss": 1.3, "final_val_loss": 1.53, "best_test_loss": 1.5,
+        "best_val_loss": 1.44, "final_train_loss": 1.3, "final_val_loss": 1.53, "best_test_loss": 1.5123,
         "final_test_loss": 1.55})
     rows = turns_table(Study([tmp_path / "rope_1", run])).splitlines()
-    assert rows[2] == "| RoPE | 1 | 1.0000 | 10 | 2.5000 | 2.5000 | +0.0000 | – | no |"  # 2 evaluations
-    assert rows[3] == "| learned | 1 | 1.4400 | 30 | 1.4540 | 1.5060 | +0.0520 | 0.0077 | yes |"
+    assert rows[2] == "| RoPE | 1 | 1.0000 | 10 | 1.0000 | 2.5000 | 2.5000 | +0.0000 | – | no |"  # 2 evaluations
+    # the test loss is that of the best checkpoint, from summary.json
+    assert rows[3] == "| learned | 1 | 1.4400 | 30 | 1.5123 | 1.4540 | 1.5060 | +0.0520 | 0.0077 | yes |"
