@@ -434,7 +434,7 @@ def write_report(study, plots_dir, title, args, extrapolate=False, t0=None, intr
     extrapolation) and samples.md."""
     t0 = t0 or time.time()
     plots_dir = Path(plots_dir)
-    plot_runs(study.run_dirs, plots_dir)
+    plots = plot_runs(study.run_dirs, plots_dir)
     sections = [f"# {title}\n", *([intro] if intro else []), results_table(study), ""]
     diffs = differences_table(study)
     if diffs:
@@ -480,7 +480,7 @@ def write_report(study, plots_dir, title, args, extrapolate=False, t0=None, intr
     if diffs:
         print(diffs)
     print(words_table)
-    print(f"wrote {plots_dir}/train_loss.png, val_loss.png, val_loss_seconds.png, results.md, samples.md")
+    print(f"wrote {plots_dir}/{', '.join(p.name for p in plots)}, results.md, samples.md")
 
 
 def add_study_flags(parser, encodings_default):

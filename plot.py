@@ -5,7 +5,9 @@ Plot train and val loss curves of finished runs, one line per positional encodin
   python plot.py out/compare/rope_seed1337 out/compare/learned_seed1337 --plots-dir plots
 
 Writes <plots-dir>/train_loss.png, val_loss.png and val_loss_seconds.png (val loss against
-the seconds spent training: equal compute instead of equal steps). Runs that differ only in
+the seconds spent training: equal compute instead of equal steps), and val_loss_turn.png (the
+val curves zoomed from half the step of the earliest minimum on) when some run's val loss
+bottoms out before its last evaluation. Runs that differ only in
 the seed are drawn as their mean with a shaded min-max band; runs that differ in more (a
 learning rate, say) are separate lines, labelled by what differs (runs.py).
 """
@@ -72,9 +74,18 @@ def tokens_per_epoch(configs):
         return None
 
 
-def plot_split(runs, split, path, x="step"):
+def turn_window(metrics):
+    """The first step of val_loss_turn.png: half the earliest step at which some run's val loss
+    is lowest, if that is before its last evaluation; None while every run is still falling."""
+    early = [m["step"][np.argmin(m["val_loss"])] for m in metrics if np.argmin(m["val_loss"]) < len(m["step"]) - 1]
+    return min(early) / 2 if early else None
+
+
+def plot_split(runs, split, path, x="step", start=None):
     """One line per variant (mean over its seeds, min-max band), loss against steps or, with
-    x="train_s", against the seconds spent in training steps (evaluation excluded)."""
+    x="train_s", against the seconds spent in training steps (evaluation excluded); from step
+    `start` on, if given, with the y axis fitted to that part (a turn of a few hundredths is
+    invisible on the scale of the first steps' fall)."""
     configs, metrics, groups, labels, styles = runs
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
     for key, idx in groups.items():
@@ -96,14 +107,20 @@ def plot_split(runs, split, path, x="step"):
         top.set_xlabel("epochs (passes over the train split)", fontsize=8)
     ax.set_ylabel(f"{split} loss (cross-entropy, nats/char)")
     what = "the whole val split" if split == "val" else "a fixed sample of train windows"
-    ax.set_title(f"{split} loss by positional encoding, on {what}\n{describe_model(configs[0])}", fontsize=10,
-                 pad=6 + 16 * (x == "step" and epoch_tokens is not None))
+    zoom = "" if start is None else f", from step {start:,.0f} on"
+    ax.set_title(f"{split} loss by positional encoding, on {what}{zoom}\n{describe_model(configs[0])}",
+                 fontsize=10, pad=6 + 16 * (x == "step" and epoch_tokens is not None))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8 if len(groups) > 5 else 10)
-    # the first evaluation (~ln(vocab)) dwarfs the rest; zoom on the interesting range
-    lowest = [m[f"{split}_loss"].min() for m in metrics]
-    second = [m[f"{split}_loss"][min(1, len(m["step"]) - 1)] for m in metrics]
-    ax.set_ylim(min(lowest) - 0.1, max(second) + 0.1)
+    if start is None:  # the first evaluation (~ln(vocab)) dwarfs the rest; zoom on the interesting range
+        lowest = [m[f"{split}_loss"].min() for m in metrics]
+        second = [m[f"{split}_loss"][min(1, len(m["step"]) - 1)] for m in metrics]
+        ax.set_ylim(min(lowest) - 0.1, max(second) + 0.1)
+    else:
+        shown = np.concatenate([m[f"{split}_loss"][m["step"] >= start] for m in metrics])
+        margin = 0.1 * (shown.max() - shown.min())
+        ax.set_xlim(start, max(m["step"][-1] for m in metrics) * 1.02)
+        ax.set_ylim(shown.min() - margin, shown.max() + margin)
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png"))
     plt.close(fig)
@@ -120,8 +137,8 @@ def length_axis(ax, ticks, labels, block, xlabel):
 
 
 def plot_runs(run_dirs, plots_dir):
-    """train_loss.png, val_loss.png (against steps) and val_loss_seconds.png in plots_dir.
-    Runs that differ in more than the seed are drawn as separate variants, labelled by what
+    """train_loss.png, val_loss.png (against steps), val_loss_seconds.png and, where a val curve
+    turns before its end, val_loss_turn.png in plots_dir. Runs that differ in more than the seed are drawn as separate variants, labelled by what
     differs; runs evaluated on different text are refused."""
     configs = [read_config(d) for d in run_dirs]
     metrics = [read_metrics_of(d) for d in run_dirs]
@@ -132,6 +149,12 @@ def plot_runs(run_dirs, plots_dir):
     plot_split(runs, "train", paths[0])
     plot_split(runs, "val", paths[1])
     plot_split(runs, "val", paths[2], x="train_s")
+    start = turn_window(metrics)
+    if start is None:  # an earlier study's zoom would show a turn these runs do not have
+        (plots_dir / "val_loss_turn.png").unlink(missing_ok=True)
+    else:
+        paths.append(plots_dir / "val_loss_turn.png")
+        plot_split(runs, "val", paths[3], start=start)
     return paths
 
 

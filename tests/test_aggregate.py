@@ -10,7 +10,7 @@ from analysis import paired, paired_table, real_word_shares, t_quantile, turn, v
 from common import UserError
 from compare import Study, differences_table, results_table, turns_table
 from conftest import run
-from plot import aggregate, plot_runs, read_metrics_of
+from plot import aggregate, plot_runs, read_metrics_of, turn_window
 from model import POS_ENCODINGS
 from runs import group_variants, parse_variants, read_config, variant_labels, variant_name
 from train import FIELD_TYPES, TrainConfig
@@ -85,6 +85,7 @@ def test_runs_of_different_models_are_separate_lines(tmp_path):
     paths = plot_runs(runs, tmp_path / "plots")
     assert [p.name for p in paths] == ["train_loss.png", "val_loss.png", "val_loss_seconds.png"]
     assert all(p.stat().st_size > 10_000 for p in paths)
+    assert not (tmp_path / "plots" / "val_loss_turn.png").exists()  # both still falling at their end
     configs = [json.loads((r / "config.json").read_text()) for r in runs]
     assert list(variant_labels(configs, group_variants(configs)).values()) == ["RoPE, n_layer 4", "RoPE, n_layer 6"]
 
@@ -243,6 +244,17 @@ def test_turn_needs_a_rise_of_0_02_nats_and_three_times_the_noise():
     # too few evaluations for a noise estimate: no verdict
     short = turn([1.6, 1.5, 1.45, 1.44, 1.5, 1.55, 1.6, 1.65, 1.7])
     assert short["noise"] is None and short["rise"] > 0.1 and not short["turned"]
+
+
+def test_a_val_curve_that_turns_gets_a_zoomed_plot_from_half_its_minimums_step(tmp_path):
+    falling = make_run(tmp_path, "rope", [4.0, 3.0, 2.0, 1.5, 1.4, 1.35])  # steps 0..50, lowest at the end
+    turning = make_run(tmp_path, "learned", [4.0, 3.0, 2.0, 1.5, 1.4, 1.45], pos_encoding="learned")
+    metrics = [read_metrics_of(falling), read_metrics_of(turning)]
+    assert turn_window(metrics[:1]) is None and turn_window(metrics) == 20  # lowest at step 40
+    paths = plot_runs([falling, turning], tmp_path / "plots")
+    assert paths[3].name == "val_loss_turn.png" and paths[3].read_bytes().startswith(b"\x89PNG")
+    plot_runs([falling], tmp_path / "plots")  # a zoom these runs have no turn for is removed
+    assert not paths[3].exists()
 
 
 def test_turns_table_rows_and_when_it_is_left_out(tmp_path):
