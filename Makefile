@@ -6,8 +6,8 @@
 #                      the base 100, 1000, 10000, 100000, 1 seed, extrapolation study -> plots/rope_study/
 # make finetune        short fine-tunes of the RoPE runs at 4x their length (PI, NTK, YaRN, plain), 1 seed, then
 #                      3 for the two best, and RoPE trained from scratch at 256 -> plots/finetune/
-# make experiment-mid  rope/learned/none on the mid CPU config (4.7M parameters, 12 epochs, where the val loss
-#                      stops falling; about an hour per run), 1 seed -> plots/shakespeare_char_mid/
+# make experiment-mid  rope/learned/none on the mid CPU config (4.7M parameters, 18 epochs, long enough for the
+#                      val loss to turn up; about 80 minutes a run), 1 seed -> plots/shakespeare_char_mid/
 # make sweep           learning-rate sweep of the seven and sinusoidal without its scale, then 3 seeds at each
 #                      one's best rate
 #                      -> plots/lr_sweep.png, plots/lr_sweep/
