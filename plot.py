@@ -4,12 +4,13 @@ Plot train and val loss curves of finished runs, one line per positional encodin
   python plot.py                                   # every run under out/
   python plot.py out/compare/rope_seed1337 out/compare/learned_seed1337 --plots-dir plots
 
-Writes <plots-dir>/train_loss.png, val_loss.png and val_loss_seconds.png (val loss against
-the seconds spent training: equal compute instead of equal steps), and val_loss_turn.png (the
-val curves zoomed from half the step of the earliest minimum on) when some run's val loss
-bottoms out before its last evaluation. Runs that differ only in
-the seed are drawn as their mean with a shaded min-max band; runs that differ in more (a
-learning rate, say) are separate lines, labelled by what differs (runs.py).
+Writes <plots-dir>/train_loss.png, val_loss.png, val_loss_seconds.png (val loss against the
+seconds spent training: equal compute instead of equal steps), val_vs_train.png (val loss
+against train loss: equal fit instead of equal steps) and, when some run's val loss bottoms
+out before its last evaluation, val_loss_turn.png (the val curves from half the step of the
+earliest minimum on). Runs that differ only in the seed are drawn as their mean with a shaded
+min-max band; runs that differ in more (a learning rate, say) are separate lines, labelled by
+what differs (runs.py).
 """
 
 import argparse
@@ -34,9 +35,13 @@ def read_metrics_of(run_dir):
     return {k: np.array([r[k] for r in rows]) for k in rows[0]}
 
 
-def describe_model(config):
-    return (f"{config['n_layer']} layers, {config['n_head']} heads, {config['n_embd']} wide, "
-            f"block {config['block_size']}, batch {config['batch_size']}, dropout {config['dropout']:g}")
+MODEL = [("n_layer", "{} layers"), ("n_head", "{} heads"), ("n_embd", "{} wide"), ("block_size", "block {}"),
+         ("batch_size", "batch {}"), ("dropout", "dropout {:g}")]
+
+
+def describe_model(configs):
+    """The model and batch settings all the runs share (the legend names those that differ)."""
+    return ", ".join(text.format(configs[0][k]) for k, text in MODEL if len({c[k] for c in configs}) == 1)
 
 
 def aggregate(metrics, key, x="step"):
@@ -108,7 +113,7 @@ def plot_split(runs, split, path, x="step", start=None):
     ax.set_ylabel(f"{split} loss (cross-entropy, nats/char)")
     what = "the whole val split" if split == "val" else "a fixed sample of train windows"
     zoom = "" if start is None else f", from step {start:,.0f} on"
-    ax.set_title(f"{split} loss by positional encoding, on {what}{zoom}\n{describe_model(configs[0])}",
+    ax.set_title(f"{split} loss by positional encoding, on {what}{zoom}\n{describe_model(configs)}",
                  fontsize=10, pad=6 + 16 * (x == "step" and epoch_tokens is not None))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8 if len(groups) > 5 else 10)
@@ -126,6 +131,30 @@ def plot_split(runs, split, path, x="step", start=None):
     plt.close(fig)
 
 
+def plot_fit(runs, path):
+    """Val loss against train loss, one line per variant (means over seeds): runs compared at
+    equal fit of the train split instead of equal steps. A variant that only fits faster lies on
+    the others' line, further along; one that generalises better lies below it."""
+    configs, metrics, groups, labels, styles = runs
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
+    for key, idx in groups.items():
+        _, train, _, _ = aggregate([metrics[i] for i in idx], "train_loss")
+        _, val, _, _ = aggregate([metrics[i] for i in idx], "val_loss")
+        color, dash = styles[key]
+        label = labels[key] + (f" (mean of {len(idx)} seeds)" if len(idx) > 1 else "")
+        ax.plot(train[1:], val[1:], color=color, linestyle=dash, label=label, marker="o", markersize=3)
+    ax.invert_xaxis()  # training moves to the right, as in the other plots
+    ax.set_xlabel("train loss (on a fixed sample of train windows; training moves right)")
+    ax.set_ylabel("val loss (cross-entropy, nats/char)")
+    ax.set_title(f"val loss against train loss, by positional encoding: equal fit instead of equal steps\n"
+                 f"{describe_model(configs)}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8 if len(groups) > 5 else 10)
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png"))
+    plt.close(fig)
+
+
 def length_axis(ax, ticks, labels, block, xlabel):
     """A log2 x axis of lengths with the training length dashed (the extrapolation plots' axis)."""
     ax.axvline(block, color="gray", linestyle="--", linewidth=1)
@@ -137,9 +166,10 @@ def length_axis(ax, ticks, labels, block, xlabel):
 
 
 def plot_runs(run_dirs, plots_dir):
-    """train_loss.png, val_loss.png (against steps), val_loss_seconds.png and, where a val curve
-    turns before its end, val_loss_turn.png in plots_dir. Runs that differ in more than the seed are drawn as separate variants, labelled by what
-    differs; runs evaluated on different text are refused."""
+    """train_loss.png, val_loss.png (against steps), val_loss_seconds.png, val_vs_train.png and,
+    where a val curve turns before its end, val_loss_turn.png in plots_dir. Runs that differ in
+    more than the seed are drawn as separate variants, labelled by what differs; runs evaluated
+    on different text are refused."""
     configs = [read_config(d) for d in run_dirs]
     metrics = [read_metrics_of(d) for d in run_dirs]
     groups = group_variants(configs)
@@ -149,12 +179,14 @@ def plot_runs(run_dirs, plots_dir):
     plot_split(runs, "train", paths[0])
     plot_split(runs, "val", paths[1])
     plot_split(runs, "val", paths[2], x="train_s")
+    paths.append(plots_dir / "val_vs_train.png")
+    plot_fit(runs, paths[3])
     start = turn_window(metrics)
     if start is None:  # an earlier study's zoom would show a turn these runs do not have
         (plots_dir / "val_loss_turn.png").unlink(missing_ok=True)
     else:
         paths.append(plots_dir / "val_loss_turn.png")
-        plot_split(runs, "val", paths[3], start=start)
+        plot_split(runs, "val", paths[-1], start=start)
     return paths
 
 

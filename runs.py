@@ -38,8 +38,12 @@ def format_value(value):
 
 
 def shown(config, key):
-    """Whether `key` is worth naming: min_lr is not when it is learning_rate / 10 (the sweep's rule)."""
-    return not (key == "min_lr" and math.isclose(config[key], config.get("learning_rate", math.nan) / 10))
+    """Whether `key` is worth naming: min_lr is not when it is learning_rate / 10 (the sweep's
+    rule), lr_decay_iters not when the rate is constant (min_lr = learning_rate ignores it)."""
+    lr, min_lr = config.get("learning_rate"), config.get("min_lr")
+    if lr is None or min_lr is None or key not in ("min_lr", "lr_decay_iters"):
+        return True
+    return not math.isclose(min_lr, lr / 10 if key == "min_lr" else lr)
 
 
 def describe(key, value):

@@ -130,7 +130,7 @@ def sweep_table(args, variants, sweep, seed):
         color, dash = styles[key_of[v]]
         rows.append({"label": labels[key_of[v]], "encoding": variants[v][0], "settings": variants[v][1],
                      "final_val_loss": losses, "best_rate": best, "seed": seed, "color": color, "linestyle": dash,
-                     "describe": describe_model(configs[v]) + f", {firsts[v].max_iters} steps"})
+                     "describe": describe_model([configs[v]]) + f", {firsts[v].max_iters} steps"})
     return rows
 
 

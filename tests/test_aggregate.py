@@ -10,7 +10,7 @@ from analysis import paired, paired_table, real_word_shares, t_quantile, turn, v
 from common import UserError
 from compare import Study, differences_table, results_table, turns_table
 from conftest import run
-from plot import aggregate, plot_runs, read_metrics_of, turn_window
+from plot import aggregate, describe_model, plot_runs, read_metrics_of, turn_window
 from model import POS_ENCODINGS
 from runs import group_variants, parse_variants, read_config, variant_labels, variant_name
 from train import FIELD_TYPES, TrainConfig
@@ -60,6 +60,15 @@ def test_variants_are_grouped_and_labelled_by_what_tells_them_apart(tmp_path):
     assert list(variant_labels(configs, groups).values()) == [
         "RoPE, lr 0.001", "learned, lr 0.002", "learned, lr 0.001", "sinusoidal, lr 0.001, no √d scale",
         "sinusoidal, lr 0.001, √d scale"]
+    # lr_decay_iters is not named where the rate is constant (min_lr = learning_rate), which ignores it
+    flat = [{**CONFIG, "min_lr": 0.001, "lr_decay_iters": 2000}, {**CONFIG, "min_lr": 0.001, "lr_decay_iters": 0,
+                                                                   "n_embd": 256, "seed": 2}]
+    assert list(variant_labels(flat, group_variants(flat)).values()) == ["RoPE, n_embd 128", "RoPE, n_embd 256"]
+    decayed = [{**c, "min_lr": 0.0001} for c in flat]
+    assert list(variant_labels(decayed, group_variants(decayed)).values()) == [
+        "RoPE, lr_decay_iters 2000, n_embd 128", "RoPE, lr_decay_iters 0, n_embd 256"]
+    # the plots' subtitle names the model settings the runs share, the legend those that differ
+    assert describe_model(flat) == "4 layers, 4 heads, block 64, batch 12, dropout 0"
     # min_lr = learning_rate / 10 is not named; another min_lr is
     odd = [{**CONFIG, "learning_rate": 0.002, "min_lr": 0.0001}, CONFIG,
            {**CONFIG, "learning_rate": 0.002, "min_lr": 0.0002}]
@@ -83,7 +92,7 @@ def test_runs_evaluated_on_different_text_are_refused(tmp_path):
 def test_runs_of_different_models_are_separate_lines(tmp_path):
     runs = [make_run(tmp_path, "a", [4.0, 2.0]), make_run(tmp_path, "b", [4.0, 2.0], n_layer=6, seed=2)]
     paths = plot_runs(runs, tmp_path / "plots")
-    assert [p.name for p in paths] == ["train_loss.png", "val_loss.png", "val_loss_seconds.png"]
+    assert [p.name for p in paths] == ["train_loss.png", "val_loss.png", "val_loss_seconds.png", "val_vs_train.png"]
     assert all(p.stat().st_size > 10_000 for p in paths)
     assert not (tmp_path / "plots" / "val_loss_turn.png").exists()  # both still falling at their end
     configs = [json.loads((r / "config.json").read_text()) for r in runs]
@@ -252,9 +261,9 @@ def test_a_val_curve_that_turns_gets_a_zoomed_plot_from_half_its_minimums_step(t
     metrics = [read_metrics_of(falling), read_metrics_of(turning)]
     assert turn_window(metrics[:1]) is None and turn_window(metrics) == 20  # lowest at step 40
     paths = plot_runs([falling, turning], tmp_path / "plots")
-    assert paths[3].name == "val_loss_turn.png" and paths[3].read_bytes().startswith(b"\x89PNG")
+    assert paths[-1].name == "val_loss_turn.png" and paths[-1].read_bytes().startswith(b"\x89PNG")
     plot_runs([falling], tmp_path / "plots")  # a zoom these runs have no turn for is removed
-    assert not paths[3].exists()
+    assert not paths[-1].exists()
 
 
 def test_turns_table_rows_and_when_it_is_left_out(tmp_path):
