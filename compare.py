@@ -8,8 +8,8 @@ the loss plots, a results table and one sample per encoding.
 
 Runs go to <out-dir>/<config name>/<encoding>_seed<seed>/; a run whose config.json
 matches and that has finished (summary.json) is reused, not retrained, and one of a constant
-learning rate is continued when the config asks for more steps. Writes
-<plots-dir>/train_loss.png, val_loss.png, results.md and samples.md.
+learning rate is continued when the config asks for more steps. Writes plot.py's loss plots
+into <plots-dir>, with results.md and samples.md.
 """
 
 import json

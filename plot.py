@@ -122,10 +122,10 @@ def plot_split(runs, split, path, x="step", start=None):
         second = [m[f"{split}_loss"][min(1, len(m["step"]) - 1)] for m in metrics]
         ax.set_ylim(min(lowest) - 0.1, max(second) + 0.1)
     else:
-        shown = np.concatenate([m[f"{split}_loss"][m["step"] >= start] for m in metrics])
-        margin = 0.1 * (shown.max() - shown.min())
+        visible = np.concatenate([m[f"{split}_loss"][m["step"] >= start] for m in metrics])
+        margin = 0.1 * (visible.max() - visible.min())
         ax.set_xlim(start, max(m["step"][-1] for m in metrics) * 1.02)
-        ax.set_ylim(shown.min() - margin, shown.max() + margin)
+        ax.set_ylim(visible.min() - margin, visible.max() + margin)
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png"))
     plt.close(fig)
