@@ -446,6 +446,7 @@ def differing_keys(a, b, ignore=NOT_RESULTS):
 
 
 LENGTH_KEYS = {"max_iters", "lr_decay_iters"}  # what a run continued for more steps may change
+FINISHED_FILES = ("summary.json", "samples.txt", "samples.json")  # what only a finished run has
 
 
 def why_not_continued(run_dir, cfg, changed):
@@ -484,7 +485,7 @@ def prepare_run_dir(run_dir, cfg, prov, resume, overwrite):
     if (run_dir / "metrics.csv").exists() and not overwrite:
         raise UserError(f"{run_dir} already holds a run; --resume to continue it, --overwrite to replace it,"
                         f" or choose another --run-name")
-    for name in ("metrics.csv", "ckpt.pt", "last.pt", "summary.json", "samples.txt", "samples.json"):
+    for name in ("metrics.csv", "ckpt.pt", "last.pt", *FINISHED_FILES):
         (run_dir / name).unlink(missing_ok=True)
     return False
 
@@ -554,7 +555,7 @@ def _train(cfg, resume, overwrite, bar_position):
         best, train_time, t_start = state["best"], state["train_time"], time.time() - state["elapsed_s"]
         rows = metrics_before(run_dir / "metrics.csv", trainer.iter)
     if continued:  # the shorter run's summary and samples must not outlive its config.json
-        for name in ("summary.json", "samples.txt", "samples.json"):
+        for name in FINISHED_FILES:
             (run_dir / name).unlink(missing_ok=True)
     if master:
         write_json(run_dir / "config.json", {**asdict(cfg), "provenance": prov})
