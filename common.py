@@ -10,7 +10,7 @@ import os
 import shutil
 import sys
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -250,6 +250,44 @@ def auto_device():
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         return "mps"
     return "cpu"
+
+
+DTYPES = ("auto", "float32", "bfloat16")  # --dtype
+
+
+def resolve_dtype(dtype, device):
+    """What --dtype means on `device`: "auto" is bfloat16 autocast on CUDA (as nanoGPT) and
+    float32 elsewhere; a CPU runs bfloat16 only when asked to (see cpu_bf16_note)."""
+    if dtype not in DTYPES:
+        raise UserError(f"unknown dtype {dtype!r}; use {', '.join(DTYPES)}")
+    if dtype == "auto":
+        return "bfloat16" if device.startswith("cuda") else "float32"
+    return dtype
+
+
+def autocast(dtype, device):
+    """The context every forward pass runs in. bfloat16: torch's autocast, so matmuls and attention
+    run in bfloat16 while the weights, the optimizer state, LayerNorm, softmax and the loss stay
+    float32 (RoPE's rotation casts to float32 itself). float32: nothing."""
+    if dtype == "float32":
+        return nullcontext()
+    return torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16)
+
+
+def cpu_has_bf16():
+    """Whether this CPU has bfloat16 matmul instructions (AVX512-BF16 or AMX), which torch's CPU
+    kernels use; without them bfloat16 is emulated. (torch.cpu's checks are private: False if gone.)"""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def cpu_bf16_note(dtype, device):
+    """A one-line warning when bfloat16 is asked of a CPU that lacks the instructions, else None."""
+    if dtype != "bfloat16" or device != "cpu" or cpu_has_bf16():
+        return None
+    return (f"note: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX; torch sees"
+            f" {torch.backends.cpu.get_cpu_capability()}), so bfloat16 is emulated: a CPU-config training step"
+            f" took about 16x as long as in float32 on such a machine (BENCHMARKS.md); --dtype float32 is faster here")
 
 
 def keep_freed_memory():

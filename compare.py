@@ -29,8 +29,8 @@ from tqdm import tqdm
 
 from analysis import (TURN_NATS, TURN_SIGMAS, TURN_WINDOW, paired, paired_table, real_word_shares, turn,
                       verdict, words)
-from common import (CPU_CONFIG, UserError, load_meta, load_tokens, pick_device, positive, read_json, read_metrics,
-                    run_cli, write_json, write_text)
+from common import (CPU_CONFIG, UserError, autocast, load_meta, load_tokens, pick_device, positive, read_json,
+                    read_metrics, run_cli, write_json, write_text)
 from evaluate import SCALINGS, evaluate_runs, format_table, write_outputs
 from model import POS_ENCODINGS
 from plot import plot_runs
@@ -38,7 +38,7 @@ from plot_rope import plot_rope
 from probes import format_tables as format_probe_tables
 from probes import probe_runs
 from probes import write_outputs as write_probe_outputs
-from runs import group_variants, parse_variants, read_config, variant_key, variant_labels, variant_name
+from runs import group_variants, parse_variants, read_config, run_dtype, variant_key, variant_labels, variant_name
 from sample import load_model, sample
 from train import (FIELD_TYPES, add_config_flags, build_parser, config_differences, config_from_args, config_json,
                    explain, provenance, train, why_not_continued)
@@ -216,12 +216,13 @@ def train_side_by_side(cfgs, resume, jobs, done):
 
 def train_runs(cfgs, overwrite, jobs=1):
     """The summaries of cfgs, in order: reused, resumed or trained, `jobs` runs at a time."""
-    provs = {}  # the evaluated text depends on the data and the block size only
-    for cfg in cfgs:
-        if (cfg.data_dir, cfg.block_size) not in provs:
-            provs[cfg.data_dir, cfg.block_size] = provenance(cfg)
+    provs = {}  # the evaluated text depends on the data and the block size only, the dtype on the device
+    keys = [(cfg.data_dir, cfg.block_size, cfg.dtype, cfg.device) for cfg in cfgs]
+    for key, cfg in zip(keys, cfgs):
+        if key not in provs:
+            provs[key] = provenance(cfg)
     # refuse a changed run before training anything
-    actions = [plan(cfg, overwrite, provs[cfg.data_dir, cfg.block_size]) for cfg in cfgs]
+    actions = [plan(cfg, overwrite, provs[key]) for key, cfg in zip(keys, cfgs)]
     summaries, todo = [None] * len(cfgs), []
     for i, (cfg, action) in enumerate(zip(cfgs, actions)):
         if action == "reuse":
@@ -370,8 +371,9 @@ def run_samples(run_dir, seed, tokens):
         if kept.get("settings") == settings:
             return kept["samples"]
     model, vocab = load_model(run_dir)
-    texts = sample(model, vocab, SAMPLING["prompt"], SAMPLING["num_samples"], tokens, SAMPLING["temperature"],
-                   SAMPLING["top_k"], seed)
+    with autocast(run_dtype(run_dir), "cpu"):  # sampled in the precision it was trained in
+        texts = sample(model, vocab, SAMPLING["prompt"], SAMPLING["num_samples"], tokens, SAMPLING["temperature"],
+                       SAMPLING["top_k"], seed)
     texts = [t[len(SAMPLING["prompt"]):] for t in texts]  # the generated part only
     write_json(path, {"settings": settings, "samples": texts})
     return texts

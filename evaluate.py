@@ -60,7 +60,7 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from analysis import paired, verdict  # noqa: E402
-from common import (ArgumentParser, UserError, atomic_write, build_model, digest, eval_windows,  # noqa: E402
+from common import (ArgumentParser, UserError, atomic_write, autocast, build_model, digest, eval_windows,  # noqa: E402
                     load_checkpoint, load_meta, load_tokens, pick_device, positive, run_cli, write_json)
 from plot import length_axis, variant_styles  # noqa: E402
 from runs import COLORS, find_runs, group_variants, read_config, variant_labels  # noqa: E402
@@ -293,26 +293,27 @@ def evaluate_runs(run_dirs, lengths=None, scalings=SCALINGS, scaling_factor=None
     bar = tqdm(total=len(plan), desc="evaluate", unit="pass", disable=not progress, dynamic_ncols=True)
     per_row = {}  # (variant, row key) -> {"meta": ..., length: [per-run curve or reason]}
     for i, c in enumerate(configs):
-        plain_model = build_model(ckpts[i], device)
-        sliding = sliding_window_losses(plain_model, tokens, block, stride, batch_tokens)
-        for L in lengths:
-            for key, scaling, extra, factor in plan[i, L]:
-                if factor == "dynamic":  # each position from the static pass at its own factor
-                    factors = [dynamic_factor(p, block) for p in range(L)]
-                    by_factor = {s: static(i, L, "ntk", None, float(s)) for s in sorted(set(factors))}
-                    out = torch.stack([by_factor[s][p] for p, s in enumerate(factors)])
-                else:
-                    out = static(i, L, scaling, extra, factor)
-                row = per_row.setdefault((variant_of[i], key), {"scaling": scaling, "extra": extra, "items": {}})
-                row["items"].setdefault(L, []).append((i, out, factor))
-            # the baseline: positions before block as in the window (cut to block: any model reads
-            # that), later ones from the sliding window, on the same targets
-            head = (loss_by_position(plain_model, windows[L][:, :block + 1], batch_tokens) if L > block
-                    else static(i, L))
-            curve = sliding_baseline(head, sliding, targets[L], block)
-            row = per_row.setdefault((variant_of[i], "sliding"), {"scaling": "sliding", "extra": {}, "items": {}})
-            row["items"].setdefault(L, []).append((i, curve, None))
-            bar.update(1)
+        with autocast(c["provenance"]["dtype"], device):  # each run in the precision it was trained in
+            plain_model = build_model(ckpts[i], device)
+            sliding = sliding_window_losses(plain_model, tokens, block, stride, batch_tokens)
+            for L in lengths:
+                for key, scaling, extra, factor in plan[i, L]:
+                    if factor == "dynamic":  # each position from the static pass at its own factor
+                        factors = [dynamic_factor(p, block) for p in range(L)]
+                        by_factor = {s: static(i, L, "ntk", None, float(s)) for s in sorted(set(factors))}
+                        out = torch.stack([by_factor[s][p] for p, s in enumerate(factors)])
+                    else:
+                        out = static(i, L, scaling, extra, factor)
+                    row = per_row.setdefault((variant_of[i], key), {"scaling": scaling, "extra": extra, "items": {}})
+                    row["items"].setdefault(L, []).append((i, out, factor))
+                # the baseline: positions before block as in the window (cut to block: any model reads
+                # that), later ones from the sliding window, on the same targets
+                head = (loss_by_position(plain_model, windows[L][:, :block + 1], batch_tokens) if L > block
+                        else static(i, L))
+                curve = sliding_baseline(head, sliding, targets[L], block)
+                row = per_row.setdefault((variant_of[i], "sliding"), {"scaling": "sliding", "extra": {}, "items": {}})
+                row["items"].setdefault(L, []).append((i, curve, None))
+                bar.update(1)
     bar.close()
 
     rows = []

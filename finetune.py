@@ -34,11 +34,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from common import (UserError, atomic_write, build_model, eval_windows, load_checkpoint, load_tokens,  # noqa: E402
-                    pick_device, positive, run_cli, write_json, write_text)
+from common import (UserError, atomic_write, autocast, build_model, eval_windows, load_checkpoint,  # noqa: E402
+                    load_tokens, pick_device, positive, run_cli, write_json, write_text)
 from analysis import paired, verdict  # noqa: E402
 from compare import make_configs, parse_seeds, train_runs  # noqa: E402
 from evaluate import default_stride, loss_by_position, sliding_baseline, sliding_window_losses  # noqa: E402
+from runs import run_dtype  # noqa: E402
 from train import add_config_flags, build_parser, config_from_args  # noqa: E402
 
 FINETUNE = dict(max_iters=200, warmup_iters=20, learning_rate=1e-4, min_lr=1e-4, lr_decay_iters=0, eval_interval=50)
@@ -81,9 +82,10 @@ def finetune_configs(args, seeds, methods, factor, scratch_seeds):
 
 
 def curves(run_dir, windows, device):
-    """Per-position val loss of a run's best weights on each length's windows."""
+    """Per-position val loss of a run's best weights on each length's windows, in its precision."""
     model = build_model(load_checkpoint(Path(run_dir) / "ckpt.pt"), device)
-    return {L: loss_by_position(model, w) for L, w in windows.items()}
+    with autocast(run_dtype(run_dir), device):
+        return {L: loss_by_position(model, w) for L, w in windows.items()}
 
 
 def summarize(values):
@@ -117,7 +119,8 @@ def measure(base, tunes, scratch, factor, device, progress=True):
         c = curves(run_dir, windows, device)
         add("plain", f"RoPE trained on {block}, no fine-tune", cfg.seed, c)
         model = build_model(load_checkpoint(run_dir / "ckpt.pt"), device)
-        sliding = sliding_window_losses(model, tokens, block, default_stride(block))
+        with autocast(run_dtype(run_dir), device):
+            sliding = sliding_window_losses(model, tokens, block, default_stride(block))
         add("sliding", f"the same, sliding window of {block} (the baseline)", cfg.seed,
             {L: sliding_baseline(c[L], sliding, targets[L], block) for L in lengths})
         bar.update(1)

@@ -583,7 +583,7 @@ class GPT(nn.Module):
                 logits, _ = self(out[:, new_from:end], cache=cache)
             else:
                 logits, _ = self(out[:, max(0, end - block):end])
-            logits = logits[:, -1, :] / temperature
+            logits = logits[:, -1, :].float() / temperature  # (bfloat16 under autocast)
             if top_k is not None and top_k < logits.size(-1):  # (top_k >= vocab keeps everything)
                 v, _ = torch.topk(logits, top_k)
                 logits[logits < v[:, [-1]]] = -float("inf")

@@ -37,8 +37,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from common import (ArgumentParser, UserError, atomic_write, build_model, eval_windows, load_checkpoint,  # noqa: E402
-                    load_tokens, pick_device, positive, run_cli, write_json)
+from common import (ArgumentParser, UserError, atomic_write, autocast, build_model, eval_windows,  # noqa: E402
+                    load_checkpoint, load_tokens, pick_device, positive, run_cli, write_json)
 from evaluate import (check_runs, default_stride, position_limit, resolve_data_dir,  # noqa: E402
                       sliding_window_losses, token_losses)
 from plot import length_axis  # noqa: E402
@@ -152,15 +152,16 @@ def probe_runs(run_dirs, data_dir=None, device="cpu", periods=PERIODS, passages=
                "runs": [str(run_dirs[i]) for i in idx], "attention": [], "copy": []}
         per_run = []
         for i in idx:
-            model = build_model(ckpts[i], device)
-            limit, reason = position_limit(model)
-            att = {T: (reason if limit and T > limit else attention_stats(model, windows[T])) for T in lengths}
-            cp = {}
-            for n, (seqs, control) in sequences.items():
-                whole = reason if limit and 2 * n - 1 > limit else copy_gain(
-                    token_losses(model, seqs), token_losses(model, control), n)
-                cp[n] = (whole, copy_gain(sliding_losses(model, seqs, block, stride),
-                                          sliding_losses(model, control, block, stride), n))
+            with autocast(configs[i]["provenance"]["dtype"], device):  # as it was trained
+                model = build_model(ckpts[i], device)
+                limit, reason = position_limit(model)
+                att = {T: (reason if limit and T > limit else attention_stats(model, windows[T])) for T in lengths}
+                cp = {}
+                for n, (seqs, control) in sequences.items():
+                    whole = reason if limit and 2 * n - 1 > limit else copy_gain(
+                        token_losses(model, seqs), token_losses(model, control), n)
+                    cp[n] = (whole, copy_gain(sliding_losses(model, seqs, block, stride),
+                                              sliding_losses(model, control, block, stride), n))
             per_run.append((att, cp))
             bar.update(1)
         for T in lengths:

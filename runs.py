@@ -18,7 +18,7 @@ from pathlib import Path
 
 from common import UserError, read_json
 from model import POS_ENCODINGS
-from train import TrainConfig, config_json
+from train import TrainConfig, config_json, saved_provenance
 
 # The reference article's colours: RoPE blue, learned orange, none green.
 COLORS = {"rope": "tab:blue", "learned": "tab:orange", "none": "tab:green",
@@ -26,8 +26,9 @@ COLORS = {"rope": "tab:blue", "learned": "tab:orange", "none": "tab:green",
 LABELS = {"rope": "RoPE", "learned": "learned", "none": "none", "sinusoidal": "sinusoidal", "alibi": "ALiBi",
           "t5": "T5 bias", "fire": "FIRE"}
 
-# not part of a variant (a fine-tune's init_from names its seed's run)
-PER_SEED = ("seed", "run_name", "out_dir", "progress", "device", "compile", "provenance", "init_from")
+# not part of a variant (a fine-tune's init_from names its seed's run; the dtype a run resolved to is in
+# its provenance, which every run of a table must share)
+PER_SEED = ("seed", "run_name", "out_dir", "progress", "device", "compile", "dtype", "provenance", "init_from")
 SHORT = {"learning_rate": "lr"}  # in run names and labels
 
 
@@ -124,7 +125,13 @@ def read_config(run_dir):
     """A run's config.json, with the default of every setting added to train.py after the run,
     so that old and new runs of one variant still compare equal."""
     saved = read_json(Path(run_dir) / "config.json", "is this a run directory written by train.py?")
-    return {**config_json(TrainConfig()), **saved}
+    return {**config_json(TrainConfig()), **saved, "provenance": saved_provenance(saved, run_dir)}
+
+
+def run_dtype(run_dir):
+    """The precision a run was trained in, "float32" or "bfloat16": the studies evaluate and sample
+    it in the same one."""
+    return read_config(run_dir)["provenance"]["dtype"]
 
 
 def options_not_read(encoding):
@@ -147,6 +154,10 @@ def group_variants(configs):
     if any(c.get("provenance") is None for c in configs):
         raise UserError("some of these runs were trained before their evaluation was recorded (no 'provenance' in"
                         " config.json): their numbers are not comparable with new runs; retrain them")
+    dtypes = sorted({str(c["provenance"].get("dtype")) for c in configs})  # (read_config fills in old runs')
+    if len(dtypes) > 1:
+        raise UserError(f"these runs were trained in different precisions ({' and '.join(dtypes)}; see --dtype):"
+                        f" compare runs of one dtype only")
     prints = {json.dumps(c.get("provenance"), sort_keys=True) for c in configs}
     if len(prints) > 1:
         raise UserError("these runs were evaluated on different text or by different versions of the evaluation"

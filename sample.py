@@ -10,12 +10,13 @@ default, as in the reference article). Samples are printed and written to <out-d
 """
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
 
-from common import (ArgumentParser, UserError, Vocab, build_model, load_checkpoint, pick_device, positive, run_cli,
-                    write_text)
+from common import (DTYPES, ArgumentParser, UserError, Vocab, autocast, build_model, cpu_bf16_note, load_checkpoint,
+                    pick_device, positive, resolve_dtype, run_cli, write_text)
 
 SEPARATOR = "\n" + "-" * 40 + "\n"
 
@@ -71,12 +72,20 @@ def main():
                              " block_size/2 and block_size (default: off, every character sees the last block_size)")
     parser.add_argument("--seed", type=int, default=1337, help="random seed (default: 1337)")
     parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps (default: auto)")
+    parser.add_argument("--dtype", default="auto", choices=DTYPES,
+                        help="auto (bfloat16 autocast on CUDA, float32 elsewhere), float32 or bfloat16, as train.py's"
+                             " --dtype (default: auto)")
     args = parser.parse_args()
 
     prompt = read_prompt(args.start)
-    model, vocab = load_model(args.out_dir, pick_device(args.device))
-    samples = sample(model, vocab, prompt, args.num_samples, args.max_new_tokens, args.temperature, args.top_k,
-                     args.seed, args.kv_cache)
+    device = pick_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    if note := cpu_bf16_note(dtype, device):
+        print(note, file=sys.stderr)
+    model, vocab = load_model(args.out_dir, device)
+    with autocast(dtype, device):
+        samples = sample(model, vocab, prompt, args.num_samples, args.max_new_tokens, args.temperature, args.top_k,
+                         args.seed, args.kv_cache)
     text = SEPARATOR.join(samples)
     print(text)
     write_text(Path(args.out_dir) / "samples.txt", text + "\n")

@@ -34,9 +34,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common import (SPLITS, ArgumentParser, UserError, digest, eval_windows, keep_freed_memory, load_checkpoint,
-                    load_meta, load_tokens, pick_device, read_json, read_metrics, run_cli, run_lock,
-                    save_checkpoint, write_json, write_text)
+from common import (DTYPES, SPLITS, ArgumentParser, UserError, auto_device, autocast, cpu_bf16_note, digest,
+                    eval_windows, keep_freed_memory, load_checkpoint, load_meta, load_tokens, pick_device, read_json,
+                    read_metrics, resolve_dtype, run_cli, run_lock, save_checkpoint, write_json, write_text)
 from model import GPT, POS_ENCODINGS, GPTConfig
 
 
@@ -93,6 +93,13 @@ class TrainConfig:
     # system
     seed: int = option(1337, "seeds data order, initial weights and dropout")
     device: str = option("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
+    dtype: str = option("auto", "precision of the matmuls and attention in training, evaluation and sampling:"
+                                " auto (bfloat16 autocast on CUDA, float32 elsewhere), float32, bfloat16 (autocast:"
+                                " weights, optimizer state, LayerNorm, softmax and the loss stay float32). On a CPU,"
+                                " bfloat16 pays only with AVX512-BF16 or AMX instructions (on Linux,"
+                                " `grep -o -m1 'avx512_bf16\\|amx_bf16' /proc/cpuinfo` prints one if the CPU has"
+                                " them); without them it is emulated, many times slower than float32"
+                                " (default: 'auto')")
     compile: bool = option(False, "torch.compile the model (pays off only on long runs)")
     progress: bool = option(True, "show a progress bar")
 
@@ -109,6 +116,8 @@ class TrainConfig:
             raise UserError("max_iters, warmup_iters and lr_decay_iters must not be negative")
         if not 0.0 <= self.dropout < 1.0:
             raise UserError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.dtype not in DTYPES:
+            raise UserError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.seed < 0:
             raise UserError(f"seed must not be negative, got {self.seed}")
         if self.grad_clip < 0 or self.weight_decay < 0 or self.learning_rate <= 0 or self.min_lr < 0:
@@ -153,6 +162,9 @@ def read_config_file(path):
     return values
 
 
+CHOICES = {"pos_encoding": list(POS_ENCODINGS), "dtype": list(DTYPES)}
+
+
 def add_config_flags(parser, exclude=()):
     """One --flag-with-dashes per TrainConfig field. Defaults are suppressed so that
     only the flags a user typed override the config file."""
@@ -164,8 +176,8 @@ def add_config_flags(parser, exclude=()):
         kwargs = dict(default=argparse.SUPPRESS, help=text if "default" in text else f"{text} (default: {f.default!r})")
         if f.type is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
-        elif f.name == "pos_encoding":
-            parser.add_argument(flag, choices=list(POS_ENCODINGS), **kwargs)
+        elif f.name in CHOICES:
+            parser.add_argument(flag, choices=CHOICES[f.name], **kwargs)
         else:
             parser.add_argument(flag, type=f.type, metavar=f.name.upper(), **kwargs)
 
@@ -200,13 +212,29 @@ class EvalText:
         self.fingerprint = digest(*(self.windows[s] for s in SPLITS))
 
 
-def provenance(cfg, meta=None, eval_text=None):
+def provenance(cfg, meta=None, eval_text=None, device=None):
     """What a run's numbers depend on besides its config: the corpus, the evaluation code's
-    version and the evaluated text. A run whose provenance differs is not comparable."""
+    version, the evaluated text and the precision it ran in (--dtype resolved on `device`, never
+    "auto"). A run whose provenance differs is not comparable."""
     meta = meta or load_meta(cfg.data_dir)
     if eval_text is None:
         eval_text = EvalText({s: load_tokens(cfg.data_dir, s) for s in SPLITS}, cfg.block_size)
-    return {"eval_version": EVAL_VERSION, "data_sha256": meta["sha256"], "eval_text": eval_text.fingerprint}
+    return {"eval_version": EVAL_VERSION, "data_sha256": meta["sha256"], "eval_text": eval_text.fingerprint,
+            "dtype": resolve_dtype(cfg.dtype, device or pick_device(cfg.device))}
+
+
+def saved_provenance(config, run_dir):
+    """The provenance in a run's config.json (None if it has none). A run from before the dtype
+    was recorded ran as "auto" did then and does now: bfloat16 autocast on CUDA, float32 on
+    anything else; its device is summary.json's, else config.json's ("auto": this machine's)."""
+    prov = config.get("provenance")
+    if prov is None or "dtype" in prov:
+        return prov
+    summary = Path(run_dir) / "summary.json"
+    device = config.get("device", "auto")
+    if summary.exists():
+        device = read_json(summary, f"remove {summary}").get("device", device)
+    return {**prov, "dtype": resolve_dtype("auto", auto_device() if device == "auto" else device)}
 
 
 class Batches:
@@ -364,8 +392,8 @@ class Trainer:
             step_model = torch.nn.parallel.DistributedDataParallel(
                 step_model, device_ids=[device] if device_type == "cuda" else None, forward_sync_buffers=False)
         self.step_model = torch.compile(step_model) if cfg.compile else step_model
-        self.autocast = (torch.autocast(device_type="cuda", dtype=torch.bfloat16) if device_type == "cuda"
-                         else nullcontext())
+        self.dtype = resolve_dtype(cfg.dtype, device)
+        self.autocast = autocast(self.dtype, device)
         self.device_type = device_type
         self.iter = 0  # optimizer steps taken
 
@@ -408,7 +436,8 @@ class Trainer:
             torch.cuda.set_rng_state(state["cuda_rng"])
 
 
-NOT_RESULTS = ("progress", "device", "compile")  # settings that do not change a run's numbers (on CPU)
+# settings that do not change a run's numbers (on CPU); the dtype a run resolved to is in its provenance
+NOT_RESULTS = ("progress", "device", "compile", "dtype")
 
 
 def config_json(cfg):
@@ -427,7 +456,7 @@ def config_differences(run_dir, cfg, prov=None):
     old = {**config_json(TrainConfig()), **{k: v for k, v in saved.items() if k in FIELD_TYPES}}
     changed = differing_keys(old, config_json(cfg), NOT_RESULTS)
     if prov is not None:  # a run from before provenance was recorded has none: every key differs
-        changed += [f"provenance.{k}" for k in differing_keys(saved.get("provenance") or {}, prov)]
+        changed += [f"provenance.{k}" for k in differing_keys(saved_provenance(saved, run_dir) or {}, prov, ())]
     return changed
 
 
@@ -436,6 +465,9 @@ def explain(changed, run_dir):
     settings = [k for k in changed if not k.startswith("provenance.")]
     if settings:
         return f"{run_dir} holds a run with other settings ({', '.join(settings)})"
+    if changed == ["provenance.dtype"]:
+        return (f"{run_dir} holds a run trained in another precision (provenance.dtype; see --dtype): its numbers"
+                f" are not comparable with this run's")
     return (f"{run_dir} holds a run evaluated by another version of the evaluation or on other text"
             f" ({', '.join(changed)}): its numbers are not comparable with new runs")
 
@@ -543,9 +575,12 @@ def _train(cfg, resume, overwrite, bar_position):
     tokens_per_step = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
     best = {"val_loss": float("inf"), "step": -1}
     train_time = 0.0  # seconds spent in training steps, evaluation excluded
+    eval_time = 0.0  # seconds spent evaluating (train, val and test) in this process
     rows = []
-    prov = provenance(cfg, meta, trainer.batches.eval_text)
+    prov = provenance(cfg, meta, trainer.batches.eval_text, dist.device)
     continued = master and prepare_run_dir(run_dir, cfg, prov, resume, overwrite)
+    if master and (note := cpu_bf16_note(trainer.dtype, dist.device)):
+        print(note, file=sys.stderr)
     if resume:
         state = load_checkpoint(run_dir / "last.pt", trainer.dist.device, kind="training")
         if state["vocab"] != meta["chars"]:
@@ -578,7 +613,9 @@ def _train(cfg, resume, overwrite, bar_position):
         while True:
             it = trainer.iter
             if master and (it % cfg.eval_interval == 0 or it == cfg.max_iters):
+                t0 = time.perf_counter()
                 losses = trainer.evaluate()
+                eval_time += time.perf_counter() - t0
                 check_finite(losses["val"], it, "val loss", run_dir)
                 last = {"step": it, "train_loss": losses["train"], "val_loss": losses["val"],
                         "lr": learning_rate(cfg, it), "tokens": it * tokens_per_step,
@@ -613,11 +650,13 @@ def _train(cfg, resume, overwrite, bar_position):
     bar.close()
     if master:  # the held-out test split, scored once: the final weights and the best-val ones
         metrics_file.close()
+        t0 = time.perf_counter()
         test = {"final": trainer.evaluate(("test",))["test"]}
         test["best"] = test["final"]
         if best["step"] != last["step"]:  # the best-val weights are in ckpt.pt
             model.load_state_dict(load_checkpoint(run_dir / "ckpt.pt", dist.device)["model"])
             test["best"] = trainer.evaluate(("test",))["test"]
+        eval_time += time.perf_counter() - t0
     dist.close()
     if not master:
         return None
@@ -628,6 +667,7 @@ def _train(cfg, resume, overwrite, bar_position):
         "best_test_loss": test["best"], "final_train_loss": last["train_loss"], "final_val_loss": last["val_loss"],
         "final_test_loss": test["final"],
         "wall_s": round(time.time() - t_start, 2), "train_s": round(train_time, 2),
+        "eval_s": round(eval_time, 2),  # (this process's share when resumed)
         "ms_per_iter": round(1000 * train_time / max(1, cfg.max_iters), 2),
         "device": trainer.dist.device, "processes": dist.world_size, "threads": torch.get_num_threads(),
         "torch": torch.__version__, "provenance": prov,
