@@ -165,6 +165,12 @@ def time_sampling(model_config, enc, samples, tokens, repeats=3, seed=0):
             "same_first_block": bool(torch.equal(out[False][:, :block + 1], out[True][:, :block + 1]))}
 
 
+def own_seconds():
+    """CPU seconds of this process and of the children it waited for (--vs-nanogpt's runs)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def busy_seconds():
     """CPU seconds this machine has spent busy since boot, all processes together (Linux), or None."""
     try:
@@ -397,7 +403,7 @@ def main():
 
     # CPU time that other processes take during the benchmark skews it; measured, not guessed from
     # the load average (which counts this benchmark's own threads)
-    busy0, own0, wall0 = busy_seconds(), time.process_time(), time.perf_counter()
+    busy0, own0, wall0 = busy_seconds(), own_seconds(), time.perf_counter()
     results = {"config": args.config, "threads": torch.get_num_threads(), "torch": torch.__version__,
                "cpu_bf16_instructions": cpu_has_bf16()}
     if args.vs_nanogpt:
@@ -414,7 +420,7 @@ def main():
                 print(f"{enc:<12}{r['no_cache_s']:>9.2f}s{r['cache_s']:>9.2f}s{r['speedup']:>9.1f}x"
                       f"  {r['same_first_block']}")
     if busy0 is not None:
-        other = max(0.0, ((busy_seconds() - busy0) - (time.process_time() - own0)) / (
+        other = max(0.0, ((busy_seconds() - busy0) - (own_seconds() - own0)) / (
             (time.perf_counter() - wall0) * (os.cpu_count() or 1)))  # clock ticks round: never below 0
         results["other_processes_cpu_share"] = other
         print(f"\nother processes used {100 * other:.0f}% of the CPU meanwhile"

@@ -286,8 +286,9 @@ def cpu_bf16_note(dtype, device):
     if dtype != "bfloat16" or device != "cpu" or cpu_has_bf16():
         return None
     return (f"note: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX; torch sees"
-            f" {torch.backends.cpu.get_cpu_capability()}), so bfloat16 is emulated: a CPU-config training step"
-            f" took about 16x as long as in float32 on such a machine (BENCHMARKS.md); --dtype float32 is faster here")
+            f" {torch.backends.cpu.get_cpu_capability()}), so bfloat16 is emulated: a training step took 16x (CPU"
+            f" config) to 28x (mid config) as long as in float32 on such a machine (BENCHMARKS.md); --dtype float32"
+            f" is faster here")
 
 
 def keep_freed_memory():

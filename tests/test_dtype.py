@@ -104,3 +104,19 @@ def test_a_bad_dtype_is_one_line(data_dir, tmp_path):
     config.write_text('dtype = "half"\n')
     proc = run("train.py", config, "--data-dir", data_dir, "--out-dir", tmp_path, check=False)
     assert proc.returncode == 2 and "dtype must be one of auto, float32, bfloat16, got 'half'" in proc.stderr
+
+
+def test_parity_pairs_two_dtypes_by_variant_and_seed(data_dir, tmp_path):
+    flags = ["--data-dir", data_dir, *TINY_FLAGS, "--max-iters", 10]
+    for seed in (1, 2):
+        run("train.py", *flags, "--out-dir", tmp_path / "f32", "--seed", seed)
+        run("train.py", *flags, "--out-dir", tmp_path / "bf16", "--seed", seed, "--dtype", "bfloat16")
+    proc = run("bench.py", "--parity", tmp_path / "bf16", tmp_path / "f32")
+    final = {(d, s): json.loads((tmp_path / d / f"rope_seed{s}" / "summary.json").read_text())
+             for d in ("f32", "bf16") for s in (1, 2)}
+    diffs = [final["bf16", s]["final_val_loss"] - final["f32", s]["final_val_loss"] for s in (1, 2)]
+    assert f"| RoPE, bfloat16 − RoPE, float32 | {diffs[0]:+.4f}, {diffs[1]:+.4f} |" in proc.stdout
+    assert "| RoPE | 2 | " in proc.stdout  # the verdict row: 2 seeds
+    # the same dtype on both sides is not a parity check
+    proc = run("bench.py", "--parity", tmp_path / "f32", tmp_path / "f32", check=False)
+    assert proc.returncode == 2 and "--parity needs runs of two dtypes" in proc.stderr
