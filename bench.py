@@ -65,8 +65,9 @@ def matmul_peak(sizes=(256, 512, 1024, 2048), repeats=5, dtype=torch.float32):
     best = 0.0
     for n in sizes:
         a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        a @ b  # warm-up
         t0 = time.perf_counter()
-        a @ b  # warm-up, and a first timing to size the repeats by
+        a @ b  # a first timing, to size the repeats by
         reps = max(1, int(0.2 / (time.perf_counter() - t0)))  # about 0.2 s per timing
         times = []
         for _ in range(repeats):
@@ -80,12 +81,13 @@ def matmul_peak(sizes=(256, 512, 1024, 2048), repeats=5, dtype=torch.float32):
 
 def matmul_sizes(dtype=torch.float32, candidates=(256, 512, 1024, 2048)):
     """The square size at which this machine's matmul in `dtype` is fastest (one quick sweep, which
-    stops at a size that takes over 0.5 s: an emulated bfloat16 matmul of 2048 takes about 20)."""
+    stops after a size whose measurement took over 4 s: an emulated bfloat16 matmul of 2048 takes
+    about 7 s a call)."""
     peaks = {}
     for n in candidates:
         t0 = time.perf_counter()
         peaks[n] = matmul_peak((n,), repeats=3, dtype=dtype)
-        if time.perf_counter() - t0 > 0.5 * 8:  # (warm-up plus 3 timings of >= 1 call each)
+        if time.perf_counter() - t0 > 4:
             break
     return (max(peaks, key=peaks.get),)
 
@@ -184,6 +186,7 @@ def busy_seconds():
 # --- whole processes against nanoGPT ----------------------------------------------
 
 ROOT = Path(__file__).resolve().parent
+NANOGPT = ("nanoGPT", "float32")  # nanoGPT never autocasts on a CPU
 NANOGPT_FILES = ("train.py", "model.py", "configurator.py", "config/train_shakespeare_char.py")
 # nanoGPT's README recipe for a CPU, which config/shakespeare_char_cpu.toml follows (its other settings,
 # rate, schedule, AdamW and gradient clipping, are the two config files' shared values)
@@ -238,13 +241,13 @@ def wall_comparison(args, dtypes):
     n = args.wall_steps
     with tempfile.TemporaryDirectory() as tmp:
         work = nanogpt_workdir(args.vs_nanogpt, args.data_dir, tmp)
-        programs = [f"train.py, {dt}" for dt in dtypes] + ["nanoGPT, float32"]
+        programs = [("train.py", dt) for dt in dtypes] + [NANOGPT]
 
         def command(program, r):
-            if program.startswith("nanoGPT"):
+            if program == NANOGPT:
                 return [sys.executable, "train.py", "config/train_shakespeare_char.py", *NANOGPT_CPU,
                         f"--max_iters={n}", f"--lr_decay_iters={n}", f"--out_dir={tmp}/nanogpt_out{r}"], work
-            dt = program.split(", ")[1]
+            dt = program[1]
             return [sys.executable, str(ROOT / "train.py"), str(ROOT / CPU_CONFIG), "--pos-encoding", "learned",
                     "--max-iters", str(n), "--lr-decay-iters", str(n), "--dtype", dt, "--data-dir",
                     str(Path(args.data_dir).resolve()), "--out-dir", tmp, "--run-name", f"{dt}_{r}",
@@ -255,14 +258,14 @@ def wall_comparison(args, dtypes):
             for program in programs[r % len(programs):] + programs[:r % len(programs)]:
                 wall, stdout = timed_process(*command(program, r))
                 walls[program].append(wall)
-                if program.startswith("nanoGPT"):
+                if program == NANOGPT:
                     details[program].append({"ms_per_step": nanogpt_step_ms(stdout)})
                 else:
-                    s = read_json(Path(tmp) / f"{program.split(', ')[1]}_{r}" / "summary.json", "rerun")
+                    s = read_json(Path(tmp) / f"{program[1]}_{r}" / "summary.json", "rerun")
                     details[program].append({"ms_per_step": s["ms_per_iter"], "train_s": s["train_s"],
                                              "eval_s": s["eval_s"], "rest_s": wall - s["train_s"] - s["eval_s"],
                                              "final_val_loss": s["final_val_loss"]})
-    ref = walls["nanoGPT, float32"]
+    ref = walls[NANOGPT]
     print(f"\nwhole processes, {n} steps, learned, CPU config; median of {args.wall_repeats} alternated runs each")
     print(f"{'program':<20}{'wall s':>8}{'vs nanoGPT':>12}{'ms/step':>9}{'training':>15}{'evaluation':>15}"
           f"{'the rest':>15}{'final val':>11}")
@@ -270,13 +273,14 @@ def wall_comparison(args, dtypes):
     for p in programs:
         wall = statistics.median(walls[p])
         ratio = statistics.median(paired_ratios({"x": walls[p], "ref": ref}, "ref")["x"])
-        med = {k: statistics.median(d[k] for d in details[p]) if details[p][0][k] is not None else None
+        med = {k: statistics.median(got) if (got := [d[k] for d in details[p] if d[k] is not None]) else None
                for k in details[p][0]}
-        out["programs"][p] = {"wall_s": wall, "wall_s_by_round": walls[p], "relative_to_nanogpt": ratio, **med}
+        name = ", ".join(p)
+        out["programs"][name] = {"wall_s": wall, "wall_s_by_round": walls[p], "relative_to_nanogpt": ratio, **med}
         cells = [f"{med[k]:.1f} s ({med[k] / wall:.0%})" if k in med else "-" for k in ("train_s", "eval_s", "rest_s")]
         val = f"{med['final_val_loss']:.4f}" if "final_val_loss" in med else "-"
         step = f"{med['ms_per_step']:.1f}" if med["ms_per_step"] is not None else "-"
-        print(f"{p:<20}{wall:>8.1f}{ratio:>11.3f}x{step:>9}" + "".join(f"{c:>15}" for c in cells) + f"{val:>11}")
+        print(f"{name:<20}{wall:>8.1f}{ratio:>11.3f}x{step:>9}" + "".join(f"{c:>15}" for c in cells) + f"{val:>11}")
     print("(ms/step: ours is training time over steps, nanoGPT's the median of its logged iteration times; the"
           " rest: start-up, data, checkpoints)")
     return out
@@ -288,7 +292,7 @@ def wall_comparison(args, dtypes):
 def parity(dirs, tolerance=0.01):
     """Markdown: the runs under dirs[0] minus those under dirs[1] (say bfloat16 and float32), paired
     by variant and seed, final val and test loss with 95% intervals; parity holds for a variant when
-    both intervals lie within ±tolerance. Each side is one dtype; the two are evaluated alike."""
+    both intervals lie within ±tolerance. Each side is one dtype, evaluated in it, on the same text."""
     sides = []
     for d in dirs:
         runs = find_runs([d])

@@ -3,10 +3,12 @@
 import argparse
 import csv
 import ctypes
+import functools
 import hashlib
 import json
 import math
 import os
+import platform
 import shutil
 import sys
 import tempfile
@@ -267,28 +269,37 @@ def resolve_dtype(dtype, device):
 
 def autocast(dtype, device):
     """The context every forward pass runs in. bfloat16: torch's autocast, so matmuls and attention
-    run in bfloat16 while the weights, the optimizer state, LayerNorm, softmax and the loss stay
-    float32 (RoPE's rotation casts to float32 itself). float32: nothing."""
+    run in bfloat16 while the weights and the optimizer state stay float32 and the loss is computed
+    in float32; the residual stream stays float32 too (float32 embeddings plus the layers' outputs),
+    so LayerNorm sees float32, and RoPE rotates in float32 itself. float32: nothing."""
     if dtype == "float32":
         return nullcontext()
     return torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16)
 
 
 def cpu_has_bf16():
-    """Whether this CPU has bfloat16 matmul instructions (AVX512-BF16 or AMX), which torch's CPU
+    """Whether this x86 CPU has bfloat16 matmul instructions (AVX512-BF16 or AMX), which torch's CPU
     kernels use; without them bfloat16 is emulated. (torch.cpu's checks are private: False if gone.)"""
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
 def cpu_bf16_note(dtype, device):
-    """A one-line warning when bfloat16 is asked of a CPU that lacks the instructions, else None."""
-    if dtype != "bfloat16" or device != "cpu" or cpu_has_bf16():
+    """A one-line warning when bfloat16 is asked of an x86 CPU that lacks the instructions, else None
+    (other CPUs, such as ARM ones with their own bfloat16 instructions, are not judged)."""
+    x86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+    if dtype != "bfloat16" or device != "cpu" or not x86 or cpu_has_bf16():
         return None
     return (f"note: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX; torch sees"
-            f" {torch.backends.cpu.get_cpu_capability()}), so bfloat16 is emulated: a training step took 16x (CPU"
-            f" config) to 28x (mid config) as long as in float32 on such a machine (BENCHMARKS.md); --dtype float32"
-            f" is faster here")
+            f" {torch.backends.cpu.get_cpu_capability()}), so bfloat16 is emulated and many times slower than"
+            f" float32 (16-28x on the CPU this project was measured on; BENCHMARKS.md)")
+
+
+@functools.cache
+def announce_dtype(dtype, device):
+    """Print cpu_bf16_note's warning to stderr, once per process and setting."""
+    if note := cpu_bf16_note(dtype, device):
+        print(note, file=sys.stderr)
 
 
 def keep_freed_memory():

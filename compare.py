@@ -29,8 +29,8 @@ from tqdm import tqdm
 
 from analysis import (TURN_NATS, TURN_SIGMAS, TURN_WINDOW, paired, paired_table, real_word_shares, turn,
                       verdict, words)
-from common import (CPU_CONFIG, UserError, autocast, load_meta, load_tokens, pick_device, positive, read_json,
-                    read_metrics, run_cli, write_json, write_text)
+from common import (CPU_CONFIG, UserError, announce_dtype, autocast, load_meta, load_tokens, pick_device, positive,
+                    read_json, read_metrics, run_cli, write_json, write_text)
 from evaluate import SCALINGS, evaluate_runs, format_table, write_outputs
 from model import POS_ENCODINGS
 from plot import plot_runs
@@ -59,7 +59,7 @@ def plan(cfg, overwrite, prov):
         reason = why_not_continued(run_dir, cfg, changed)
         if reason is None and (run_dir / "last.pt").exists():
             return "continue"
-        raise UserError(f"{reason or explain(changed, run_dir)}; --overwrite retrains it, --out-dir elsewhere"
+        raise UserError(f"{reason or explain(changed, run_dir, cfg)}; --overwrite retrains it, --out-dir elsewhere"
                         f" keeps both")
     return "resume" if changed == [] and (run_dir / "last.pt").exists() else "train"
 
@@ -364,14 +364,16 @@ SAMPLING = dict(prompt="\n", num_samples=20, temperature=0.8, top_k=None)  # the
 def run_samples(run_dir, seed, tokens):
     """SAMPLING's samples of `tokens` characters from a run's best checkpoint (the sliding-window
     sampler), without the prompt; kept in the run's samples.json and reused while SAMPLING holds."""
-    settings = {**SAMPLING, "max_new_tokens": tokens, "seed": seed}
+    dtype = run_dtype(run_dir)
+    settings = {**SAMPLING, "max_new_tokens": tokens, "seed": seed, **({"dtype": dtype} if dtype != "float32" else {})}
     path = Path(run_dir) / "samples.json"
     if path.exists():
         kept = read_json(path, "delete it")
         if kept.get("settings") == settings:
             return kept["samples"]
     model, vocab = load_model(run_dir)
-    with autocast(run_dtype(run_dir), "cpu"):  # sampled in the precision it was trained in
+    announce_dtype(dtype, "cpu")
+    with autocast(dtype, "cpu"):  # sampled in the precision it was trained in
         texts = sample(model, vocab, SAMPLING["prompt"], SAMPLING["num_samples"], tokens, SAMPLING["temperature"],
                        SAMPLING["top_k"], seed)
     texts = [t[len(SAMPLING["prompt"]):] for t in texts]  # the generated part only

@@ -60,8 +60,9 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from analysis import paired, verdict  # noqa: E402
-from common import (ArgumentParser, UserError, atomic_write, autocast, build_model, digest, eval_windows,  # noqa: E402
-                    load_checkpoint, load_meta, load_tokens, pick_device, positive, run_cli, write_json)
+from common import (ArgumentParser, UserError, announce_dtype, atomic_write, autocast, build_model,  # noqa: E402
+                    digest, eval_windows, load_checkpoint, load_meta, load_tokens, pick_device, positive, run_cli,
+                    write_json)
 from plot import length_axis, variant_styles  # noqa: E402
 from runs import COLORS, find_runs, group_variants, read_config, variant_labels  # noqa: E402
 
@@ -293,6 +294,7 @@ def evaluate_runs(run_dirs, lengths=None, scalings=SCALINGS, scaling_factor=None
     bar = tqdm(total=len(plan), desc="evaluate", unit="pass", disable=not progress, dynamic_ncols=True)
     per_row = {}  # (variant, row key) -> {"meta": ..., length: [per-run curve or reason]}
     for i, c in enumerate(configs):
+        announce_dtype(c["provenance"]["dtype"], device)
         with autocast(c["provenance"]["dtype"], device):  # each run in the precision it was trained in
             plain_model = build_model(ckpts[i], device)
             sliding = sliding_window_losses(plain_model, tokens, block, stride, batch_tokens)

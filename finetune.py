@@ -34,8 +34,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from common import (UserError, atomic_write, autocast, build_model, eval_windows, load_checkpoint,  # noqa: E402
-                    load_tokens, pick_device, positive, run_cli, write_json, write_text)
+from common import (UserError, announce_dtype, atomic_write, autocast, build_model, eval_windows,  # noqa: E402
+                    load_checkpoint, load_tokens, pick_device, positive, run_cli, write_json, write_text)
 from analysis import paired, verdict  # noqa: E402
 from compare import make_configs, parse_seeds, train_runs  # noqa: E402
 from evaluate import default_stride, loss_by_position, sliding_baseline, sliding_window_losses  # noqa: E402
@@ -84,6 +84,7 @@ def finetune_configs(args, seeds, methods, factor, scratch_seeds):
 def curves(run_dir, windows, device):
     """Per-position val loss of a run's best weights on each length's windows, in its precision."""
     model = build_model(load_checkpoint(Path(run_dir) / "ckpt.pt"), device)
+    announce_dtype(run_dtype(run_dir), device)
     with autocast(run_dtype(run_dir), device):
         return {L: loss_by_position(model, w) for L, w in windows.items()}
 

@@ -578,8 +578,11 @@ class GPT(nn.Module):
         cache, new_from = None, start  # tokens from new_from on have not been through the model yet
         for end in range(T0, T0 + max_new_tokens):
             if use_cache:
-                if cache is None:
-                    cache = KVCache(self.config, B, idx.device, self.lm_head.weight.dtype)
+                if cache is None:  # keys and values in the dtype they are computed in (bfloat16 under autocast)
+                    kind, dtype = idx.device.type, self.lm_head.weight.dtype
+                    if torch.is_autocast_enabled(kind):
+                        dtype = torch.get_autocast_dtype(kind)
+                    cache = KVCache(self.config, B, idx.device, dtype)
                 logits, _ = self(out[:, new_from:end], cache=cache)
             else:
                 logits, _ = self(out[:, max(0, end - block):end])

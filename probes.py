@@ -37,8 +37,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from common import (ArgumentParser, UserError, atomic_write, autocast, build_model, eval_windows,  # noqa: E402
-                    load_checkpoint, load_tokens, pick_device, positive, run_cli, write_json)
+from common import (ArgumentParser, UserError, announce_dtype, atomic_write, autocast, build_model,  # noqa: E402
+                    eval_windows, load_checkpoint, load_tokens, pick_device, positive, run_cli, write_json)
 from evaluate import (check_runs, default_stride, position_limit, resolve_data_dir,  # noqa: E402
                       sliding_window_losses, token_losses)
 from plot import length_axis  # noqa: E402
@@ -152,6 +152,7 @@ def probe_runs(run_dirs, data_dir=None, device="cpu", periods=PERIODS, passages=
                "runs": [str(run_dirs[i]) for i in idx], "attention": [], "copy": []}
         per_run = []
         for i in idx:
+            announce_dtype(configs[i]["provenance"]["dtype"], device)
             with autocast(configs[i]["provenance"]["dtype"], device):  # as it was trained
                 model = build_model(ckpts[i], device)
                 limit, reason = position_limit(model)

@@ -10,12 +10,11 @@ default, as in the reference article). Samples are printed and written to <out-d
 """
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 
-from common import (DTYPES, ArgumentParser, UserError, Vocab, autocast, build_model, cpu_bf16_note, load_checkpoint,
+from common import (DTYPES, ArgumentParser, UserError, Vocab, announce_dtype, autocast, build_model, load_checkpoint,
                     pick_device, positive, resolve_dtype, run_cli, write_text)
 
 SEPARATOR = "\n" + "-" * 40 + "\n"
@@ -73,15 +72,14 @@ def main():
     parser.add_argument("--seed", type=int, default=1337, help="random seed (default: 1337)")
     parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps (default: auto)")
     parser.add_argument("--dtype", default="auto", choices=DTYPES,
-                        help="auto (bfloat16 autocast on CUDA, float32 elsewhere), float32 or bfloat16, as train.py's"
-                             " --dtype (default: auto)")
+                        help="auto (bfloat16 autocast on CUDA, float32 elsewhere, whatever the run was trained in),"
+                             " float32 or bfloat16 (default: auto)")
     args = parser.parse_args()
 
     prompt = read_prompt(args.start)
     device = pick_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
-    if note := cpu_bf16_note(dtype, device):
-        print(note, file=sys.stderr)
+    announce_dtype(dtype, device)
     model, vocab = load_model(args.out_dir, device)
     with autocast(dtype, device):
         samples = sample(model, vocab, prompt, args.num_samples, args.max_new_tokens, args.temperature, args.top_k,

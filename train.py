@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common import (DTYPES, SPLITS, ArgumentParser, UserError, auto_device, autocast, cpu_bf16_note, digest,
+from common import (DTYPES, SPLITS, ArgumentParser, UserError, announce_dtype, auto_device, autocast, digest,
                     eval_windows, keep_freed_memory, load_checkpoint, load_meta, load_tokens, pick_device, read_json,
                     read_metrics, resolve_dtype, run_cli, run_lock, save_checkpoint, write_json, write_text)
 from model import GPT, POS_ENCODINGS, GPTConfig
@@ -406,8 +406,9 @@ class Trainer:
         for i, (x, y) in enumerate(micro):
             # DDP: all-reduce gradients only after the last micro-batch
             skip_sync = self.dist.enabled and i < len(micro) - 1
-            with self.step_model.no_sync() if skip_sync else nullcontext(), self.autocast:
-                _, loss = self.step_model(x, y)
+            with self.step_model.no_sync() if skip_sync else nullcontext():
+                with self.autocast:  # the forward pass only, as torch's autocast docs advise
+                    _, loss = self.step_model(x, y)
                 (loss / len(micro)).backward()
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
@@ -460,14 +461,17 @@ def config_differences(run_dir, cfg, prov=None):
     return changed
 
 
-def explain(changed, run_dir):
-    """A sentence on why the run in run_dir cannot be reused or resumed."""
+def explain(changed, run_dir, cfg):
+    """A sentence on why the run in run_dir cannot be reused or resumed as cfg."""
     settings = [k for k in changed if not k.startswith("provenance.")]
     if settings:
         return f"{run_dir} holds a run with other settings ({', '.join(settings)})"
     if changed == ["provenance.dtype"]:
-        return (f"{run_dir} holds a run trained in another precision (provenance.dtype; see --dtype): its numbers"
-                f" are not comparable with this run's")
+        saved = read_json(Path(run_dir) / "config.json", f"remove {run_dir}")
+        old = saved_provenance(saved, run_dir)["dtype"]
+        new = resolve_dtype(cfg.dtype, pick_device(cfg.device))
+        return (f"{run_dir} holds a run trained in {old}, not {new} (--dtype {cfg.dtype}); --dtype {old} reuses or"
+                f" continues it")
     return (f"{run_dir} holds a run evaluated by another version of the evaluation or on other text"
             f" ({', '.join(changed)}): its numbers are not comparable with new runs")
 
@@ -488,7 +492,7 @@ def why_not_continued(run_dir, cfg, changed):
     lr_decay_iters). Resumed, it is then exactly the run trained that long from the start.
     Otherwise a sentence on why not."""
     if set(changed) - LENGTH_KEYS:
-        return explain(changed, run_dir)
+        return explain(changed, run_dir, cfg)
     saved = read_json(Path(run_dir) / "config.json", f"remove {run_dir} or choose another --run-name")
     old = replace(cfg, max_iters=saved["max_iters"], lr_decay_iters=saved.get("lr_decay_iters", 0))
     if cfg.max_iters <= old.max_iters:
@@ -575,12 +579,12 @@ def _train(cfg, resume, overwrite, bar_position):
     tokens_per_step = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
     best = {"val_loss": float("inf"), "step": -1}
     train_time = 0.0  # seconds spent in training steps, evaluation excluded
-    eval_time = 0.0  # seconds spent evaluating (train, val and test) in this process
+    eval_time = 0.0  # seconds spent evaluating (train, val and test)
     rows = []
     prov = provenance(cfg, meta, trainer.batches.eval_text, dist.device)
     continued = master and prepare_run_dir(run_dir, cfg, prov, resume, overwrite)
-    if master and (note := cpu_bf16_note(trainer.dtype, dist.device)):
-        print(note, file=sys.stderr)
+    if master:
+        announce_dtype(trainer.dtype, dist.device)
     if resume:
         state = load_checkpoint(run_dir / "last.pt", trainer.dist.device, kind="training")
         if state["vocab"] != meta["chars"]:
@@ -588,6 +592,7 @@ def _train(cfg, resume, overwrite, bar_position):
                             f" prepare the same text again or start a new run")
         trainer.load_state_dict(state["trainer"])
         best, train_time, t_start = state["best"], state["train_time"], time.time() - state["elapsed_s"]
+        eval_time = state.get("eval_time", 0.0)  # (not in a last.pt from before it was kept)
         rows = metrics_before(run_dir / "metrics.csv", trainer.iter)
     if continued:  # the shorter run's summary and samples must not outlive its config.json
         for name in FINISHED_FILES:
@@ -602,7 +607,8 @@ def _train(cfg, resume, overwrite, bar_position):
     def save_last():
         if master:
             save_checkpoint(run_dir / "last.pt", {
-                "trainer": trainer.state_dict(), "best": best, "train_time": train_time, "vocab": meta["chars"],
+                "trainer": trainer.state_dict(), "best": best, "train_time": train_time, "eval_time": eval_time,
+                "vocab": meta["chars"],
                 "elapsed_s": time.time() - t_start, "config": asdict(cfg)})
 
     last = {}
@@ -667,7 +673,7 @@ def _train(cfg, resume, overwrite, bar_position):
         "best_test_loss": test["best"], "final_train_loss": last["train_loss"], "final_val_loss": last["val_loss"],
         "final_test_loss": test["final"],
         "wall_s": round(time.time() - t_start, 2), "train_s": round(train_time, 2),
-        "eval_s": round(eval_time, 2),  # (this process's share when resumed)
+        "eval_s": round(eval_time, 2),
         "ms_per_iter": round(1000 * train_time / max(1, cfg.max_iters), 2),
         "device": trainer.dist.device, "processes": dist.world_size, "threads": torch.get_num_threads(),
         "torch": torch.__version__, "provenance": prov,
