@@ -15,7 +15,7 @@
 # make bench           speed of each encoding on this machine
 # SHAKESPEARE_INPUT=/path/to/input.txt make experiment    works offline
 # SEEDS=1337 make experiment                             one seed: a quick look
-# JOBS=3 make experiment                                 3 runs at a time (compare.py --jobs)
+# JOBS=3 make experiment                                 3 runs at a time (study.compare --jobs)
 
 PYTHON_SYS ?= python3
 VENV       ?= .venv
@@ -45,32 +45,32 @@ $(DATA): | $(VENV)/.installed
 data: $(DATA)
 
 experiment: $(VENV)/.installed $(DATA)
-	$(PY) compare.py $(CONFIG) --seeds $(SEEDS) --jobs $(JOBS) --extrapolate
+	$(PY) -m study.compare $(CONFIG) --seeds $(SEEDS) --jobs $(JOBS) --extrapolate
 
 experiment-all: $(VENV)/.installed $(DATA)
-	$(PY) compare.py $(CONFIG) --pos-encodings $(VARIANTS) --seeds $(SEEDS) --seeds-if-undecided $(MORE_SEEDS) \
+	$(PY) -m study.compare $(CONFIG) --pos-encodings $(VARIANTS) --seeds $(SEEDS) --seeds-if-undecided $(MORE_SEEDS) \
 		--jobs $(JOBS) --extrapolate --plots-dir plots/all
-	$(PY) plot_bias.py --plots-dir plots
+	$(PY) -m study.plot_bias --plots-dir plots
 
 experiment-mid: $(VENV)/.installed $(DATA)
-	$(PY) compare.py config/shakespeare_char_mid.toml --seeds 1337 --jobs $(JOBS) --plots-dir plots/shakespeare_char_mid
+	$(PY) -m study.compare config/shakespeare_char_mid.toml --seeds 1337 --jobs $(JOBS) --plots-dir plots/shakespeare_char_mid
 
 rope-study: $(VENV)/.installed $(DATA)
-	$(PY) compare.py $(CONFIG) --pos-encodings $(ROPE_LR),$(FRACTIONS),$(BASES) --seeds 1337 --jobs $(JOBS) --extrapolate \
+	$(PY) -m study.compare $(CONFIG) --pos-encodings $(ROPE_LR),$(FRACTIONS),$(BASES) --seeds 1337 --jobs $(JOBS) --extrapolate \
 		--extrapolate-methods none,ntk --plots-dir plots/rope_study
-	$(PY) plot_rope.py --bases 100,1000,10000,100000 --plots-dir plots/rope_study
+	$(PY) -m study.plot_rope --bases 100,1000,10000,100000 --plots-dir plots/rope_study
 
 finetune: $(VENV)/.installed $(DATA)
-	$(PY) finetune.py $(CONFIG) --seeds 1337 --more-seeds 1338,1339 --scratch-seeds 1337 --plots-dir plots/finetune
+	$(PY) -m study.finetune $(CONFIG) --seeds 1337 --more-seeds 1338,1339 --scratch-seeds 1337 --plots-dir plots/finetune
 
 sweep: $(VENV)/.installed $(DATA)
-	$(PY) sweep.py $(CONFIG) --pos-encodings $(SWEEP) --seeds $(SEEDS) --jobs $(JOBS) --plots-dir plots
+	$(PY) -m study.sweep $(CONFIG) --pos-encodings $(SWEEP) --seeds $(SEEDS) --jobs $(JOBS) --plots-dir plots
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q tests
 
 bench: $(VENV)/.installed $(DATA)
-	$(PY) bench.py --json plots/bench.json
+	$(PY) -m study.bench --json plots/bench.json
 
 clean:
 	rm -rf out

@@ -20,7 +20,7 @@ import torch
 
 from model import GPT, POS_ENCODINGS, GPTConfig
 
-CPU_CONFIG = "config/shakespeare_char_cpu.toml"  # the default of compare.py and bench.py
+CPU_CONFIG = "config/shakespeare_char_cpu.toml"  # the default of study.compare and study.bench
 
 
 class UserError(Exception):
@@ -58,6 +58,14 @@ def parse_encodings(text):
         raise UserError(f"unknown encoding(s) {', '.join(unknown) or '(none given)'}; choose from"
                         f" {', '.join(POS_ENCODINGS)} or 'all'")
     return encodings
+
+
+def command_line():
+    """The command this process was started with, as a user types it: "python -m study.compare ..."
+    for a module of the study package, "python train.py ..." for a script."""
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    program = f"-m {spec.name}" if spec is not None else Path(sys.argv[0]).name
+    return " ".join(["python", program, *sys.argv[1:]])
 
 
 def run_cli(main):

@@ -641,7 +641,7 @@ def _train(cfg, resume, overwrite, bar_position):
                 save_last()
                 bar.close()
                 raise UserError(f"stopped by Ctrl-C at step {it}; the same command with --resume continues"
-                                f" (compare.py: the same command)")
+                                f" (study.compare: the same command)")
 
             t0 = time.perf_counter()
             loss = trainer.step()

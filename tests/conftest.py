@@ -14,10 +14,9 @@ torch.set_num_threads(1)
 # comes from their arguments only (CI sets SHAKESPEARE_INPUT), no torchrun variables (train.py
 # would wait for its peers), no GPU, glibc's own malloc, untuned.
 IGNORED = ("SHAKESPEARE_INPUT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "GLIBC_TUNABLES", "LD_PRELOAD")
-ENV = {**{k: v for k, v in os.environ.items() if k not in IGNORED and not k.startswith("MALLOC_")},
-       "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-
 ROOT = Path(__file__).resolve().parent.parent
+ENV = {**{k: v for k, v in os.environ.items() if k not in IGNORED and not k.startswith("MALLOC_")},
+       "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)}  # (python -m study.X)
 sys.path.insert(0, str(ROOT))
 
 from prepare_shakespeare import prepare  # noqa: E402
@@ -49,9 +48,15 @@ def data_dir(tmp_path_factory):
     return root / "prepared"
 
 
+def command(script):
+    """How a user starts `script`: a top-level file ("train.py") or a module of the study package
+    ("study.compare", run with -m from the repository)."""
+    return [sys.executable, str(ROOT / script)] if script.endswith(".py") else [sys.executable, "-m", script]
+
+
 def run(script, *args, cwd=ROOT, check=True):
     """Run one of the project's scripts as a user would; returns the CompletedProcess."""
-    proc = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd,
+    proc = subprocess.run([*command(script), *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, timeout=300, env=ENV)
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")

@@ -6,13 +6,13 @@ import json
 import numpy as np
 import pytest
 
-from analysis import paired, paired_table, real_word_shares, t_quantile, turn, verdict, words
+from study.analysis import paired, paired_table, real_word_shares, t_quantile, turn, verdict, words
 from common import UserError
-from compare import Study, differences_table, results_table, turns_table
+from study.compare import Study, differences_table, results_table, turns_table
 from conftest import run
-from plot import aggregate, describe_model, plot_runs, read_metrics_of, turn_window
+from study.plot import aggregate, describe_model, plot_runs, read_metrics_of, turn_window
 from model import POS_ENCODINGS
-from runs import group_variants, parse_variants, read_config, variant_labels, variant_name
+from study.runs import group_variants, parse_variants, read_config, variant_labels, variant_name
 from train import FIELD_TYPES, TrainConfig
 
 PROVENANCE = {"eval_version": 2, "data_sha256": "abc", "eval_text": "0123456789abcdef"}
@@ -81,7 +81,7 @@ def test_runs_evaluated_on_different_text_are_refused(tmp_path):
             make_run(tmp_path, "b", [4.0, 2.0], seed=2, provenance={**PROVENANCE, "eval_text": "ffffffffffffffff"})]
     with pytest.raises(UserError, match="evaluated on different text"):
         plot_runs(runs, tmp_path / "plots")
-    proc = run("plot.py", tmp_path, "--plots-dir", tmp_path / "plots", check=False)
+    proc = run("study.plot", tmp_path, "--plots-dir", tmp_path / "plots", check=False)
     assert proc.returncode == 2 and "evaluated on different text" in proc.stderr
     old = make_run(tmp_path, "old", [4.0, 2.0], seed=3, provenance=None)  # from before provenance was recorded
     for together in ([runs[0], old], [old]):

@@ -100,24 +100,24 @@ def test_prepare_and_plot_errors(data_dir, tmp_path):
     (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00abc" * 10)
     assert_one_line_error(run("prepare_shakespeare.py", "--input", tmp_path / "bin.txt", "--out-dir", tmp_path,
                               check=False), "not UTF-8 text")
-    assert_one_line_error(run("plot.py", tmp_path / "empty", check=False), "is not a run directory")
-    assert_one_line_error(run("compare.py", "--pos-encodings", "rope,bogus", check=False), "unknown encoding 'bogus'")
-    assert_one_line_error(run("compare.py", "--seeds", "1,x", check=False), "--seeds takes comma-separated integers")
-    assert_one_line_error(run("compare.py", "--extrapolate-methods", "ntk,bogus", check=False),
+    assert_one_line_error(run("study.plot", tmp_path / "empty", check=False), "is not a run directory")
+    assert_one_line_error(run("study.compare", "--pos-encodings", "rope,bogus", check=False), "unknown encoding 'bogus'")
+    assert_one_line_error(run("study.compare", "--seeds", "1,x", check=False), "--seeds takes comma-separated integers")
+    assert_one_line_error(run("study.compare", "--extrapolate-methods", "ntk,bogus", check=False),
                           "--extrapolate-methods takes some of none, linear, ntk, dynamic-ntk, yarn")
     # an error inside a worker process (compare.py --jobs) reaches the user as the same one line
-    too_long = run("compare.py", "--data-dir", data_dir, "--out-dir", tmp_path, "--plots-dir", tmp_path,
+    too_long = run("study.compare", "--data-dir", data_dir, "--out-dir", tmp_path, "--plots-dir", tmp_path,
                    "--pos-encodings", "rope,none", *TINY_FLAGS, "--block-size", 5000, check=False)
     assert_one_line_error(too_long, "the val split has 1000 tokens, too few for a window of 5000 + 1")
-    diverging = run("compare.py", "--data-dir", data_dir, "--out-dir", tmp_path, "--plots-dir", tmp_path,
+    diverging = run("study.compare", "--data-dir", data_dir, "--out-dir", tmp_path, "--plots-dir", tmp_path,
                     "--pos-encodings", "rope,none", "--jobs", 2, *TINY_FLAGS, "--learning-rate", 1e9, check=False)
     assert_one_line_error(diverging, "loss became", "lower --learning-rate")
-    assert_one_line_error(run("compare.py", "--jobs", 2, "--device", "cuda", check=False),
+    assert_one_line_error(run("study.compare", "--jobs", 2, "--device", "cuda", check=False),
                           "--jobs trains runs side by side on the CPU; on cuda train one at a time"
                           if torch.cuda.is_available() else "device 'cuda' is not available")
 
 
-@pytest.mark.parametrize("script", ["train.py", "sample.py", "evaluate.py", "compare.py", "sweep.py"])
+@pytest.mark.parametrize("script", ["train.py", "sample.py", "study.evaluate", "study.compare", "study.sweep"])
 @pytest.mark.parametrize("device, fragments", [
     ("banana", ["unknown device 'banana'; use auto, cpu, cuda, cuda:N or mps"]),
     ("cuda:x", ["unknown device 'cuda:x'"]),
@@ -127,7 +127,7 @@ def test_prepare_and_plot_errors(data_dir, tmp_path):
 def test_a_device_this_machine_lacks_is_one_line_naming_it(data_dir, trained, tmp_path, script, device, fragments):
     if device == "cuda" and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    args = {"sample.py": ["--out-dir", trained], "evaluate.py": [trained, "--plots-dir", tmp_path]}.get(
+    args = {"sample.py": ["--out-dir", trained], "study.evaluate": [trained, "--plots-dir", tmp_path]}.get(
         script, ["--data-dir", data_dir, "--out-dir", tmp_path, "--plots-dir", tmp_path, *TINY_FLAGS])
     if script == "train.py":
         args = args[:4] + args[6:]  # no --plots-dir

@@ -6,7 +6,7 @@ import statistics
 import pytest
 
 from conftest import run
-from bench import flops_per_step, middle_half, nanogpt_step_ms, paired_ratios
+from study.bench import flops_per_step, middle_half, nanogpt_step_ms, paired_ratios
 from model import GPTConfig
 
 
@@ -34,7 +34,7 @@ def test_ratios_are_paired_by_round():
 
 def test_bench_reports_every_encoding_and_same_first_block(data_dir, tmp_path):
     out = tmp_path / "bench.json"
-    proc = run("bench.py", "--data-dir", data_dir, "--pos-encodings", "rope,learned,t5", "--steps", 2, "--rounds", 2,
+    proc = run("study.bench", "--data-dir", data_dir, "--pos-encodings", "rope,learned,t5", "--steps", 2, "--rounds", 2,
                "--warmup", 1, "--sample-tokens", 80, "--sample-repeats", 1, "--json", out)
     result = json.loads(out.read_text())
     training = result["training"]["float32"]  # the default dtype only
@@ -58,7 +58,7 @@ def test_bench_reports_every_encoding_and_same_first_block(data_dir, tmp_path):
 
 def test_bench_times_each_dtype_against_its_own_peak(data_dir, tmp_path):
     out = tmp_path / "bench.json"
-    run("bench.py", "--data-dir", data_dir, "--pos-encodings", "learned", "--dtypes", "float32,bfloat16",
+    run("study.bench", "--data-dir", data_dir, "--pos-encodings", "learned", "--dtypes", "float32,bfloat16",
         "--steps", 1, "--rounds", 2, "--warmup", 1, "--no-sampling", "--json", out)
     result = json.loads(out.read_text())
     assert set(result["matmul_peak_gflops"]) == set(result["training"]) == {"float32", "bfloat16"}
@@ -74,7 +74,7 @@ def test_bench_times_each_dtype_against_its_own_peak(data_dir, tmp_path):
 
 
 def test_bench_refuses_an_unknown_dtype(data_dir):
-    proc = run("bench.py", "--data-dir", data_dir, "--dtypes", "float16", check=False)
+    proc = run("study.bench", "--data-dir", data_dir, "--dtypes", "float16", check=False)
     assert proc.returncode == 2 and "--dtypes takes float32 and/or bfloat16, got 'float16'" in proc.stderr
 
 

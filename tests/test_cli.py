@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from analysis import real_word_shares, words
+from study.analysis import real_word_shares, words
 from common import build_model, eval_windows, load_tokens
 from conftest import ROOT, TINY_FLAGS, make_corpus, run
 
@@ -97,7 +97,7 @@ def test_sample_prompt_from_file(workspace, tmp_path):
 
 
 def test_plot_writes_both_figures(workspace, tmp_path):
-    proc = run("plot.py", workspace / "out", "--plots-dir", tmp_path)
+    proc = run("study.plot", workspace / "out", "--plots-dir", tmp_path)
     for name in ("train_loss.png", "val_loss.png"):
         data = (tmp_path / name).read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 10_000
@@ -107,7 +107,7 @@ def test_plot_writes_both_figures(workspace, tmp_path):
 def test_compare_trains_plots_tabulates_and_reuses(workspace, tmp_path):
     args = ["--data-dir", workspace / "data", "--out-dir", tmp_path / "out", "--plots-dir", tmp_path / "plots",
             "--pos-encodings", "rope,none", "--sample-tokens", 40, *TINY_FLAGS]
-    proc = run("compare.py", *args)
+    proc = run("study.compare", *args)
     results = (tmp_path / "plots" / "results.md").read_text()
     rows = [ln for ln in results.splitlines() if ln.startswith("| RoPE |") or ln.startswith("| none |")][:2]
     assert rows[0].startswith("| RoPE | 26,112 |") and rows[1].startswith("| none | 26,112 |")
@@ -127,33 +127,33 @@ def test_compare_trains_plots_tabulates_and_reuses(workspace, tmp_path):
     shares = real_word_shares(kept["samples"], vocabulary)
     assert f"| RoPE | {shares['real']:.3f} | {shares['real_long']:.3f} |" in results
     assert summary["provenance"]["eval_text"] in results
-    again = run("compare.py", *args)
+    again = run("study.compare", *args)
     assert again.stdout.count("finished earlier, reusing it") == 2
     # a changed config is never mistaken for a finished run: refused, or retrained with --overwrite
-    refused = run("compare.py", *args, "--max-iters=20", "--pos-encodings", "none", check=False)
+    refused = run("study.compare", *args, "--max-iters=20", "--pos-encodings", "none", check=False)
     assert refused.returncode == 2 and "holds a run of 30 steps, not fewer than --max-iters 20" in refused.stderr
     assert refused.stderr.rstrip().endswith("--overwrite retrains it, --out-dir elsewhere keeps both")
-    changed = run("compare.py", *args, "--max-iters=20", "--pos-encodings", "none", "--overwrite")
+    changed = run("study.compare", *args, "--max-iters=20", "--pos-encodings", "none", "--overwrite")
     assert "reusing" not in changed.stdout
     none_dir = tmp_path / "out" / "shakespeare_char_cpu" / "none_seed1337"
     assert json.loads((none_dir / "config.json").read_text())["max_iters"] == 20
     # a finished run evaluated another way (here: by an older evaluation) is not reused as if it were new
     rope_config = tmp_path / "out" / "shakespeare_char_cpu" / "rope_seed1337" / "config.json"
     rope_config.write_text(rope_config.read_text().replace('"eval_version": 2', '"eval_version": 1'))
-    refused = run("compare.py", *args, check=False)
+    refused = run("study.compare", *args, check=False)
     assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
     assert "evaluated by another version of the evaluation or on other text (provenance.eval_version)" in refused.stderr
-    retrained = run("compare.py", *args, "--pos-encodings", "rope", "--overwrite")
+    retrained = run("study.compare", *args, "--pos-encodings", "rope", "--overwrite")
     assert "reusing" not in retrained.stdout and '"eval_version": 2' in rope_config.read_text()
 
 
 def test_seeds_if_undecided_go_to_the_variants_of_undecided_pairs_only(workspace, tmp_path):
     args = ["--data-dir", workspace / "data", "--out-dir", tmp_path / "out", "--plots-dir", tmp_path / "plots",
             "--pos-encodings", "rope,none", "--sample-tokens", 10, *TINY_FLAGS]
-    run("compare.py", *args, "--seeds", "1,2")
+    run("study.compare", *args, "--seeds", "1,2")
     results = (tmp_path / "plots" / "results.md").read_text()
     undecided = "| not decided" in results or "not decided |" in results
-    proc = run("compare.py", *args, "--seeds", "1,2", "--seeds-if-undecided", "3")
+    proc = run("study.compare", *args, "--seeds", "1,2", "--seeds-if-undecided", "3")
     trained = sorted(p.name for p in (tmp_path / "out" / "shakespeare_char_cpu").iterdir())
     if undecided:  # both variants of the one pair get seed 3
         assert trained == ["none_seed1", "none_seed2", "none_seed3", "rope_seed1", "rope_seed2", "rope_seed3"]
@@ -165,7 +165,7 @@ def test_seeds_if_undecided_go_to_the_variants_of_undecided_pairs_only(workspace
 
 
 def test_compare_defaults_write_under_out_of_the_working_directory(workspace, tmp_path):
-    run("compare.py", ROOT / "config" / "shakespeare_char_cpu.toml", "--data-dir", workspace / "data",
+    run("study.compare", ROOT / "config" / "shakespeare_char_cpu.toml", "--data-dir", workspace / "data",
         "--plots-dir", tmp_path / "plots", "--pos-encodings", "none", "--sample-tokens", 10, *TINY_FLAGS, cwd=tmp_path)
     assert (tmp_path / "out" / "shakespeare_char_cpu" / "none_seed1337" / "summary.json").exists()
     assert "## none" in (tmp_path / "plots" / "samples.md").read_text()
@@ -174,11 +174,11 @@ def test_compare_defaults_write_under_out_of_the_working_directory(workspace, tm
 def test_compare_jobs_train_side_by_side_to_the_same_numbers(workspace, tmp_path):
     common = ["--data-dir", workspace / "data", "--sample-tokens", 10, *TINY_FLAGS]
     par = ["--out-dir", tmp_path / "par", "--plots-dir", tmp_path / "pp"]
-    run("compare.py", *common, *par, "--pos-encodings", "none", "--seeds", "2")  # reused below
-    parallel = run("compare.py", *common, *par, "--pos-encodings", "rope,none", "--seeds", "1,2,2", "--jobs", 3)
+    run("study.compare", *common, *par, "--pos-encodings", "none", "--seeds", "2")  # reused below
+    parallel = run("study.compare", *common, *par, "--pos-encodings", "rope,none", "--seeds", "1,2,2", "--jobs", 3)
     assert "none_seed2: finished earlier, reusing it" in parallel.stdout
     assert "training 3 runs, 3 at a time with 1 torch thread(s) each" in parallel.stdout
-    run("compare.py", *common, "--out-dir", tmp_path / "seq", "--plots-dir", tmp_path / "sp",
+    run("study.compare", *common, "--out-dir", tmp_path / "seq", "--plots-dir", tmp_path / "sp",
         "--pos-encodings", "rope,none", "--seeds", "1,2")
     for name in ("rope_seed1", "rope_seed2", "none_seed1", "none_seed2"):
         rows = {}
@@ -259,7 +259,7 @@ def test_config_file_is_data_with_checked_keys_and_types(workspace, tmp_path):
 def test_compare_extrapolate_writes_the_study(workspace, tmp_path):
     args = ["--data-dir", workspace / "data", "--out-dir", tmp_path / "out", "--plots-dir", tmp_path / "plots",
             "--pos-encodings", "rope,learned", "--seeds", "1,2", "--sample-tokens", 20, "--extrapolate", *TINY_FLAGS]
-    run("compare.py", *args)
+    run("study.compare", *args)
     for name in ("extrapolation.png", "loss_by_position.png", "rope_decay.png", "train_loss.png",
                  "attention_distance.png", "copy_probe.png"):
         assert (tmp_path / "plots" / name).read_bytes().startswith(PNG_MAGIC), name

@@ -9,7 +9,7 @@ import common
 from common import UserError, autocast, cpu_bf16_note, resolve_dtype
 from conftest import TINY_FLAGS, run
 from model import GPT, POS_ENCODINGS, GPTConfig
-from runs import group_variants, read_config, run_dtype
+from study.runs import group_variants, read_config, run_dtype
 from train import saved_provenance
 
 PROVENANCE = {"eval_version": 2, "data_sha256": "abc", "eval_text": "0123456789abcdef"}  # from before dtypes
@@ -112,14 +112,14 @@ def test_parity_pairs_two_dtypes_by_variant_and_seed(data_dir, tmp_path):
     for seed in (1, 2):
         run("train.py", *flags, "--out-dir", tmp_path / "f32", "--seed", seed)
         run("train.py", *flags, "--out-dir", tmp_path / "bf16", "--seed", seed, "--dtype", "bfloat16")
-    proc = run("bench.py", "--parity", tmp_path / "bf16", tmp_path / "f32")
+    proc = run("study.bench", "--parity", tmp_path / "bf16", tmp_path / "f32")
     final = {(d, s): json.loads((tmp_path / d / f"rope_seed{s}" / "summary.json").read_text())
              for d in ("f32", "bf16") for s in (1, 2)}
     diffs = [final["bf16", s]["final_val_loss"] - final["f32", s]["final_val_loss"] for s in (1, 2)]
     assert f"| RoPE, bfloat16 − RoPE, float32 | {diffs[0]:+.4f}, {diffs[1]:+.4f} |" in proc.stdout
     assert "| RoPE | 2 | " in proc.stdout  # the verdict row: 2 seeds
     # the same dtype on both sides is not a parity check
-    proc = run("bench.py", "--parity", tmp_path / "f32", tmp_path / "f32", check=False)
+    proc = run("study.bench", "--parity", tmp_path / "f32", tmp_path / "f32", check=False)
     assert proc.returncode == 2 and "--parity needs runs of two dtypes" in proc.stderr
 
 
@@ -142,7 +142,7 @@ def test_an_old_record_without_a_dtype_is_continued_and_tabled_as_float32(data_d
 
 def test_the_length_study_evaluates_a_run_in_its_dtype(data_dir, tmp_path):
     from common import build_model, eval_windows, load_checkpoint, load_tokens
-    from evaluate import evaluate_runs, loss_by_position
+    from study.evaluate import evaluate_runs, loss_by_position
     run("train.py", "--data-dir", data_dir, "--out-dir", tmp_path, *TINY_FLAGS, "--max-iters", 10,
         "--dtype", "bfloat16")
     run_dir = tmp_path / "rope_seed1337"

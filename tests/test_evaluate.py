@@ -11,8 +11,8 @@ import torch
 
 from common import UserError, load_checkpoint, load_tokens
 from conftest import TINY, TINY_FLAGS, run
-from evaluate import build_model, eval_windows, evaluate_runs, format_table, parse_factor, write_outputs
-from plot_rope import decay_bound, wavelengths
+from study.evaluate import build_model, eval_windows, evaluate_runs, format_table, parse_factor, write_outputs
+from study.plot_rope import decay_bound, wavelengths
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 BLOCK = TINY["block_size"]  # 16
@@ -140,7 +140,7 @@ def test_write_outputs(results, tmp_path):
 
 
 def test_cli_default_lengths_and_outputs(runs, data_dir, tmp_path):
-    proc = run("evaluate.py", runs, "--data-dir", data_dir, "--max-windows", 20, "--rope-scaling", "none,ntk",
+    proc = run("study.evaluate", runs, "--data-dir", data_dir, "--max-windows", 20, "--rope-scaling", "none,ntk",
                "--plots-dir", tmp_path, "--out-json", tmp_path / "x.json", "--no-progress")
     assert "n/a: learned table has 16 positions" in proc.stdout
     out = json.loads((tmp_path / "x.json").read_text())
@@ -152,9 +152,9 @@ def test_cli_default_lengths_and_outputs(runs, data_dir, tmp_path):
     for name in ("extrapolation.png", "loss_by_position.png"):
         assert (tmp_path / name).read_bytes()[:8] == PNG_MAGIC
 
-    proc = run("evaluate.py", runs, "--rope-scaling", "longrope", "--data-dir", data_dir, check=False)
+    proc = run("study.evaluate", runs, "--rope-scaling", "longrope", "--data-dir", data_dir, check=False)
     assert proc.returncode == 2 and "unknown rope scaling longrope" in proc.stderr and "Traceback" not in proc.stderr
-    proc = run("evaluate.py", runs, "--rope-scaling", "yarn", "--yarn-beta", "1", "--data-dir", data_dir, check=False)
+    proc = run("study.evaluate", runs, "--rope-scaling", "yarn", "--yarn-beta", "1", "--data-dir", data_dir, check=False)
     assert proc.returncode == 2 and "YaRN needs 0 <= alpha < beta, got alpha 1 and beta 1" in proc.stderr
 
 
@@ -199,6 +199,6 @@ def test_wavelengths_follow_the_formula():
 
 
 def test_plot_rope_cli(runs, tmp_path):
-    proc = run("plot_rope.py", "--from-run", runs / "rope_seed1337", "--plots-dir", tmp_path)
+    proc = run("study.plot_rope", "--from-run", runs / "rope_seed1337", "--plots-dir", tmp_path)
     assert "head dim 16" in proc.stdout and "block size 16" in proc.stdout  # n_embd 32 / 2 heads
     assert (tmp_path / "rope_decay.png").read_bytes()[:8] == PNG_MAGIC

@@ -10,9 +10,9 @@ from torch.nn import functional as F
 
 from common import build_model, eval_windows, load_checkpoint, load_tokens
 from conftest import TINY, TINY_FLAGS, run
-from evaluate import dynamic_factor, evaluate_runs, loss_by_position, sliding_window_losses
+from study.evaluate import dynamic_factor, evaluate_runs, loss_by_position, sliding_window_losses
 from model import GPT, GPTConfig, RotaryPositionalEncoding, apply_rotary_embeddings, precompute_theta_pos_frequencies
-from probes import attention_stats, copy_gain, copy_sequences, uniform_reference
+from study.probes import attention_stats, copy_gain, copy_sequences, uniform_reference
 
 BLOCK = TINY["block_size"]  # 16
 SMALL = dict(vocab_size=20, block_size=16, n_layer=2, n_head=2, n_embd=32)
@@ -264,7 +264,7 @@ def test_copy_probe_sequences_and_what_it_compares():
 
 def test_finetune_trains_from_the_base_runs_and_reports_every_row(data_dir, tmp_path):
     out, plots = tmp_path / "out", tmp_path / "plots"
-    proc = run("finetune.py", "config/shakespeare_char_cpu.toml", "--data-dir", data_dir, "--out-dir", out,
+    proc = run("study.finetune", "config/shakespeare_char_cpu.toml", "--data-dir", data_dir, "--out-dir", out,
                "--plots-dir", plots, *TINY_FLAGS, "--seeds", "1", "--methods", "none,yarn-b8", "--factor", 2,
                "--scratch-seeds", "1")
     base = out / "shakespeare_char_cpu" / "rope_seed1"  # trained first: it was missing
@@ -280,9 +280,9 @@ def test_finetune_trains_from_the_base_runs_and_reports_every_row(data_dir, tmp_
         assert label in table and label in proc.stdout
     assert "at 32, positions >= 16" in table and "at 64, positions >= 32" in table
     assert (plots / "finetune.png").read_bytes()[:4] == b"\x89PNG"
-    again = run("finetune.py", "config/shakespeare_char_cpu.toml", "--data-dir", data_dir, "--out-dir", out,
+    again = run("study.finetune", "config/shakespeare_char_cpu.toml", "--data-dir", data_dir, "--out-dir", out,
                 "--plots-dir", plots, *TINY_FLAGS, "--seeds", "1", "--methods", "none,yarn-b8", "--factor", 2,
                 "--scratch-seeds", "1")
     assert again.stdout.count("finished earlier, reusing it") == 4  # the base run, 2 fine-tunes, the scratch run
-    proc = run("finetune.py", "config/shakespeare_char_cpu.toml", "--methods", "rope-pi", check=False)
+    proc = run("study.finetune", "config/shakespeare_char_cpu.toml", "--methods", "rope-pi", check=False)
     assert "unknown fine-tune method 'rope-pi'" in proc.stderr and "Traceback" not in proc.stderr

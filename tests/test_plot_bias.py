@@ -7,7 +7,7 @@ import torch
 
 from conftest import TINY_FLAGS, run
 from model import GPT, GPTConfig, alibi_slopes, t5_bucket
-from plot_bias import bias_by_distance
+from study.plot_bias import bias_by_distance
 
 SMALL = dict(vocab_size=20, block_size=16, n_layer=1, n_head=2, n_embd=32)
 
@@ -34,7 +34,7 @@ def test_an_encoding_without_a_bias_is_refused():
 def test_command_line_writes_the_plot_and_fires_learned_constants(data_dir, tmp_path):
     for enc in ("t5", "fire"):
         run("train.py", "--data-dir", data_dir, "--out-dir", tmp_path, "--pos-encoding", enc, *TINY_FLAGS)
-    proc = run("plot_bias.py", tmp_path / "t5_seed1337", tmp_path / "fire_seed1337", "--max-distance", 63,
+    proc = run("study.plot_bias", tmp_path / "t5_seed1337", tmp_path / "fire_seed1337", "--max-distance", 63,
                "--plots-dir", tmp_path / "plots")
     rows = json.loads((tmp_path / "plots" / "learned_bias.json").read_text())
     assert (tmp_path / "plots" / "learned_bias.png").stat().st_size > 0

@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from conftest import ENV, ROOT, TINY_FLAGS, run
+from conftest import ENV, ROOT, TINY_FLAGS, command, run
 
 # Long enough (about 2 s) to be killed part way.
 SLOW = [*TINY_FLAGS, "--max-iters=300", "--eval-interval=20", "--n-embd=64"]
@@ -137,7 +137,7 @@ def test_torchrun_two_processes_match_one_process_with_the_same_global_batch(dat
 
 
 def compare_cmd(data_dir, out, encodings, jobs):
-    return [sys.executable, str(ROOT / "compare.py"), "--data-dir", str(data_dir), "--out-dir", str(out),
+    return [*command("study.compare"), "--data-dir", str(data_dir), "--out-dir", str(out),
             "--plots-dir", str(out / "plots"), "--pos-encodings", encodings, "--jobs", str(jobs),
             "--sample-tokens", "10", *SLOW]
 
@@ -199,11 +199,11 @@ def test_a_finished_run_of_a_constant_rate_continues_to_more_steps(data_dir, tmp
     assert json.loads((run_dir / "config.json").read_text())["max_iters"] == 60
     # compare.py continues it too, then reuses it
     cmp = [*constant, "--pos-encodings=rope", "--plots-dir", tmp_path / "plots", "--sample-tokens=20"]
-    run("compare.py", "--data-dir", data_dir, "--out-dir", tmp_path / "cmp", *cmp, "--max-iters=30")
-    out = run("compare.py", "--data-dir", data_dir, "--out-dir", tmp_path / "cmp", *cmp, "--max-iters=60").stdout
+    run("study.compare", "--data-dir", data_dir, "--out-dir", tmp_path / "cmp", *cmp, "--max-iters=30")
+    out = run("study.compare", "--data-dir", data_dir, "--out-dir", tmp_path / "cmp", *cmp, "--max-iters=60").stdout
     assert "continuing the finished run to 60 steps" in out
     assert_same_rows(metrics(next((tmp_path / "cmp").glob("*/rope_seed1337"))), metrics(long))
-    out = run("compare.py", "--data-dir", data_dir, "--out-dir", tmp_path / "cmp", *cmp, "--max-iters=60").stdout
+    out = run("study.compare", "--data-dir", data_dir, "--out-dir", tmp_path / "cmp", *cmp, "--max-iters=60").stdout
     assert "finished earlier, reusing it" in out
 
 
@@ -226,7 +226,7 @@ def test_a_run_is_not_continued_where_its_steps_or_evaluations_would_change(data
     # compare.py says why too (the CPU config it reads by default decays over a fixed 2000 steps: not these)
     decaying = [*TINY_FLAGS, "--lr-decay-iters=0", "--pos-encodings=rope", "--plots-dir", tmp_path / "plots",
                 "--sample-tokens=20"]
-    run("compare.py", "--data-dir", data_dir, "--out-dir", tmp_path / "cmp", *decaying)
-    proc = run("compare.py", "--data-dir", data_dir, "--out-dir", tmp_path / "cmp", *decaying, "--max-iters=60",
+    run("study.compare", "--data-dir", data_dir, "--out-dir", tmp_path / "cmp", *decaying)
+    proc = run("study.compare", "--data-dir", data_dir, "--out-dir", tmp_path / "cmp", *decaying, "--max-iters=60",
                check=False)
     assert proc.returncode == 2 and "whose learning rate would change" in proc.stderr and "--overwrite" in proc.stderr

@@ -5,7 +5,7 @@ import math
 import torch
 
 from model import GPTConfig, RotaryPositionalEncoding, apply_rotary_embeddings, precompute_theta_pos_frequencies
-from plot_rope import base_table, similarity_bound
+from study.plot_rope import base_table, similarity_bound
 
 
 def rotate_by_matrices(x, theta=10000.0):

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-import sweep
-from compare import add_study_flags
-from runs import parse_variants
+import study.sweep as sweep
+from study.compare import add_study_flags
+from study.runs import parse_variants
 from train import FIELD_TYPES, Diverged, add_config_flags, build_parser
 
 

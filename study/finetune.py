@@ -3,8 +3,8 @@ Short fine-tunes at a longer context, as the context-extension papers evaluate t
 a RoPE model trained on block_size characters is trained a little more on windows `factor`
 times longer, with each RoPE scaling, and read at the new length and beyond.
 
-  python finetune.py config/shakespeare_char_cpu.toml --seeds 1337                # 4x: 64 -> 256
-  python finetune.py config/shakespeare_char_cpu.toml --seeds 1337 --more-seeds 1338,1339  # then 3 seeds for the 2 best
+  python -m study.finetune config/shakespeare_char_cpu.toml --seeds 1337                # 4x: 64 -> 256
+  python -m study.finetune config/shakespeare_char_cpu.toml --seeds 1337 --more-seeds 1338,1339  # then 3 seeds for the 2 best
 
 For each seed, the RoPE run of the study (<out-dir>/<config>/rope_seed<seed>, trained first if
 missing) starts every fine-tune (`train.py --init-from`: its best weights, a new optimizer).
@@ -23,7 +23,6 @@ Runs go to <out-dir>/<config>_finetune/. Writes <plots-dir>/finetune.md, finetun
 
 import re
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -34,12 +33,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from common import (UserError, announce_dtype, atomic_write, autocast, build_model, eval_windows,  # noqa: E402
+from common import (UserError, announce_dtype, atomic_write, autocast, build_model, command_line, eval_windows,  # noqa: E402
                     load_checkpoint, load_tokens, pick_device, positive, run_cli, write_json, write_text)
-from analysis import paired, verdict  # noqa: E402
-from compare import make_configs, parse_seeds, train_runs  # noqa: E402
-from evaluate import default_stride, loss_by_position, sliding_baseline, sliding_window_losses  # noqa: E402
-from runs import run_dtype  # noqa: E402
+from study.analysis import paired, verdict  # noqa: E402
+from study.compare import make_configs, parse_seeds, train_runs  # noqa: E402
+from study.evaluate import default_stride, loss_by_position, sliding_baseline, sliding_window_losses  # noqa: E402
+from study.runs import run_dtype  # noqa: E402
 from train import add_config_flags, build_parser, config_from_args  # noqa: E402
 
 FINETUNE = dict(max_iters=200, warmup_iters=20, learning_rate=1e-4, min_lr=1e-4, lr_decay_iters=0, eval_interval=50)
@@ -231,7 +230,7 @@ def main():
     results["wall_s"] = round(time.time() - t0, 1)
     plots = Path(args.plots_dir)
     table = format_table(results) + "\n\n" + differences(results)
-    command = "python " + " ".join(["finetune.py", *sys.argv[1:]])
+    command = command_line()
     write_text(plots / "finetune.md", f"# Short fine-tunes at {args.factor}x the training length\n\n{table}\n\n"
                f"Val loss (nats/char) on non-overlapping windows of the val split; mean ± std over seeds."
                f" Regenerate with `{command}`.\n")

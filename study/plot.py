@@ -1,8 +1,8 @@
 """
 Plot train and val loss curves of finished runs, one line per positional encoding.
 
-  python plot.py                                   # every run under out/
-  python plot.py out/compare/rope_seed1337 out/compare/learned_seed1337 --plots-dir plots
+  python -m study.plot                                   # every run under out/
+  python -m study.plot out/compare/rope_seed1337 out/compare/learned_seed1337 --plots-dir plots
 
 Writes <plots-dir>/train_loss.png, val_loss.png, val_loss_seconds.png (val loss against the
 seconds spent training: equal compute instead of equal steps), val_vs_train.png (val loss
@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from common import ArgumentParser, UserError, atomic_write, load_meta, read_metrics, run_cli  # noqa: E402
-from runs import COLORS, find_runs, group_variants, read_config, variant_labels  # noqa: E402
+from study.runs import COLORS, find_runs, group_variants, read_config, variant_labels  # noqa: E402
 
 LINESTYLES = ["-", "--", ":", "-."]  # the variants of one encoding, in order
 

@@ -2,9 +2,9 @@
 Train one model per positional encoding (same config, seed and data order), then write
 the loss plots, a results table and one sample per encoding.
 
-  python compare.py                                           # CPU config; rope, learned, none
-  python compare.py config/shakespeare_char.toml --device cuda  # the GPU setting
-  python compare.py --pos-encodings rope,none --max-iters 500 --seeds 1,2,3
+  python -m study.compare                                           # CPU config; rope, learned, none
+  python -m study.compare config/shakespeare_char.toml --device cuda  # the GPU setting
+  python -m study.compare --pos-encodings rope,none --max-iters 500 --seeds 1,2,3
 
 Runs go to <out-dir>/<config name>/<encoding>_seed<seed>/; a run whose config.json
 matches and that has finished (summary.json) is reused, not retrained, and one of a constant
@@ -27,18 +27,18 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from analysis import (TURN_NATS, TURN_SIGMAS, TURN_WINDOW, paired, paired_table, real_word_shares, turn,
+from study.analysis import (TURN_NATS, TURN_SIGMAS, TURN_WINDOW, paired, paired_table, real_word_shares, turn,
                       verdict, words)
-from common import (CPU_CONFIG, UserError, announce_dtype, autocast, load_meta, load_tokens, pick_device, positive,
-                    read_json, read_metrics, run_cli, write_json, write_text)
-from evaluate import SCALINGS, evaluate_runs, format_table, write_outputs
+from common import (CPU_CONFIG, UserError, announce_dtype, autocast, command_line, load_meta, load_tokens,
+                    pick_device, positive, read_json, read_metrics, run_cli, write_json, write_text)
+from study.evaluate import SCALINGS, evaluate_runs, format_table, write_outputs
 from model import POS_ENCODINGS
-from plot import plot_runs
-from plot_rope import plot_rope
-from probes import format_tables as format_probe_tables
-from probes import probe_runs
-from probes import write_outputs as write_probe_outputs
-from runs import group_variants, parse_variants, read_config, run_dtype, variant_key, variant_labels, variant_name
+from study.plot import plot_runs
+from study.plot_rope import plot_rope
+from study.probes import format_tables as format_probe_tables
+from study.probes import probe_runs
+from study.probes import write_outputs as write_probe_outputs
+from study.runs import group_variants, parse_variants, read_config, run_dtype, variant_key, variant_labels, variant_name
 from sample import load_model, sample
 from train import (FIELD_TYPES, add_config_flags, build_parser, config_differences, config_from_args, config_json,
                    explain, provenance, train, why_not_continued)
@@ -472,7 +472,7 @@ def write_report(study, plots_dir, title, args, extrapolate=False, t0=None, intr
                      "Attention-weighted mean distance (characters) per layer, mean over heads and seeds:\n",
                      format_probe_tables(probes), ""]
         print(format_probe_tables(probes))
-    command = "python " + " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    command = command_line()
     sections += [f"Machine: {machine()}; each run's threads are in its summary.json (runs trained side by side"
                  f" with --jobs share the cores, so each one's wall time and ms/iter are longer than alone).  ",
                  f"Wall time of this command: {time.time() - t0:.0f} s (a run reused from an earlier invocation"

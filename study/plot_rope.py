@@ -1,9 +1,9 @@
 """
 Two pictures of RoPE's frequencies, for the head size and context length of our models.
 
-  python plot_rope.py                                  # the CPU config: head dim 128/4 = 32, block 64
-  python plot_rope.py --head-dim 64 --block-size 256   # the GPU config (384 / 6)
-  python plot_rope.py --from-run out/shakespeare_char_cpu/rope_seed1337
+  python -m study.plot_rope                                  # the CPU config: head dim 128/4 = 32, block 64
+  python -m study.plot_rope --head-dim 64 --block-size 256   # the GPU config (384 / 6)
+  python -m study.plot_rope --from-run out/shakespeare_char_cpu/rope_seed1337
 
 Writes <plots-dir>/rope_decay.png:
  (a) RoFormer's long-term decay (Su et al. 2021, section 3.4.3): the attention score between a

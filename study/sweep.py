@@ -1,9 +1,9 @@
 """
 Each encoding at its own best learning rate: a sweep, then seeds at each variant's best rate.
 
-  python sweep.py                          # the CPU config: all five encodings and sinusoidal without
+  python -m study.sweep                          # the CPU config: all five encodings and sinusoidal without
                                            # its sqrt(d) scale, 3e-4 .. 4e-3, then 3 seeds at the best
-  python sweep.py --pos-encodings rope,learned --learning-rates 1e-3,2e-3 --seeds 1337
+  python -m study.sweep --pos-encodings rope,learned --learning-rates 1e-3,2e-3 --seeds 1337
 
 1. Every variant is trained at every --learning-rates value with one seed (--sweep-seed),
    min_lr = rate / 10 as in the config files. A variant whose best final val loss sits at
@@ -32,9 +32,9 @@ matplotlib.use("Agg")  # files only, no window
 import matplotlib.pyplot as plt  # noqa: E402
 
 from common import UserError, atomic_write, read_json, run_cli, write_json  # noqa: E402
-from compare import Study, add_study_flags, make_configs, parse_seeds, train_runs, write_report  # noqa: E402
-from plot import describe_model, variant_styles  # noqa: E402
-from runs import group_variants, parse_variants, read_config, variant_labels, variant_name  # noqa: E402
+from study.compare import Study, add_study_flags, make_configs, parse_seeds, train_runs, write_report  # noqa: E402
+from study.plot import describe_model, variant_styles  # noqa: E402
+from study.runs import group_variants, parse_variants, read_config, variant_labels, variant_name  # noqa: E402
 from train import FIELD_TYPES, Diverged, add_config_flags, build_parser  # noqa: E402
 
 RATES = "3e-4,6e-4,1e-3,2e-3,4e-3"

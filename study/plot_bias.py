@@ -3,8 +3,8 @@ What the learned attention biases learned: the bias each head adds to a score, a
 distance between query and key, for trained T5 and FIRE models beside ALiBi's fixed lines,
 out to 8x the training length.
 
-  python plot_bias.py                                   # the seed-1337 ALiBi, T5 and FIRE runs of the CPU config
-  python plot_bias.py out/shakespeare_char_cpu/t5_seed1338 --max-distance 1024
+  python -m study.plot_bias                                   # the seed-1337 ALiBi, T5 and FIRE runs of the CPU config
+  python -m study.plot_bias out/shakespeare_char_cpu/t5_seed1338 --max-distance 1024
 
 Writes <plots-dir>/learned_bias.png (one panel per run, one line per head) and learned_bias.json
 (the curves, and FIRE's learned c and threshold L). The bias is read off the encoding itself
@@ -26,7 +26,7 @@ import torch  # noqa: E402
 
 from common import (ArgumentParser, UserError, atomic_write, build_model, load_checkpoint, positive,  # noqa: E402
                     run_cli, write_json)
-from runs import LABELS, read_config  # noqa: E402
+from study.runs import LABELS, read_config  # noqa: E402
 
 DEFAULT_RUNS = [f"out/shakespeare_char_cpu/{enc}_seed1337" for enc in ("alibi", "t5", "fire")]
 

@@ -3,9 +3,9 @@ Length extrapolation: can a model trained on block_size characters read more? Th
 trained runs at longer context lengths, beside the baseline every extension method must beat:
 the same model reading only its last block_size characters (a sliding window).
 
-  python evaluate.py out/shakespeare_char_cpu                 # every run under it; 1x, 2x, 4x, 8x the block size
-  python evaluate.py out/x/rope_seed1337 out/x/learned_seed1337 --lengths 64,128,256,512
-  python evaluate.py out/x --rope-scaling none,yarn --yarn-beta 32,8
+  python -m study.evaluate out/shakespeare_char_cpu                 # every run under it; 1x, 2x, 4x, 8x the block size
+  python -m study.evaluate out/x/rope_seed1337 out/x/learned_seed1337 --lengths 64,128,256,512
+  python -m study.evaluate out/x --rope-scaling none,yarn --yarn-beta 32,8
 
 For an eval length L the val split is cut into non-overlapping windows of L + 1 tokens
 (window i starts at token i*L; the last, partial window is dropped): the model reads the
@@ -59,12 +59,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from analysis import paired, verdict  # noqa: E402
+from study.analysis import paired, verdict  # noqa: E402
 from common import (ArgumentParser, UserError, announce_dtype, atomic_write, autocast, build_model,  # noqa: E402
                     digest, eval_windows, load_checkpoint, load_meta, load_tokens, pick_device, positive, run_cli,
                     write_json)
-from plot import length_axis, variant_styles  # noqa: E402
-from runs import COLORS, find_runs, group_variants, read_config, variant_labels  # noqa: E402
+from study.plot import length_axis, variant_styles  # noqa: E402
+from study.runs import COLORS, find_runs, group_variants, read_config, variant_labels  # noqa: E402
 
 SCALINGS = ("none", "linear", "ntk", "dynamic-ntk", "yarn")
 SCALING_LABELS = {"linear": "PI", "ntk": "NTK", "dynamic-ntk": "dynamic NTK", "yarn": "YaRN"}

@@ -1,11 +1,11 @@
 """
 How fast is each positional encoding? Times training steps and sampling on this machine's CPU.
 
-  python bench.py                                 # CPU config, all encodings
-  python bench.py --pos-encodings rope,learned --json bench.json
-  python bench.py --pos-encodings learned --dtypes float32,bfloat16   # what bfloat16 buys here
-  python bench.py --vs-nanogpt ../nanoGPT --dtypes float32,bfloat16    # whole runs against nanoGPT's
-  python bench.py --parity out/bf16 out/shakespeare_char_cpu           # bfloat16 runs minus float32 ones
+  python -m study.bench                                 # CPU config, all encodings
+  python -m study.bench --pos-encodings rope,learned --json bench.json
+  python -m study.bench --pos-encodings learned --dtypes float32,bfloat16   # what bfloat16 buys here
+  python -m study.bench --vs-nanogpt ../nanoGPT --dtypes float32,bfloat16    # whole runs against nanoGPT's
+  python -m study.bench --parity out/bf16 out/shakespeare_char_cpu           # bfloat16 runs minus float32 ones
 
 Training: after a warm-up, rounds of `--steps` optimizer steps per encoding, the encodings
 interleaved (rotated each round) so that drift in the machine's speed hits all alike; the
@@ -39,9 +39,9 @@ from tqdm import tqdm
 
 from common import (CPU_CONFIG, ArgumentParser, UserError, cpu_bf16_note, cpu_has_bf16, keep_freed_memory, load_meta,
                     parse_encodings, positive, read_json, run_cli, write_json)
-from analysis import paired, paired_table
+from study.analysis import paired, paired_table
 from model import GPT
-from runs import find_runs, group_variants, read_config, variant_labels
+from study.runs import find_runs, group_variants, read_config, variant_labels
 from train import TrainConfig, Trainer, read_config_file
 
 
@@ -185,7 +185,7 @@ def busy_seconds():
 
 # --- whole processes against nanoGPT ----------------------------------------------
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parent.parent  # the repository
 NANOGPT = ("nanoGPT", "float32")  # nanoGPT never autocasts on a CPU
 NANOGPT_FILES = ("train.py", "model.py", "configurator.py", "config/train_shakespeare_char.py")
 # nanoGPT's README recipe for a CPU, which config/shakespeare_char_cpu.toml follows (its other settings,

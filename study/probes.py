@@ -18,7 +18,7 @@ Two probes of how far back a model reads, beside evaluate.py's losses:
                       sliding window of evaluate.py (at most the last block_size characters), which
                       cannot see a copy more than block_size back -> copy_probe.png.
 
-  python probes.py out/shakespeare_char_cpu --plots-dir plots
+  python -m study.probes out/shakespeare_char_cpu --plots-dir plots
 
 Each run is read with its best-val checkpoint (ckpt.pt); seeds of one variant are averaged
 (mean ± std over seeds). Writes <plots-dir>/attention_distance.png, copy_probe.png and probes.json.
@@ -39,10 +39,10 @@ from tqdm import tqdm  # noqa: E402
 
 from common import (ArgumentParser, UserError, announce_dtype, atomic_write, autocast, build_model,  # noqa: E402
                     eval_windows, load_checkpoint, load_tokens, pick_device, positive, run_cli, write_json)
-from evaluate import (check_runs, default_stride, position_limit, resolve_data_dir,  # noqa: E402
+from study.evaluate import (check_runs, default_stride, position_limit, resolve_data_dir,  # noqa: E402
                       sliding_window_losses, token_losses)
-from plot import length_axis  # noqa: E402
-from runs import COLORS, find_runs, group_variants, read_config, variant_labels  # noqa: E402
+from study.plot import length_axis  # noqa: E402
+from study.runs import COLORS, find_runs, group_variants, read_config, variant_labels  # noqa: E402
 
 MULTIPLES = (1, 4)  # attention at 1x and 4x the training length
 PERIODS = (16, 32, 48, 96, 192)
