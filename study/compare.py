@@ -17,11 +17,13 @@ import multiprocessing
 import os
 import platform
 import queue
+import shlex
 import signal
 import statistics
 import sys
 import threading
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -40,8 +42,8 @@ from study.probes import probe_runs
 from study.probes import write_outputs as write_probe_outputs
 from study.runs import group_variants, parse_variants, read_config, run_dtype, variant_key, variant_labels, variant_name
 from sample import load_model, sample
-from train import (FIELD_TYPES, add_config_flags, build_parser, config_differences, config_from_args, config_json,
-                   explain, provenance, train, why_not_continued)
+from train import (FIELD_TYPES, TrainConfig, add_config_flags, build_parser, config_differences, config_from_args,
+                   config_json, explain, provenance, read_config_file, train, why_not_continued)
 
 ARTICLE_ENCODINGS = ["rope", "learned", "none"]
 
@@ -80,6 +82,28 @@ def make_configs(args, variants, seeds, learning_rates=None):
                                              run_name=f"{group}/{variant_name(enc, changed)}_seed{seed}"))
     unique = list({cfg.run_name: cfg for cfg in cfgs}.values())  # "rope,rope:rope_theta=10000" is one variant
     return unique
+
+
+def train_command(cfg, config_path):
+    """The train.py command that trains cfg: the config file plus a flag for every setting in which
+    cfg differs from it (python train.py --help lists them)."""
+    base = TrainConfig(**read_config_file(config_path)) if config_path else TrainConfig()
+    flags = []
+    for f in fields(TrainConfig):
+        value = getattr(cfg, f.name)
+        if value != getattr(base, f.name) or f.name in ("seed", "run_name", "out_dir"):
+            flag = "--" + f.name.replace("_", "-")
+            flags += ([flag if value else "--no-" + flag[2:]] if isinstance(value, bool) else [flag, str(value)])
+    return shlex.join(["python", "train.py", *([str(config_path)] if config_path else []), *flags])
+
+
+def print_commands(cfgs, config_path, overwrite, then):
+    """Print the train.py command of every run that is not finished yet (any scheduler can run them:
+    each writes its own record), then what rebuilds the report from the finished runs."""
+    todo = [cfg for cfg in cfgs if plan(cfg, overwrite, provenance(cfg)) != "reuse"]
+    for cfg in todo:
+        print(train_command(cfg, config_path))
+    print(f"# {len(todo)} of {len(cfgs)} runs to train; once they have finished, {then}", file=sys.stderr)
 
 
 # Runs side by side (--jobs > 1): each in a process of its own, with its share of the threads
@@ -502,6 +526,10 @@ def add_study_flags(parser, encodings_default):
     parser.add_argument("--jobs", type=positive(int), default=1,
                         help="CPU: runs trained at a time, each in its own process with an equal share of torch's "
                              "threads (default: 1, one run after another with all threads)")
+    parser.add_argument("--print-commands", action="store_true",
+                        help="train nothing: print a train.py command for each run not finished yet, to run with any"
+                             " scheduler (GNU parallel, a SLURM array, ...); the same command without this flag"
+                             " then reuses them and writes the report")
 
 
 def main():
@@ -533,6 +561,10 @@ def main():
     more = parse_seeds(args.seeds_if_undecided) if args.seeds_if_undecided.strip() else []
     t0 = time.time()
     cfgs = make_configs(args, variants, seeds)
+    if args.print_commands:
+        then = "the same command without --print-commands writes the report" + (
+            " (and first trains the seeds of --seeds-if-undecided that the pairs need)" if more else "")
+        return print_commands(cfgs, args.config, args.overwrite, then)
     train_runs(cfgs, args.overwrite, args.jobs)
     study = Study([Path(cfg.out_dir) / cfg.run_name for cfg in cfgs])
     if more:

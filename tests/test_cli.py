@@ -1,6 +1,7 @@
 """The scripts as a user runs them: prepare -> train -> sample -> plot -> compare, and their errors."""
 
 import csv
+import shlex
 import json
 
 import pytest
@@ -272,3 +273,39 @@ def test_compare_extrapolate_writes_the_study(workspace, tmp_path):
     assert study  # written by evaluate.py's write_outputs
     rows = [ln for ln in results.splitlines() if ln.startswith("| RoPE |")][:1]
     assert " ± " in rows[0] and rows[0].rstrip().endswith("| 2 |")  # mean ± std of 2 seeds
+
+
+def test_printed_train_commands_are_the_runs_the_study_then_reuses(tmp_path):
+    """compare --print-commands: one train.py command per unfinished run, which any scheduler can run;
+    the study itself then trains nothing and writes its report from their records."""
+    ws = tmp_path
+    (ws / "input.txt").write_text(make_corpus())
+    run("prepare_shakespeare.py", "--input", ws / "input.txt", "--out-dir", ws / "data")
+    flags = ["--pos-encodings", "rope,alibi:learning_rate=0.002", "--seeds", "1,2", "--data-dir", ws / "data",
+             "--out-dir", ws / "out", "--plots-dir", ws / "plots", *TINY_FLAGS]
+    printed = run("study.compare", *flags, "--print-commands")
+    commands = printed.stdout.splitlines()
+    assert len(commands) == 4 and all(c.startswith("python train.py ") for c in commands)
+    assert "4 of 4 runs to train" in printed.stderr
+    assert "--pos-encoding alibi" in commands[2] and "--learning-rate 0.002" in commands[2]
+    for line in commands[:3]:  # a scheduler runs them; one is left undone
+        run("train.py", *shlex.split(line)[2:])
+    assert run("study.compare", *flags, "--print-commands").stdout.splitlines() == commands[3:]
+    run("train.py", *shlex.split(commands[3])[2:])
+    report = run("study.compare", *flags)
+    assert report.stdout.count("finished earlier, reusing it") == 4 and "training" not in report.stdout
+    assert (ws / "plots" / "results.md").exists()
+
+
+def test_the_study_entry_point_lists_studies_and_keeps_a_quick_look_out_of_plots():
+    listing = run("study", "--help").stdout
+    for name in ("baseline", "all", "sweep", "rope", "finetune", "mid"):
+        assert f"  {name} " in listing
+    assert run("study", "baseline", "--print-commands").stdout.splitlines()[-1] == "python -m study baseline"
+    quick = run("study", "all", "--seeds", "1337", "--print-commands").stdout.splitlines()
+    assert quick[-1] == "python -m study all --seeds 1337" and len(quick) == 10  # 9 variants x 1 seed, then it
+    commands = run("study", "sweep", "--seeds", "1337", "--print-commands").stdout.splitlines()
+    assert commands == ["python -m study.sweep config/shakespeare_char_cpu.toml --pos-encodings"
+                        " all,sinusoidal:sinusoidal_scale=false --seeds 1337 --jobs 1 --plots-dir out/plots/sweep"]
+    proc = run("study", "nope", check=False)
+    assert proc.returncode == 2 and "invalid choice: 'nope'" in proc.stderr

@@ -1,0 +1,65 @@
+"""
+Every named study, defined once: its config, variants and seeds, where its report goes, and the
+commands that regenerate it. `python -m study NAME` runs them; the Makefile's targets call that.
+
+A command is a module of this package and its flags. Runs land in out/<config name>/ and are
+shared between studies (a run asked for twice is trained once, then reused).
+"""
+
+from dataclasses import dataclass, field
+
+CPU, MID = "config/shakespeare_char_cpu.toml", "config/shakespeare_char_mid.toml"
+SEEDS, MORE_SEEDS = "1337,1338,1339", "1340,1341"  # three seeds; two more where three do not rank a pair
+SWEEP = "all,sinusoidal:sinusoidal_scale=false"  # the seven encodings and sinusoidal without its sqrt(d)
+ALL = SWEEP + ",rope:rope_fraction=0.5"
+ROPE_LR = "rope:learning_rate=0.004:min_lr=0.0004"  # RoPE at its best rate in the sweep
+FRACTIONS = ",".join(f"{ROPE_LR}:rope_fraction={p}" for p in (0.25, 0.5, 0.75))
+BASES = ",".join(f"{ROPE_LR}:rope_theta={b}" for b in (100, 1000, 100000))
+
+
+@dataclass(frozen=True)
+class Study:
+    about: str  # one line for `python -m study --help`
+    plots_dir: str  # where its report goes
+    seeds: str  # the seeds its main command trains
+    main: tuple  # the module that trains and reports, and its flags (without --seeds, --plots-dir)
+    after: tuple = field(default=())  # more commands that add figures to plots_dir: (module, flags...)
+
+    def commands(self, seeds=None, jobs=1, plots_dir=None):
+        """The commands, each a list of arguments after `python -m`."""
+        module, *flags = self.main
+        plots_dir = plots_dir or self.plots_dir
+        jobs_flag = ["--jobs", str(jobs)] if module != "finetune" else []  # (fine-tunes train one at a time)
+        out = [[f"study.{module}", *flags, "--seeds", seeds or self.seeds, *jobs_flag, "--plots-dir", plots_dir]]
+        return out + [[f"study.{m}", *(plots_dir if a == "{plots_dir}" else a for a in rest)] for m, *rest in self.after]
+
+
+STUDIES = {
+    "baseline": Study(
+        "RoPE, learned and none on the CPU config, 3 seeds, and how each reads past its training length",
+        "plots", SEEDS, ("compare", CPU, "--extrapolate")),
+    "all": Study(
+        "all seven encodings, sinusoidal without its sqrt(d) scale and RoPE rotating half its pairs, 3 seeds"
+        " (5 where 3 do not rank a pair), the length study, and the biases T5 and FIRE learned",
+        "plots/all", SEEDS,
+        ("compare", CPU, "--pos-encodings", ALL, "--seeds-if-undecided", MORE_SEEDS, "--extrapolate"),
+        (("plot_bias", "--plots-dir", "{plots_dir}"),)),
+    "sweep": Study(
+        "each encoding's learning rate swept on seed 1337, then 3 seeds at its best rate",
+        "plots", SEEDS, ("sweep", CPU, "--pos-encodings", SWEEP)),
+    "rope": Study(
+        "RoPE at its best rate with 25/50/75% of its pairs rotating (p-RoPE) and with the base 100, 1000,"
+        " 100000, one seed, and the length study",
+        "plots/rope_study", "1337",
+        ("compare", CPU, "--pos-encodings", f"{ROPE_LR},{FRACTIONS},{BASES}", "--extrapolate",
+         "--extrapolate-methods", "none,ntk"),
+        (("plot_rope", "--bases", "100,1000,10000,100000", "--plots-dir", "{plots_dir}"),)),
+    "finetune": Study(
+        "short fine-tunes of the RoPE runs at 4x their length (PI, NTK, YaRN, plain), 1 seed, then 3 for the"
+        " two best, and RoPE trained from scratch at 256",
+        "plots/finetune", "1337", ("finetune", CPU, "--more-seeds", "1338,1339", "--scratch-seeds", "1337")),
+    "mid": Study(
+        "RoPE, learned and none on the mid CPU config (4.7M parameters, 18 passes over the data, long enough for"
+        " the val loss to turn up; about 80 minutes a run), 1 seed",
+        "plots/shakespeare_char_mid", "1337", ("compare", MID)),
+}

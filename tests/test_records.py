@@ -1,0 +1,62 @@
+"""The committed run records (records/<config>/<run>/: config.json, metrics.csv, summary.json,
+samples.json) regenerate the committed tables with no training and no checkpoint."""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, run
+
+CORPUS = Path(os.environ.get("SHAKESPEARE_INPUT", ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"))
+TIMING = ("wall time (s)", "ms/iter")  # measured, not computed: they differ from machine to machine
+
+# study: (records folder, the seeds of its runs, the committed report, the command's other flags)
+STUDIES = {
+    "baseline": ("shakespeare_char_cpu", "1337,1338,1339", ROOT / "plots" / "results.md", []),
+}
+
+
+def tables(markdown):
+    """{(table header, first cell): {column: cell}} for every row of every table in a markdown text."""
+    rows, header = {}, None
+    for line in markdown.splitlines():
+        if not line.startswith("|"):
+            header = None
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if header is None:
+            header = tuple(cells)
+        elif not set(line) <= set("|-: "):
+            rows[header, cells[0]] = dict(zip(header, cells))
+    return rows
+
+
+def test_tables_parse_rows_by_header_and_first_cell():
+    text = "# t\n\n| a | b |\n|---|---:|\n| x | 1 |\n| y | 2 |\n\ntext\n\n| a | c |\n|---|---|\n| x | 3 |\n"
+    assert tables(text) == {(("a", "b"), "x"): {"a": "x", "b": "1"}, (("a", "b"), "y"): {"a": "y", "b": "2"},
+                            (("a", "c"), "x"): {"a": "x", "c": "3"}}
+
+
+@pytest.mark.parametrize("study", list(STUDIES))
+def test_records_regenerate_the_committed_tables(study, tmp_path):
+    folder, seeds, report, flags = STUDIES[study]
+    records = ROOT / "records" / folder
+    if not CORPUS.is_file():
+        pytest.skip(f"no corpus at {CORPUS} (set SHAKESPEARE_INPUT)")
+    shutil.copytree(records, tmp_path / "out" / folder)  # the study may write beside them: not into the repo
+    run("prepare_shakespeare.py", "--input", CORPUS, "--out-dir", tmp_path / "data")
+    proc = run("study.compare", ROOT / "config" / f"{folder}.toml", "--seeds", seeds, *flags,
+               "--data-dir", tmp_path / "data", "--out-dir", tmp_path / "out", "--plots-dir", tmp_path / "plots")
+    runs = len(list(records.glob("*/summary.json")))
+    assert proc.stdout.count("finished earlier, reusing it") == runs and "training" not in proc.stdout
+    regenerated, committed = tables((tmp_path / "plots" / "results.md").read_text()), tables(report.read_text())
+    shared = {header for header, _ in committed}  # tables added to the reports since are not compared
+    compared = {key: row for key, row in regenerated.items() if key[0] in shared}
+    assert len(compared) >= 6  # at least the results and the paired differences
+    for key, row in compared.items():
+        assert key in committed, f"{key} is not in {report}"
+        for column, cell in row.items():
+            if column not in TIMING:
+                assert cell == committed[key][column], (key, column)
