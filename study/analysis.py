@@ -33,6 +33,13 @@ def t_quantile(p, df):
     return (lo + hi) / 2
 
 
+def mean_std(values, fmt="{:.4f}"):
+    """"mean ± std" over seeds in `fmt` (the value alone for one seed), as every table here writes it."""
+    if len(values) == 1:
+        return fmt.format(values[0])
+    return f"{fmt.format(statistics.mean(values))} ± {fmt.format(statistics.stdev(values))}"
+
+
 def paired(a, b):
     """Per-seed differences a - b (dicts seed -> value, seeds in both), their mean, 95%
     confidence interval (None with one seed) and how many have the mean's sign."""

@@ -36,7 +36,7 @@ from tqdm import tqdm  # noqa: E402
 from common import (UserError, announce_dtype, atomic_write, autocast, build_model, command_line, eval_windows,  # noqa: E402
                     load_checkpoint, load_tokens, pick_device, positive, run_cli, write_json, write_text)
 from study.analysis import paired, verdict  # noqa: E402
-from study.compare import make_configs, parse_seeds, train_runs  # noqa: E402
+from study.training import make_configs, parse_seeds, train_runs  # noqa: E402
 from study.evaluate import default_stride, loss_by_position, sliding_baseline, sliding_window_losses  # noqa: E402
 from study.runs import run_dtype  # noqa: E402
 from train import add_config_flags, build_parser, config_from_args  # noqa: E402

@@ -32,7 +32,10 @@ matplotlib.use("Agg")  # files only, no window
 import matplotlib.pyplot as plt  # noqa: E402
 
 from common import UserError, atomic_write, read_json, run_cli, write_json  # noqa: E402
-from study.compare import Study, add_study_flags, make_configs, parse_seeds, train_runs, write_report  # noqa: E402
+from study.compare import add_study_flags  # noqa: E402
+from study.report import Study, write_report  # noqa: E402
+from study.samples import collect_samples  # noqa: E402
+from study.training import make_configs, parse_seeds, train_runs  # noqa: E402
 from study.plot import describe_model, variant_styles  # noqa: E402
 from study.runs import group_variants, parse_variants, read_config, variant_labels, variant_name  # noqa: E402
 from train import FIELD_TYPES, Diverged, add_config_flags, build_parser  # noqa: E402
@@ -181,8 +184,9 @@ def main():
     intro = (f"## The sweep (seed {args.sweep_seed}; final val loss; best per variant in bold; "
              f"`{plots_dir / 'lr_sweep.png'}`)\n\n{sweep_markdown(table)}\n\n"
              f"## Each variant at its best rate, {len(seeds)} seed(s)\n")
-    write_report(study, plots_dir / "lr_sweep", f"Learning-rate sweep: {Path(args.config).stem}", args,
-                 intro=intro, t0=t0)
+    samples = collect_samples(study, args.sample_tokens, study.configs[0]["progress"])
+    write_report(study, plots_dir / "lr_sweep", f"Learning-rate sweep: {Path(args.config).stem}", samples,
+                 args.sample_tokens, t0=t0, intro=intro)
     print(f"wrote {plots_dir}/lr_sweep.png, lr_sweep.json and {plots_dir}/lr_sweep/")
 
 

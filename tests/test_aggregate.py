@@ -8,7 +8,7 @@ import pytest
 
 from study.analysis import paired, paired_table, real_word_shares, t_quantile, turn, verdict, words
 from common import UserError
-from study.compare import Study, differences_table, results_table, turns_table
+from study.report import Study, differences_table, results_table, turns_table
 from conftest import run
 from study.plot import aggregate, describe_model, plot_runs, read_metrics_of, turn_window
 from model import POS_ENCODINGS

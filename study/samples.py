@@ -1,0 +1,71 @@
+"""
+Samples of a study's runs, as the reference write-up draws them (20 of 500 characters from a
+single newline), and how many of their words are real: words of the train split.
+"""
+
+from pathlib import Path
+
+from tqdm import tqdm
+
+from common import announce_dtype, autocast, load_meta, load_tokens, read_json, write_json
+from sample import load_model, sample
+from study.analysis import mean_std, real_word_shares, words
+from study.runs import run_dtype
+
+SAMPLING = dict(prompt="\n", num_samples=20, temperature=0.8, top_k=None)  # the article's prompt
+
+
+def run_samples(run_dir, seed, tokens):
+    """SAMPLING's samples of `tokens` characters from a run's best checkpoint (the sliding-window
+    sampler), without the prompt; kept in the run's samples.json and reused while SAMPLING holds."""
+    dtype = run_dtype(run_dir)
+    settings = {**SAMPLING, "max_new_tokens": tokens, "seed": seed, **({"dtype": dtype} if dtype != "float32" else {})}
+    path = Path(run_dir) / "samples.json"
+    if path.exists():
+        kept = read_json(path, "delete it")
+        if kept.get("settings") == settings:
+            return kept["samples"]
+    model, vocab = load_model(run_dir)
+    announce_dtype(dtype, "cpu")
+    with autocast(dtype, "cpu"):  # sampled in the precision it was trained in
+        texts = sample(model, vocab, SAMPLING["prompt"], SAMPLING["num_samples"], tokens, SAMPLING["temperature"],
+                       SAMPLING["top_k"], seed)
+    texts = [t[len(SAMPLING["prompt"]):] for t in texts]  # the generated part only
+    write_json(path, {"settings": settings, "samples": texts})
+    return texts
+
+
+def train_vocabulary(data_dir):
+    """The set of lower-cased words of the train split (analysis.words)."""
+    chars = load_meta(data_dir)["chars"]
+    return set(words("".join(chars[i] for i in load_tokens(data_dir, "train").tolist())))
+
+
+def collect_samples(study, tokens, progress=True):
+    """{run index: its samples} for every run of a study (run_samples: sampled once, then kept)."""
+    return {i: run_samples(run_dir, study.configs[i]["seed"], tokens)
+            for i, run_dir in enumerate(tqdm(study.run_dirs, desc="samples", disable=not progress, dynamic_ncols=True))}
+
+
+def samples_report(study, texts, tokens):
+    """samples.md (one sample per variant, its first seed) and a markdown table of real-word shares,
+    from collect_samples' texts."""
+    vocabulary = train_vocabulary(study.configs[0]["data_dir"])
+    metrics = {i: real_word_shares(t, vocabulary) for i, t in texts.items()}
+    n = SAMPLING["num_samples"]
+    lines = ["| variant | real words, all | real words, 5+ letters | words per run | seeds |", "|---|---:|---:|---:|---:|"]
+    parts = [f"# One sample per variant ({tokens} characters from a single newline; temperature "
+             f"{SAMPLING['temperature']}, no top-k, sliding {study.configs[0]['block_size']}-character context)\n"]
+    for key, idx in study.groups.items():
+        col = lambda field: mean_std([metrics[i][field] for i in idx], "{:.3f}")  # noqa: E731
+        lines.append(f"| {study.labels[key]} | {col('real')} | {col('real_long')} "
+                     f"| {mean_std([metrics[i]['words'] for i in idx], '{:.0f}')} | {len(idx)} |")
+        first = idx[0]
+        parts.append(f"## {study.labels[key]} (seed {study.configs[first]['seed']})\n\n"
+                     f"```text\n{texts[first][0].strip()}\n```\n")
+    note = (f"Share of generated words found in the train split's vocabulary ({len(vocabulary):,} words; a word is"
+            f" a maximal run of letters and apostrophes, lower-cased; every occurrence counts). {n} samples of"
+            f" {tokens} characters per run from its best checkpoint, from a single newline, temperature"
+            f" {SAMPLING['temperature']}, no top-k, each character predicted from the last block_size characters;"
+            f" mean ± std over seeds.")
+    return "\n".join(lines) + "\n\n" + note, "\n".join(parts)
