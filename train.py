@@ -437,8 +437,9 @@ class Trainer:
             torch.cuda.set_rng_state(state["cuda_rng"])
 
 
-# settings that do not change a run's numbers (on CPU); the dtype a run resolved to is in its provenance
-NOT_RESULTS = ("progress", "device", "compile", "dtype")
+# settings that do not change a run's numbers (on CPU): the dtype a run resolved to and what its data
+# held are in its provenance, so a run read from elsewhere (records/, another --data-dir) is the same run
+NOT_RESULTS = ("progress", "device", "compile", "dtype", "data_dir", "out_dir")
 
 
 def config_json(cfg):

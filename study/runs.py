@@ -28,7 +28,8 @@ LABELS = {"rope": "RoPE", "learned": "learned", "none": "none", "sinusoidal": "s
 
 # not part of a variant (a fine-tune's init_from names its seed's run; the dtype a run resolved to is in
 # its provenance, which every run of a table must share)
-PER_SEED = ("seed", "run_name", "out_dir", "progress", "device", "compile", "dtype", "provenance", "init_from")
+PER_SEED = ("seed", "run_name", "out_dir", "data_dir", "progress", "device", "compile", "dtype", "provenance",
+            "init_from")
 SHORT = {"learning_rate": "lr"}  # in run names and labels
 
 
