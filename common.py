@@ -68,6 +68,20 @@ def command_line():
     return " ".join(["python", program, *sys.argv[1:]])
 
 
+def comma_list(text, flag, kind=str, choices=None):
+    """A flag's comma-separated values ("1337, 1338,1337" -> [1337, 1338]) as `kind`, repeats dropped,
+    in order; with `choices`, each one of them. Anything else is a one-line UserError naming the flag."""
+    names = {int: "integers", float: "numbers", str: "names"}
+    try:
+        values = list(dict.fromkeys(kind(v.strip()) for v in text.split(",") if v.strip()))
+    except ValueError:
+        values = None
+    if not values or (choices is not None and set(values) - set(choices)):
+        what = f"some of {', '.join(map(str, choices))}" if choices is not None else f"comma-separated {names[kind]}"
+        raise UserError(f"{flag} takes {what}, got {text!r}")
+    return values
+
+
 def run_cli(main):
     """Run main(); turn a UserError into a one-line message and exit code 2."""
     try:

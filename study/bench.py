@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from common import (CPU_CONFIG, ArgumentParser, UserError, cpu_bf16_note, cpu_has_bf16, keep_freed_memory, load_meta,
+from common import (CPU_CONFIG, ArgumentParser, UserError, comma_list, cpu_bf16_note, cpu_has_bf16, keep_freed_memory, load_meta,
                     parse_encodings, positive, read_json, run_cli, write_json)
 from study.analysis import paired, paired_table
 from model import GPT
@@ -397,9 +397,7 @@ def main():
         torch.set_num_threads(args.threads)
     keep_freed_memory()  # as train.py does
     encodings = parse_encodings(args.pos_encodings)
-    dtypes = list(dict.fromkeys(d.strip() for d in args.dtypes.split(",") if d.strip()))
-    if not dtypes or set(dtypes) - set(DTYPE):
-        raise UserError(f"--dtypes takes float32 and/or bfloat16, got {args.dtypes!r}")
+    dtypes = comma_list(args.dtypes, "--dtypes", choices=DTYPE)
     if "bfloat16" in dtypes and (note := cpu_bf16_note("bfloat16", "cpu")):
         print(note)
     cfg = TrainConfig(**{**read_config_file(args.config), "data_dir": args.data_dir, "progress": False})

@@ -15,7 +15,7 @@ into <plots-dir>, with results.md and samples.md.
 import time
 from pathlib import Path
 
-from common import CPU_CONFIG, UserError, pick_device, positive, run_cli
+from common import CPU_CONFIG, UserError, comma_list, pick_device, positive, run_cli
 from model import POS_ENCODINGS
 from study.evaluate import SCALINGS, evaluate_runs, format_table, write_outputs
 from study.plot_rope import plot_rope
@@ -31,18 +31,19 @@ from train import FIELD_TYPES, add_config_flags, build_parser, config_from_args,
 ARTICLE_ENCODINGS = ["rope", "learned", "none"]
 
 
-def measure_lengths(study, plots_dir, methods):
+def measure_lengths(study, plots_dir, methods, data_dir):
     """The length study on a study's runs: val loss at 1x-8x the block size (study.evaluate), how far
     back the models read (study.probes), with their figures and JSON in plots_dir, and RoPE's decay
     picture; returns what write_report's tables need."""
     c, plots_dir = study.configs[0], Path(plots_dir)
     t0 = time.time()
-    results = evaluate_runs(study.run_dirs, scalings=methods, device=pick_device(c["device"]), progress=c["progress"])
+    results = evaluate_runs(study.run_dirs, scalings=methods, data_dir=data_dir, device=pick_device(c["device"]),
+                            progress=c["progress"])
     write_outputs(results, plots_dir)
     plot_rope(c["n_embd"] // c["n_head"], c["rope_theta"], c["block_size"], plots_dir / "rope_decay.png")
     print(format_table(results))
     seconds, t0 = time.time() - t0, time.time()
-    probes = probe_runs(study.run_dirs, device=pick_device(c["device"]), progress=c["progress"])
+    probes = probe_runs(study.run_dirs, data_dir=data_dir, device=pick_device(c["device"]), progress=c["progress"])
     write_probe_outputs(probes, plots_dir)
     print(format_probe_tables(probes))
     return {"results": results, "seconds": seconds, "probes": probes, "probe_seconds": time.time() - t0}
@@ -63,10 +64,6 @@ def add_study_flags(parser, encodings_default):
     parser.add_argument("--jobs", type=positive(int), default=1,
                         help="CPU: runs trained at a time, each in its own process with an equal share of torch's "
                              "threads (default: 1, one run after another with all threads)")
-    parser.add_argument("--print-commands", action="store_true",
-                        help="train nothing: print a train.py command for each run not finished yet, to run with any"
-                             " scheduler (GNU parallel, a SLURM array, ...); the same command without this flag"
-                             " then reuses them and writes the report")
 
 
 def main():
@@ -84,18 +81,20 @@ def main():
                         help="with --extrapolate: the RoPE context-extension methods rope runs are also read with"
                              " (evaluate.py --rope-scaling): none (plain), linear, ntk, dynamic-ntk, yarn"
                              " (default: all)")
+    parser.add_argument("--print-commands", action="store_true",
+                        help="train nothing: print a train.py command for each run not finished yet, to run with any"
+                             " scheduler (GNU parallel, a SLURM array, ...); the same command without this flag"
+                             " then reuses them and writes the report")
     add_config_flags(parser, exclude=("pos_encoding", "run_name", "seed"))
     args = parser.parse_args()
 
     variants = parse_variants(args.pos_encodings, FIELD_TYPES)
     seeds = parse_seeds(args.seeds)
-    methods = [m.strip() for m in args.extrapolate_methods.split(",") if m.strip()]
-    if not methods or set(methods) - set(SCALINGS):
-        raise UserError(f"--extrapolate-methods takes some of {', '.join(SCALINGS)}, got {args.extrapolate_methods!r}")
+    methods = comma_list(args.extrapolate_methods, "--extrapolate-methods", choices=SCALINGS)
     base = config_from_args(args)  # flags over the config file over the defaults, before per-run settings
     if args.jobs > 1 and pick_device(base.device) != "cpu":
         raise UserError(f"--jobs trains runs side by side on the CPU; on {pick_device(base.device)} train one at a time")
-    more = parse_seeds(args.seeds_if_undecided) if args.seeds_if_undecided.strip() else []
+    more = parse_seeds(args.seeds_if_undecided, "--seeds-if-undecided") if args.seeds_if_undecided.strip() else []
     t0 = time.time()
     cfgs = make_configs(args, variants, seeds)
     if args.print_commands:
@@ -110,8 +109,8 @@ def main():
         print(f"{len(close)} variant(s) in pairs the seeds do not decide: {len(more)} more seed(s) each")
         train_runs(extra, args.overwrite, args.jobs)
         study = Study([Path(cfg.out_dir) / cfg.run_name for cfg in cfgs + extra])
-    samples = collect_samples(study, args.sample_tokens, study.configs[0]["progress"])
-    lengths = measure_lengths(study, args.plots_dir, methods) if args.extrapolate else None
+    samples = collect_samples(study, args.sample_tokens, base.data_dir, base.progress)
+    lengths = measure_lengths(study, args.plots_dir, methods, base.data_dir) if args.extrapolate else None
     write_report(study, args.plots_dir, f"Results: {Path(args.config).stem}", samples, args.sample_tokens, t0,
                  lengths=lengths)
     total = time.time() - t0

@@ -33,8 +33,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from common import (UserError, announce_dtype, atomic_write, autocast, build_model, command_line, eval_windows,  # noqa: E402
-                    load_checkpoint, load_tokens, pick_device, positive, run_cli, write_json, write_text)
+from common import (UserError, announce_dtype, atomic_write, autocast, build_model, comma_list, command_line,  # noqa: E402
+                    eval_windows, load_checkpoint, load_tokens, pick_device, positive, run_cli, write_json, write_text)
 from study.analysis import paired, verdict  # noqa: E402
 from study.training import make_configs, parse_seeds, train_runs  # noqa: E402
 from study.evaluate import default_stride, loss_by_position, sliding_baseline, sliding_window_losses  # noqa: E402
@@ -207,11 +207,11 @@ def main():
     args = parser.parse_args()
     if not args.config:
         raise UserError("give the config of the runs to fine-tune, e.g. config/shakespeare_char_cpu.toml")
-    methods = list(dict.fromkeys(m.strip() for m in args.methods.split(",") if m.strip()))
+    methods = comma_list(args.methods, "--methods")
     for m in methods:
         method_settings(m, args.factor)  # unknown names: one line, before any training
     t0 = time.time()
-    scratch_seeds = parse_seeds(args.scratch_seeds) if args.scratch_seeds.strip() else []
+    scratch_seeds = parse_seeds(args.scratch_seeds, "--scratch-seeds") if args.scratch_seeds.strip() else []
     base, tunes, scratch = finetune_configs(args, parse_seeds(args.seeds), methods, args.factor, scratch_seeds)
     train_runs(base, args.overwrite)
     train_runs([cfg for _, cfg in tunes] + scratch, args.overwrite)
@@ -222,7 +222,7 @@ def main():
         best = [r["key"] for r in ranked[:args.best]]
         print(f"the {len(best)} best at {args.factor}x past the training length: {', '.join(best)};"
               f" {args.more_seeds} for them")
-        more_base, more_tunes, _ = finetune_configs(args, parse_seeds(args.more_seeds), best, args.factor, [])
+        more_base, more_tunes, _ = finetune_configs(args, parse_seeds(args.more_seeds, "--more-seeds"), best, args.factor, [])
         train_runs(more_base, args.overwrite)
         train_runs([cfg for _, cfg in more_tunes], args.overwrite)
         results = measure(base + more_base, tunes + more_tunes, scratch, args.factor, device, base[0].progress)

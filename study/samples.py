@@ -41,17 +41,20 @@ def train_vocabulary(data_dir):
     return set(words("".join(chars[i] for i in load_tokens(data_dir, "train").tolist())))
 
 
-def collect_samples(study, tokens, progress=True):
-    """{run index: its samples} for every run of a study (run_samples: sampled once, then kept)."""
-    return {i: run_samples(run_dir, study.configs[i]["seed"], tokens)
-            for i, run_dir in enumerate(tqdm(study.run_dirs, desc="samples", disable=not progress, dynamic_ncols=True))}
+def collect_samples(study, tokens, data_dir, progress=True):
+    """Every run's samples (run_samples: sampled once, then kept) and their real-word shares against
+    the train split in data_dir (the study's own: a run's recorded data_dir may lie elsewhere)."""
+    vocabulary = train_vocabulary(data_dir)
+    texts = {i: run_samples(run_dir, study.configs[i]["seed"], tokens)
+             for i, run_dir in enumerate(tqdm(study.run_dirs, desc="samples", disable=not progress, dynamic_ncols=True))}
+    return {"texts": texts, "shares": {i: real_word_shares(t, vocabulary) for i, t in texts.items()},
+            "vocabulary": len(vocabulary)}
 
 
-def samples_report(study, texts, tokens):
+def samples_report(study, samples, tokens):
     """samples.md (one sample per variant, its first seed) and a markdown table of real-word shares,
-    from collect_samples' texts."""
-    vocabulary = train_vocabulary(study.configs[0]["data_dir"])
-    metrics = {i: real_word_shares(t, vocabulary) for i, t in texts.items()}
+    from collect_samples."""
+    texts, metrics = samples["texts"], samples["shares"]
     n = SAMPLING["num_samples"]
     lines = ["| variant | real words, all | real words, 5+ letters | words per run | seeds |", "|---|---:|---:|---:|---:|"]
     parts = [f"# One sample per variant ({tokens} characters from a single newline; temperature "
@@ -63,7 +66,7 @@ def samples_report(study, texts, tokens):
         first = idx[0]
         parts.append(f"## {study.labels[key]} (seed {study.configs[first]['seed']})\n\n"
                      f"```text\n{texts[first][0].strip()}\n```\n")
-    note = (f"Share of generated words found in the train split's vocabulary ({len(vocabulary):,} words; a word is"
+    note = (f"Share of generated words found in the train split's vocabulary ({samples['vocabulary']:,} words; a word is"
             f" a maximal run of letters and apostrophes, lower-cased; every occurrence counts). {n} samples of"
             f" {tokens} characters per run from its best checkpoint, from a single newline, temperature"
             f" {SAMPLING['temperature']}, no top-k, each character predicted from the last block_size characters;"

@@ -31,25 +31,22 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no window
 import matplotlib.pyplot as plt  # noqa: E402
 
-from common import UserError, atomic_write, read_json, run_cli, write_json  # noqa: E402
+from common import UserError, atomic_write, comma_list, read_json, run_cli, write_json  # noqa: E402
 from study.compare import add_study_flags  # noqa: E402
 from study.report import Study, write_report  # noqa: E402
 from study.samples import collect_samples  # noqa: E402
 from study.training import make_configs, parse_seeds, train_runs  # noqa: E402
 from study.plot import describe_model, variant_styles  # noqa: E402
 from study.runs import group_variants, parse_variants, read_config, variant_labels, variant_name  # noqa: E402
-from train import FIELD_TYPES, Diverged, add_config_flags, build_parser  # noqa: E402
+from train import FIELD_TYPES, Diverged, add_config_flags, build_parser, config_from_args  # noqa: E402
 
 RATES = "3e-4,6e-4,1e-3,2e-3,4e-3"
 VARIANTS = "all,sinusoidal:sinusoidal_scale=false"
 
 
 def parse_rates(text):
-    try:
-        rates = sorted({float(r) for r in text.split(",") if r.strip()})
-    except ValueError:
-        raise UserError(f"--learning-rates takes comma-separated numbers, got {text!r}") from None
-    if not rates or rates[0] <= 0 or not all(map(math.isfinite, rates)):
+    rates = sorted(comma_list(text, "--learning-rates", float))
+    if rates[0] <= 0 or not all(map(math.isfinite, rates)):
         raise UserError(f"--learning-rates takes positive finite numbers, got {text!r}")
     return rates
 
@@ -184,7 +181,8 @@ def main():
     intro = (f"## The sweep (seed {args.sweep_seed}; final val loss; best per variant in bold; "
              f"`{plots_dir / 'lr_sweep.png'}`)\n\n{sweep_markdown(table)}\n\n"
              f"## Each variant at its best rate, {len(seeds)} seed(s)\n")
-    samples = collect_samples(study, args.sample_tokens, study.configs[0]["progress"])
+    base = config_from_args(args)
+    samples = collect_samples(study, args.sample_tokens, base.data_dir, base.progress)
     write_report(study, plots_dir / "lr_sweep", f"Learning-rate sweep: {Path(args.config).stem}", samples,
                  args.sample_tokens, t0=t0, intro=intro)
     print(f"wrote {plots_dir}/lr_sweep.png, lr_sweep.json and {plots_dir}/lr_sweep/")

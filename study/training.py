@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from common import UserError, pick_device, read_json
+from common import UserError, comma_list, pick_device, read_json
 from study.runs import variant_name
 from train import (TrainConfig, config_differences, config_from_args, explain, provenance, read_config_file, train,
                    why_not_continued)
@@ -78,9 +78,14 @@ def train_command(cfg, config_path):
 def print_commands(cfgs, config_path, overwrite, then):
     """Print the train.py command of every run that is not finished yet (any scheduler can run them:
     each writes its own record), then what rebuilds the report from the finished runs."""
-    todo = [cfg for cfg in cfgs if plan(cfg, overwrite, provenance(cfg)) != "reuse"]
-    for cfg in todo:
-        print(train_command(cfg, config_path))
+    todo = []
+    for cfg in cfgs:  # (a run with no directory yet is trained: no need to read the data for it)
+        action = plan(cfg, overwrite, provenance(cfg)) if (Path(cfg.out_dir) / cfg.run_name).exists() else "train"
+        if action != "reuse":
+            extra = {"resume": ["--resume"], "continue": ["--resume"]}.get(action, ["--overwrite"] if overwrite else [])
+            todo.append(shlex.join([*shlex.split(train_command(cfg, config_path)), *extra]))
+    if todo:
+        print("\n".join(todo))
     print(f"# {len(todo)} of {len(cfgs)} runs to train; once they have finished, {then}", file=sys.stderr)
 
 
@@ -254,11 +259,5 @@ def train_runs(cfgs, overwrite, jobs=1):
 
 
 
-def parse_seeds(text):
-    try:
-        seeds = list(dict.fromkeys(int(s) for s in text.split(",") if s.strip()))
-    except ValueError:
-        raise UserError(f"--seeds takes comma-separated integers, got {text!r}") from None
-    if not seeds:
-        raise UserError("--seeds is empty")
-    return seeds
+def parse_seeds(text, flag="--seeds"):
+    return comma_list(text, flag, int)

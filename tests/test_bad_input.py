@@ -155,3 +155,16 @@ def test_a_second_process_in_the_same_run_directory_is_refused(data_dir, tmp_pat
     assert_one_line_error(proc, "rope_seed1337 is in use by another training process")
     assert not (tmp_path / "rope_seed1337" / "metrics.csv").exists()
     run("train.py", "--data-dir", data_dir, "--out-dir", tmp_path, *TINY_FLAGS)  # released: trains
+
+
+def test_comma_lists_are_parsed_alike():
+    from common import UserError, comma_list
+    assert comma_list(" 3, 1,3 ,", "--seeds", int) == [3, 1]  # order kept, repeats and blanks dropped
+    assert comma_list("2e-3,1e-3", "--learning-rates", float) == [0.002, 0.001]
+    assert comma_list("ntk,none", "--extrapolate-methods", choices=("none", "ntk")) == ["ntk", "none"]
+    for text, args, message in (("1,x", (int,), "--flag takes comma-separated integers, got '1,x'"),
+                                (" , ", (int,), "--flag takes comma-separated integers, got ' , '"),
+                                ("a,c", (str, ("a", "b")), "--flag takes some of a, b, got 'a,c'")):
+        with pytest.raises(UserError) as e:
+            comma_list(text, "--flag", *args)
+        assert str(e.value) == message

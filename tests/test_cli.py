@@ -303,7 +303,8 @@ def test_the_study_entry_point_lists_studies_and_keeps_a_quick_look_out_of_plots
         assert f"  {name} " in listing
     assert run("study", "baseline", "--print-commands").stdout.splitlines()[-1] == "python -m study baseline"
     quick = run("study", "all", "--seeds", "1337", "--print-commands").stdout.splitlines()
-    assert quick[-1] == "python -m study all --seeds 1337" and len(quick) == 10  # 9 variants x 1 seed, then it
+    assert quick[-1] == "python -m study all --seeds 1337"  # after the runs not finished here (9 at most)
+    assert 1 <= len(quick) <= 10 and all(line.startswith("python train.py ") for line in quick[:-1])
     commands = run("study", "sweep", "--seeds", "1337", "--print-commands").stdout.splitlines()
     assert commands == ["python -m study.sweep config/shakespeare_char_cpu.toml --pos-encodings"
                         " all,sinusoidal:sinusoidal_scale=false --seeds 1337 --jobs 1 --plots-dir out/plots/sweep"]
