@@ -55,7 +55,9 @@ def add_study_flags(parser, encodings_default):
                         help="comma-separated variants: an encoding (" + ", ".join(POS_ENCODINGS) + ") or 'all', each "
                              "optionally with settings, ENCODING:KEY=VALUE[:KEY=VALUE], e.g. "
                              f"sinusoidal:sinusoidal_scale=false (default: {encodings_default})")
-    parser.add_argument("--plots-dir", default="plots", help="where plots and tables go (default: plots)")
+    parser.add_argument("--plots-dir", default="out/plots",
+                        help="where plots and tables go (default: out/plots; the committed plots/ are written by python -m "
+                             "study NAME)")
     parser.add_argument("--sample-tokens", type=positive(int), default=500,
                         help="characters per sample for samples.md and the real-word shares (default: 500)")
     parser.add_argument("--overwrite", action="store_true",

@@ -201,7 +201,8 @@ def main():
     parser.add_argument("--best", type=positive(int), default=2, help="how many methods get --more-seeds (default: 2)")
     parser.add_argument("--scratch-seeds", default="1337",
                         help="seeds of RoPE trained from scratch at the new length, or '' for none (default: 1337)")
-    parser.add_argument("--plots-dir", default="plots/finetune", help="where to write the outputs (default: plots/finetune)")
+    parser.add_argument("--plots-dir", default="out/plots/finetune",
+                        help="where to write the outputs (default: out/plots/finetune)")
     parser.add_argument("--overwrite", action="store_true", help="retrain runs that hold other settings")
     add_config_flags(parser, exclude=("pos_encoding", "run_name", "seed", "init_from"))
     args = parser.parse_args()
