@@ -9,6 +9,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import shutil
 import sys
 import tempfile
@@ -30,6 +31,9 @@ class UserError(Exception):
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, but a bad flag is one line on stderr (no usage block), exit code 2, and every
     --flag-name is also accepted as --flag_name, as nanoGPT users type it (--max_iters=3000)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **{"prog": program_name(), **kwargs})  # "study.compare", not "compare.py"
 
     def error(self, message):
         raise UserError(f"{message} (see --help)")
@@ -60,12 +64,19 @@ def parse_encodings(text):
     return encodings
 
 
-def command_line():
-    """The command this process was started with, as a user types it: "python -m study.compare ..."
-    for a module of the study package, "python train.py ..." for a script."""
+def program_name():
+    """This program as its messages name it: "study.compare" for a module run with -m (the entry point
+    "python -m study" is "study"), "train.py" for a script."""
     spec = getattr(sys.modules["__main__"], "__spec__", None)
-    program = f"-m {spec.name}" if spec is not None else Path(sys.argv[0]).name
-    return " ".join(["python", program, *sys.argv[1:]])
+    return spec.name.removesuffix(".__main__") if spec is not None else Path(sys.argv[0]).name
+
+
+def command_line():
+    """The command that regenerates what this process writes, as a user types it: the named study's
+    when `python -m study NAME` started it (STUDY_COMMAND), else this process's own."""
+    own = program_name()
+    return os.environ.get("STUDY_COMMAND") or shlex.join(
+        ["python", *(["-m", own] if not own.endswith(".py") else [own]), *sys.argv[1:]])
 
 
 def comma_list(text, flag, kind=str, choices=None):
@@ -87,8 +98,7 @@ def run_cli(main):
     try:
         main()
     except UserError as e:
-        prog = Path(sys.argv[0]).name
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        print(f"{program_name()}: error: {e}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -11,6 +11,7 @@ rewrites its report. Each command is also a module that runs on its own: python 
 """
 
 import argparse
+import os
 import shlex
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from study.studies import STUDIES
 def main():
     listing = "\n".join(textwrap.fill(f"{s.about} -> {s.plots_dir}/", 100, initial_indent=f"  {name:<10}",
                                        subsequent_indent=" " * 12) for name, s in STUDIES.items())
-    parser = ArgumentParser(prog="python -m study", description=__doc__ + "\nstudies:\n" + listing,
+    parser = ArgumentParser(description=__doc__ + "\nstudies:\n" + listing,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", choices=list(STUDIES), metavar="NAME", help="the study: " + ", ".join(STUDIES))
     parser.add_argument("--seeds", help="other seeds than the study's; its report then goes to out/plots/NAME, so"
@@ -41,7 +42,10 @@ def main():
     if args.print_commands and commands[0][0] == "study.compare":
         # the runs as train.py commands, for any scheduler; then the study itself, which reuses them
         run([*commands[0], "--print-commands"], echo=False)
-        print(shlex.join(["python", "-m", "study", *sys.argv[1:]]).replace(" --print-commands", ""))
+        again = [args.name, *(["--seeds", args.seeds] if args.seeds else []),
+                 *(["--jobs", str(args.jobs)] if args.jobs > 1 else []),
+                 *(["--plots-dir", args.plots_dir] if args.plots_dir else [])]
+        print(shlex.join(["python", "-m", "study", *again]))
         return
     for command in commands:
         if args.print_commands:
@@ -51,11 +55,13 @@ def main():
 
 
 def run(command, echo=True):
-    """Run `python -m COMMAND`; a failure stops the study (the command has said why)."""
+    """Run `python -m COMMAND`; a failure stops the study (the command has said why). Its reports
+    name the study's command as the one that regenerates them."""
     line = shlex.join(["python", "-m", *command])
     if echo:
         print(line, flush=True)
-    if subprocess.run([sys.executable, "-m", *command]).returncode:
+    study = shlex.join(["python", "-m", "study", *sys.argv[1:]])
+    if subprocess.run([sys.executable, "-m", *command], env={**os.environ, "STUDY_COMMAND": study}).returncode:
         raise UserError(f"the study stopped: `{line}` failed (its error is above)")
 
 

@@ -153,7 +153,7 @@ def test_ctrl_c_stops_compare_jobs_and_the_same_command_resumes(data_dir, tmp_pa
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 2 and "Traceback" not in stderr
-    assert "compare.py: error: stopped by Ctrl-C; the same command resumes the interrupted runs" in stderr
+    assert "study.compare: error: stopped by Ctrl-C; the same command resumes the interrupted runs" in stderr
     for run_dir in run_dirs:
         assert (run_dir / "last.pt").exists() and not (run_dir / "summary.json").exists()
     again = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
@@ -176,7 +176,7 @@ def test_ctrl_c_while_compare_workers_start_up_stops_them_too(data_dir, tmp_path
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 2 and "Traceback" not in stderr
-    assert "compare.py: error: stopped by Ctrl-C; the same command resumes the interrupted runs" in stderr
+    assert "study.compare: error: stopped by Ctrl-C; the same command resumes the interrupted runs" in stderr
     for enc in ("rope", "none"):
         assert not (tmp_path / "shakespeare_char_cpu" / f"{enc}_seed1337" / "summary.json").exists()
 
