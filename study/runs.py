@@ -7,7 +7,7 @@ learning rate or sinusoidal without its sqrt(d) scale. Tables and plots show one
 variant, averaged over its seeds, and label it by the settings that tell it apart
 ("sinusoidal, no √d scale", "RoPE, lr 0.002").
 
-On the command line (compare.py, sweep.py) a variant is written ENCODING[:KEY=VALUE...],
+On the command line (study.compare, study.sweep) a variant is written ENCODING[:KEY=VALUE...],
 KEY a train.py setting with underscores: "rope", "sinusoidal:sinusoidal_scale=false",
 "rope:rope_theta=1000:learning_rate=0.002".
 """

@@ -1,8 +1,8 @@
 """
 Each encoding at its own best learning rate: a sweep, then seeds at each variant's best rate.
 
-  python -m study.sweep                          # the CPU config: all five encodings and sinusoidal without
-                                           # its sqrt(d) scale, 3e-4 .. 4e-3, then 3 seeds at the best
+  python -m study.sweep       # the CPU config: every encoding and sinusoidal without its sqrt(d)
+                              # scale, 3e-4 .. 4e-3, then 3 seeds at the best (python -m study sweep)
   python -m study.sweep --pos-encodings rope,learned --learning-rates 1e-3,2e-3 --seeds 1337
 
 1. Every variant is trained at every --learning-rates value with one seed (--sweep-seed),
@@ -12,12 +12,12 @@ Each encoding at its own best learning rate: a sweep, then seeds at each variant
    The sweep's runs train one at a time: one that diverges (NaN loss) counts as the worst
    rate instead of stopping the others.
 2. Each variant is trained with --seeds at its best rate (the sweep's run is reused for the
-   sweep seed; --jobs applies here), and reported as compare.py reports a study: curves,
+   sweep seed; --jobs applies here), and reported as study.compare reports a study: curves,
    results table, paired differences (with test-split verdicts: the rate was chosen on val),
    real-word shares of samples.
 
-Runs go where compare.py puts them (out/<config name>/<variant>_seed<seed>/), so a run at the
-config's own rate is the very run compare.py trains, and neither script trains it twice.
+Runs go where study.compare puts them (out/<config name>/<variant>_seed<seed>/), so a run at the
+config's own rate is the very run study.compare trains, and neither trains it twice.
 Writes <plots-dir>/lr_sweep.png and lr_sweep.json, and the study at the best rates to
 <plots-dir>/lr_sweep/ (results.md with the sweep table first, samples.md, loss curves).
 """
