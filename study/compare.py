@@ -15,17 +15,17 @@ into <plots-dir>, with results.md and samples.md.
 import time
 from pathlib import Path
 
-from common import CPU_CONFIG, UserError, comma_list, pick_device, positive, run_cli
-from model import POS_ENCODINGS
+from common import UserError, comma_list, pick_device, run_cli
 from study.evaluate import SCALINGS, evaluate_runs, format_table, write_outputs
 from study.plot_rope import plot_rope
 from study.probes import format_tables as format_probe_tables
 from study.probes import probe_runs
 from study.probes import write_outputs as write_probe_outputs
-from study.report import Study, undecided_variants, write_report
+from study.report import Study, write_report
 from study.runs import parse_variants, variant_key
 from study.samples import collect_samples
-from study.training import make_configs, parse_seeds, print_commands, train_runs
+from study.training import (add_study_flags, make_configs, parse_seeds, print_commands, train_runs,
+                            undecided_variants)
 from train import FIELD_TYPES, add_config_flags, build_parser, config_from_args, config_json
 
 ARTICLE_ENCODINGS = ["rope", "learned", "none"]
@@ -47,25 +47,6 @@ def measure_lengths(study, plots_dir, methods, data_dir):
     write_probe_outputs(probes, plots_dir)
     print(format_probe_tables(probes))
     return {"results": results, "seconds": seconds, "probes": probes, "probe_seconds": time.time() - t0}
-
-
-def add_study_flags(parser, encodings_default):
-    parser.set_defaults(config=CPU_CONFIG)
-    parser.add_argument("--pos-encodings", default=encodings_default,
-                        help="comma-separated variants: an encoding (" + ", ".join(POS_ENCODINGS) + ") or 'all', each "
-                             "optionally with settings, ENCODING:KEY=VALUE[:KEY=VALUE], e.g. "
-                             f"sinusoidal:sinusoidal_scale=false (default: {encodings_default})")
-    parser.add_argument("--plots-dir", default="out/plots",
-                        help="where plots and tables go (default: out/plots; the committed plots/ are written by python -m "
-                             "study NAME)")
-    parser.add_argument("--sample-tokens", type=positive(int), default=500,
-                        help="characters per sample for samples.md and the real-word shares (default: 500)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="retrain runs whose directory holds a run with other settings or evaluated another way"
-                             " (default: refuse)")
-    parser.add_argument("--jobs", type=positive(int), default=1,
-                        help="CPU: runs trained at a time, each in its own process with an equal share of torch's "
-                             "threads (default: 1, one run after another with all threads)")
 
 
 def main():

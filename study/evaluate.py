@@ -569,8 +569,8 @@ def main():
                         help="evaluate at most this many evenly spaced windows per length (default: all of them,"
                              " i.e. the whole val split)")
     parser.add_argument("--plots-dir", default="out/plots",
-                        help="where to write the PNG files (default: out/plots; the committed plots/ are written by python -m"
-                             " study NAME)")
+                        help="where to write the PNG files (default: out/plots; the committed plots/ are written by "
+                             "python -m study NAME)")
     parser.add_argument("--out-json", default=None, help="results file (default: <plots-dir>/extrapolation.json)")
     parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps (default: auto)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar")

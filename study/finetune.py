@@ -33,8 +33,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from common import (UserError, announce_dtype, atomic_write, autocast, build_model, comma_list, command_line,  # noqa: E402
-                    eval_windows, load_checkpoint, load_tokens, pick_device, positive, run_cli, write_json, write_text)
+from common import (UserError, announce_dtype, atomic_write, autocast, build_model, comma_list,  # noqa: E402
+                    command_line, eval_windows, load_checkpoint, load_tokens, pick_device, positive, run_cli,
+                    write_json, write_text)
 from study.analysis import paired, verdict  # noqa: E402
 from study.training import make_configs, parse_seeds, train_runs  # noqa: E402
 from study.evaluate import default_stride, loss_by_position, sliding_baseline, sliding_window_losses  # noqa: E402
@@ -223,7 +224,8 @@ def main():
         best = [r["key"] for r in ranked[:args.best]]
         print(f"the {len(best)} best at {args.factor}x past the training length: {', '.join(best)};"
               f" {args.more_seeds} for them")
-        more_base, more_tunes, _ = finetune_configs(args, parse_seeds(args.more_seeds, "--more-seeds"), best, args.factor, [])
+        more = parse_seeds(args.more_seeds, "--more-seeds")
+        more_base, more_tunes, _ = finetune_configs(args, more, best, args.factor, [])
         train_runs(more_base, args.overwrite)
         train_runs([cfg for _, cfg in more_tunes], args.overwrite)
         results = measure(base + more_base, tunes + more_tunes, scratch, args.factor, device, base[0].progress)

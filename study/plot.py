@@ -194,8 +194,8 @@ def main():
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="*", default=["out"], help="run directories, or folders to search (default: out)")
     parser.add_argument("--plots-dir", default="out/plots",
-                        help="where to write the PNG files (default: out/plots; the committed plots/ are written by python -m"
-                             " study NAME)")
+                        help="where to write the PNG files (default: out/plots; the committed plots/ are written by "
+                             "python -m study NAME)")
     args = parser.parse_args()
     for path in plot_runs(find_runs(args.runs), args.plots_dir):
         print(f"wrote {path}")

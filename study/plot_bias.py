@@ -97,8 +97,8 @@ def main():
     parser.add_argument("--max-distance", type=positive(int), default=511,
                         help="the query's position: distances 0 .. this are drawn (default: 511, 8x the CPU block)")
     parser.add_argument("--plots-dir", default="out/plots",
-                        help="where to write learned_bias.png (default: out/plots; the committed plots/ are written by python"
-                             " -m study NAME)")
+                        help="where to write learned_bias.png (default: out/plots; the committed plots/ are written by"
+                             " python -m study NAME)")
     args = parser.parse_args()
     rows = read_biases(args.runs, args.max_distance)
     path = Path(args.plots_dir) / "learned_bias.png"

@@ -130,8 +130,8 @@ def main():
                         help="take head dim, theta and block size from this run's config.json (flags still override)")
     parser.add_argument("--max-distance", type=int, default=None, help="x range of panel (a) (default: 8x block size)")
     parser.add_argument("--plots-dir", default="out/plots",
-                        help="where to write rope_decay.png (default: out/plots; the committed plots/ are written by python "
-                             "-m study NAME)")
+                        help="where to write rope_decay.png (default: out/plots; the committed plots/ are written by "
+                             "python -m study NAME)")
     parser.add_argument("--bases", default=None,
                         help="comma-separated RoPE bases: also write <plots-dir>/rope_bases.md, a table of each one's"
                              " turning pairs, slowest wavelength and the distance where Men et al.'s bound fails")

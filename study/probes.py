@@ -317,8 +317,8 @@ def main():
                         help=f"val windows per length for the attention statistics (default: {ATTENTION_WINDOWS})")
     parser.add_argument("--data-dir", default=None, help="prepared data (default: the one the runs were trained on)")
     parser.add_argument("--plots-dir", default="out/plots",
-                        help="where to write the outputs (default: out/plots; the committed plots/ are written by python -m "
-                             "study NAME)")
+                        help="where to write the outputs (default: out/plots; the committed plots/ are written by "
+                             "python -m study NAME)")
     parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps (default: auto)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar")
     args = parser.parse_args()

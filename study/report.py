@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from common import command_line, read_json, read_metrics, write_text
-from study.analysis import TURN_NATS, TURN_SIGMAS, TURN_WINDOW, mean_std, paired, paired_table, turn, verdict
+from study.analysis import TURN_NATS, TURN_SIGMAS, TURN_WINDOW, mean_std, paired_table, turn
 from study.evaluate import format_table
 from study.plot import plot_runs
 from study.probes import format_tables as format_probe_tables
@@ -61,19 +61,6 @@ class Study:
                 seen.add(frozenset((a, b)))
                 pairs.append((a, b))
         return pairs
-
-
-
-def undecided_variants(study):
-    """The variant keys (runs.variant_key) of the variants in a pair whose interval, on val or
-    on test, contains 0."""
-    close = set()
-    for a, b in study.pairs():
-        for split in ("val", "test"):
-            field = f"final_{split}_loss"
-            if verdict(paired(study.per_seed(a, field), study.per_seed(b, field))) == "undecided":
-                close |= {a, b}
-    return close
 
 
 

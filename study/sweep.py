@@ -32,10 +32,9 @@ matplotlib.use("Agg")  # files only, no window
 import matplotlib.pyplot as plt  # noqa: E402
 
 from common import UserError, atomic_write, comma_list, read_json, run_cli, write_json  # noqa: E402
-from study.compare import add_study_flags  # noqa: E402
 from study.report import Study, write_report  # noqa: E402
 from study.samples import collect_samples  # noqa: E402
-from study.training import make_configs, parse_seeds, train_runs  # noqa: E402
+from study.training import add_study_flags, make_configs, parse_seeds, train_runs  # noqa: E402
 from study.plot import describe_model, variant_styles  # noqa: E402
 from study.runs import group_variants, parse_variants, read_config, variant_labels, variant_name  # noqa: E402
 from train import FIELD_TYPES, Diverged, add_config_flags, build_parser, config_from_args  # noqa: E402

@@ -1,6 +1,7 @@
 """
-The runs of a study: which to train, reuse, resume or continue, and training them one after
-another or side by side (--jobs); or printing them as train.py commands for another scheduler.
+The runs of a study: which to train, reuse, resume or continue (and which variants need more
+seeds), training them one after another or side by side (--jobs), or printing them as train.py
+commands for another scheduler; and the flags every study shares.
 """
 
 import multiprocessing
@@ -17,7 +18,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from common import UserError, comma_list, pick_device, read_json
+from common import CPU_CONFIG, UserError, comma_list, pick_device, positive, read_json
+from model import POS_ENCODINGS
+from study.analysis import paired, verdict
 from study.runs import variant_name
 from train import (TrainConfig, config_differences, config_from_args, explain, provenance, read_config_file, train,
                    why_not_continued)
@@ -261,3 +264,34 @@ def train_runs(cfgs, overwrite, jobs=1):
 
 def parse_seeds(text, flag="--seeds"):
     return comma_list(text, flag, int)
+
+
+def undecided_variants(study):
+    """The variant keys (runs.variant_key) of the variants in a pair whose interval, on val or
+    on test, contains 0."""
+    close = set()
+    for a, b in study.pairs():
+        for split in ("val", "test"):
+            field = f"final_{split}_loss"
+            if verdict(paired(study.per_seed(a, field), study.per_seed(b, field))) == "undecided":
+                close |= {a, b}
+    return close
+
+
+def add_study_flags(parser, encodings_default):
+    parser.set_defaults(config=CPU_CONFIG)
+    parser.add_argument("--pos-encodings", default=encodings_default,
+                        help="comma-separated variants: an encoding (" + ", ".join(POS_ENCODINGS) + ") or 'all', each "
+                             "optionally with settings, ENCODING:KEY=VALUE[:KEY=VALUE], e.g. "
+                             f"sinusoidal:sinusoidal_scale=false (default: {encodings_default})")
+    parser.add_argument("--plots-dir", default="out/plots",
+                        help="where plots and tables go (default: out/plots; the committed plots/ are written by "
+                             "python -m study NAME)")
+    parser.add_argument("--sample-tokens", type=positive(int), default=500,
+                        help="characters per sample for samples.md and the real-word shares (default: 500)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="retrain runs whose directory holds a run with other settings or evaluated another way"
+                             " (default: refuse)")
+    parser.add_argument("--jobs", type=positive(int), default=1,
+                        help="CPU: runs trained at a time, each in its own process with an equal share of torch's "
+                             "threads (default: 1, one run after another with all threads)")

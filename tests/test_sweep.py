@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import study.sweep as sweep
-from study.compare import add_study_flags
+from study.training import add_study_flags
 from study.runs import parse_variants
 from train import FIELD_TYPES, Diverged, add_config_flags, build_parser
 
