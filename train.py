@@ -95,7 +95,7 @@ class TrainConfig:
     device: str = option("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
     dtype: str = option("auto", "precision of the matmuls and attention in training, evaluation and sampling:"
                                 " auto (bfloat16 autocast on CUDA, float32 elsewhere), float32, bfloat16 (autocast:"
-                                " weights, optimizer state, LayerNorm, softmax and the loss stay float32). On a CPU,"
+                                " the weights, the optimizer state and the loss stay float32). On a CPU,"
                                 " bfloat16 pays only with AVX512-BF16 or AMX instructions (on Linux,"
                                 " `grep -o -m1 'avx512_bf16\\|amx_bf16' /proc/cpuinfo` prints one if the CPU has"
                                 " them); without them it is emulated, many times slower than float32"
