@@ -84,8 +84,9 @@ def finetune_configs(args, seeds, methods, factor, scratch_seeds):
 def curves(run_dir, windows, device):
     """Per-position val loss of a run's best weights on each length's windows, in its precision."""
     model = build_model(load_checkpoint(Path(run_dir) / "ckpt.pt"), device)
-    announce_dtype(run_dtype(run_dir), device)
-    with autocast(run_dtype(run_dir), device):
+    dtype = run_dtype(run_dir)
+    announce_dtype(dtype, device)
+    with autocast(dtype, device):
         return {L: loss_by_position(model, w) for L, w in windows.items()}
 
 

@@ -64,9 +64,21 @@ def make_configs(args, variants, seeds, learning_rates=None):
 
 
 
-def train_command(cfg, config_path):
+def plans(cfgs, overwrite, ready=lambda cfg: True):
+    """plan() of each cfg (None where ready(cfg) is False), computing each provenance once: the
+    evaluated text depends on the data and the block size only, the dtype on the device."""
+    provs, out = {}, []
+    for cfg in cfgs:
+        key = (cfg.data_dir, cfg.block_size, cfg.dtype, cfg.device)
+        if ready(cfg) and key not in provs:
+            provs[key] = provenance(cfg)
+        out.append(plan(cfg, overwrite, provs[key]) if ready(cfg) else None)
+    return out
+
+
+def train_command(cfg, config_path, extra=()):
     """The train.py command that trains cfg: the config file plus a flag for every setting in which
-    cfg differs from it (python train.py --help lists them)."""
+    cfg differs from it (python train.py --help lists them), then `extra`."""
     base = TrainConfig(**read_config_file(config_path)) if config_path else TrainConfig()
     flags = []
     for f in fields(TrainConfig):
@@ -74,7 +86,7 @@ def train_command(cfg, config_path):
         if value != getattr(base, f.name) or f.name in ("seed", "run_name", "out_dir"):
             flag = "--" + f.name.replace("_", "-")
             flags += ([flag if value else "--no-" + flag[2:]] if isinstance(value, bool) else [flag, str(value)])
-    return shlex.join(["python", "train.py", *([str(config_path)] if config_path else []), *flags])
+    return shlex.join(["python", "train.py", *([str(config_path)] if config_path else []), *flags, *extra])
 
 
 
@@ -82,11 +94,12 @@ def print_commands(cfgs, config_path, overwrite, then):
     """Print the train.py command of every run that is not finished yet (any scheduler can run them:
     each writes its own record), then what rebuilds the report from the finished runs."""
     todo = []
-    for cfg in cfgs:  # (a run with no directory yet is trained: no need to read the data for it)
-        action = plan(cfg, overwrite, provenance(cfg)) if (Path(cfg.out_dir) / cfg.run_name).exists() else "train"
+    # a run with no directory yet is trained: no need to read the data for it
+    actions = plans(cfgs, overwrite, ready=lambda cfg: (Path(cfg.out_dir) / cfg.run_name).exists())
+    for cfg, action in zip(cfgs, actions):
         if action != "reuse":
             extra = {"resume": ["--resume"], "continue": ["--resume"]}.get(action, ["--overwrite"] if overwrite else [])
-            todo.append(shlex.join([*shlex.split(train_command(cfg, config_path)), *extra]))
+            todo.append(train_command(cfg, config_path, extra))
     if todo:
         print("\n".join(todo))
     print(f"# {len(todo)} of {len(cfgs)} runs to train; once they have finished, {then}", file=sys.stderr)
@@ -227,13 +240,7 @@ def train_side_by_side(cfgs, resume, jobs, done):
 
 def train_runs(cfgs, overwrite, jobs=1):
     """The summaries of cfgs, in order: reused, resumed or trained, `jobs` runs at a time."""
-    provs = {}  # the evaluated text depends on the data and the block size only, the dtype on the device
-    keys = [(cfg.data_dir, cfg.block_size, cfg.dtype, cfg.device) for cfg in cfgs]
-    for key, cfg in zip(keys, cfgs):
-        if key not in provs:
-            provs[key] = provenance(cfg)
-    # refuse a changed run before training anything
-    actions = [plan(cfg, overwrite, provs[key]) for key, cfg in zip(keys, cfgs)]
+    actions = plans(cfgs, overwrite)  # refuses a changed run before training anything
     summaries, todo = [None] * len(cfgs), []
     for i, (cfg, action) in enumerate(zip(cfgs, actions)):
         if action == "reuse":
