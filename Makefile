@@ -54,7 +54,7 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -q tests
 
 bench: $(VENV)/.installed $(DATA)
-	$(PY) -m study.bench --json plots/bench.json
+	$(PY) -m study.bench --json plots/bench/bench.json
 
 clean:
 	rm -rf out

@@ -46,7 +46,7 @@ STUDIES = {
         (("plot_bias", "--plots-dir", "{plots_dir}"),)),
     "sweep": Study(
         "each encoding's learning rate swept on seed 1337, then 3 seeds at its best rate",
-        "plots", SEEDS, ("sweep", CPU, "--pos-encodings", SWEEP)),
+        "plots/lr_sweep", SEEDS, ("sweep", CPU, "--pos-encodings", SWEEP)),
     "rope": Study(
         "RoPE at its best rate with 25/50/75% of its pairs rotating (p-RoPE) and with the base 100, 1000,"
         " 100000, one seed, and the length study",

@@ -18,8 +18,9 @@ Each encoding at its own best learning rate: a sweep, then seeds at each variant
 
 Runs go where study.compare puts them (out/<config name>/<variant>_seed<seed>/), so a run at the
 config's own rate is the very run study.compare trains, and neither trains it twice.
-Writes <plots-dir>/lr_sweep.png and lr_sweep.json, and the study at the best rates to
-<plots-dir>/lr_sweep/ (results.md with the sweep table first, samples.md, loss curves).
+Writes the sweep to <plots-dir>/lr_sweep.png and lr_sweep.json, and the study at the best rates
+beside them (results.md with the sweep table first, samples.md, loss curves); `python -m study
+sweep` writes plots/lr_sweep/.
 """
 
 import math
@@ -182,9 +183,9 @@ def main():
              f"## Each variant at its best rate, {len(seeds)} seed(s)\n")
     base = config_from_args(args)
     samples = collect_samples(study, args.sample_tokens, base.data_dir, base.progress)
-    write_report(study, plots_dir / "lr_sweep", f"Learning-rate sweep: {Path(args.config).stem}", samples,
+    write_report(study, plots_dir, f"Learning-rate sweep: {Path(args.config).stem}", samples,
                  args.sample_tokens, t0=t0, intro=intro)
-    print(f"wrote {plots_dir}/lr_sweep.png, lr_sweep.json and {plots_dir}/lr_sweep/")
+    print(f"wrote {plots_dir}/lr_sweep.png, lr_sweep.json and the study at the best rates beside them")
 
 
 if __name__ == "__main__":
