@@ -94,12 +94,16 @@ def comma_list(text, flag, kind=str, choices=None):
 
 
 def run_cli(main):
-    """Run main(); turn a UserError into a one-line message and exit code 2."""
+    """Run main(); turn a UserError into a one-line message and exit code 2. Output piped into a
+    reader that stops early (`| head`) ends the program quietly, as a Unix tool does."""
     try:
         main()
     except UserError as e:
         print(f"{program_name()}: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        sys.exit(1)
 
 
 # --- files --------------------------------------------------------------------
@@ -343,7 +347,7 @@ def keep_freed_memory():
     A training step frees some MB of activations, and by default glibc often hands the top of its
     heap back to the OS (trimming), so the next step faults those pages in again and the kernel
     zeroes each one: hundreds to thousands of page faults per step of the CPU config, a few
-    percent of its time (README, "Speed"). The cost: the process keeps its peak memory until it exits."""
+    percent of its time (BENCHMARKS.md, "Speed history"). The cost: the process keeps its peak memory until it exits."""
     try:
         mallopt = ctypes.CDLL(None).mallopt  # the process's own C library
     except (OSError, AttributeError, TypeError):  # not glibc: no mallopt (macOS), no CDLL(None) (Windows)
