@@ -108,8 +108,8 @@ def print_commands(cfgs, config_path, overwrite, then):
 
 # Runs side by side (--jobs > 1): each in a process of its own, with its share of the threads
 # and its own progress-bar line. A model this small keeps many threads only partly busy, so on
-# the CPU several runs at once can finish sooner than one after another (the README's "Speed"
-# section has the measurements). The thread count changes losses by ~1e-6 at most.
+# the CPU several runs at once can finish sooner than one after another (BENCHMARKS.md has
+# the measurements). The thread count changes losses by ~1e-6 at most.
 #
 # Signals: each worker runs in its own process group, so the terminal's Ctrl-C reaches only
 # this process, which passes each one on to every running worker exactly once (the first makes

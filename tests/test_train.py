@@ -140,7 +140,7 @@ def test_keep_freed_memory_reuses_freed_memory_instead_of_faulting_it_in_again()
 
     Raw malloc and free, the calls PyTorch's CPU allocator makes, rather than training steps: where
     the small allocations of a step land decides whether glibc's defaults trim, so the steps' own
-    fault counts ranged from 0 to 7,000 per step here and made a test on them flaky. README, "Speed",
+    fault counts ranged from 0 to 7,000 per step here and made a test on them flaky. BENCHMARKS.md
     has what keeping freed memory does to the steps."""
     faults = {}
     for keep in (False, True):
