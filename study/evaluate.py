@@ -60,11 +60,11 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from study.analysis import paired, verdict  # noqa: E402
-from common import (ArgumentParser, UserError, announce_dtype, atomic_write, autocast, build_model,  # noqa: E402
-                    digest, eval_windows, load_checkpoint, load_meta, load_tokens, pick_device, positive, run_cli,
-                    write_json)
-from study.plot import length_axis, variant_styles  # noqa: E402
-from study.runs import COLORS, find_runs, group_variants, read_config, variant_labels  # noqa: E402
+from common import (ArgumentParser, UserError, announce_dtype, autocast, build_model,  # noqa: E402
+                    digest, eval_windows, load_checkpoint, load_meta, load_tokens, pick_device, positive, read_json,
+                    run_cli, write_json)
+from study.plot import by_family, encoding_styles, legend_below, length_axis, save, variant_styles  # noqa: E402
+from study.runs import find_runs, group_variants, read_config, variant_labels  # noqa: E402
 
 SCALINGS = ("none", "linear", "ntk", "dynamic-ntk", "yarn")
 SCALING_LABELS = {"linear": "PI", "ntk": "NTK", "dynamic-ntk": "dynamic NTK", "yarn": "YaRN"}
@@ -423,88 +423,145 @@ def differences_from_baseline(results):
     return aligned(lines) + ["(paired by seed, 95% CI; ?: the interval contains 0)", ""]
 
 
-def style(row):
-    """Colour by encoding (plot.py's), line style by variant or RoPE method, marker by method."""
-    scaling = row["rope_scaling"]
-    kw = dict(color=COLORS.get(row["encoding"]), linestyle=row["linestyle"], marker=row["marker"])
-    if scaling == "sliding":  # the baselines: thin and dotted, behind the rest
-        kw.update(linestyle=":", linewidth=1.2, alpha=0.8)
-    return kw
+# RoPE's context-extension methods, told apart by colour and marker (all of them are RoPE: blue would not)
+METHOD_COLORS = {"none": "tab:blue", "linear": "tab:red", "ntk": "tab:green", "dynamic-ntk": "tab:olive",
+                 "yarn": ("tab:purple", "tab:brown", "tab:pink", "tab:cyan"), "sliding": "black"}
+
+
+def row_styles(results):
+    """{variant: (colour, dash)} of the variants read plainly, as plot.py's loss curves draw them."""
+    plain = [r for r in results["rows"] if r["rope_scaling"] == "none"]
+    return dict(zip(map(variant_of, plain), encoding_styles([r["encoding"] for r in plain])))
+
+
+def variant_of(row):
+    """The run group a row reads: its name without the method ("rope-rope_fraction=0.5+ntk")."""
+    return row["name"].split("+")[0]
+
+
+def method_color(row, yarn_betas):
+    color = METHOD_COLORS[row["rope_scaling"]]
+    if row["rope_scaling"] == "yarn":
+        color = color[list(yarn_betas).index(row["extra"]["yarn_beta"]) % len(color)]
+    return color
+
+
+def past_line(ax, row, block, **kw):
+    """One row's loss at positions >= block against the window length, with its std over seeds."""
+    done = [r for r in row["results"] if r["length"] > block and r.get("past") is not None]
+    if done:
+        stds = [r["past_std"] or 0.0 for r in done]
+        ax.errorbar([r["length"] for r in done], [r["past"] for r in done], yerr=stds if any(stds) else None,
+                    capsize=3, markersize=5, **kw)
+    return bool(done)
+
+
+def panels_of(results):
+    """[(title, kind, rows)]: a panel per family of encodings present ("family": each variant read
+    plainly, beside its sliding window) and, if some RoPE variant was read with context-extension
+    methods, one of the first such variant's methods ("methods")."""
+    rows = results["rows"]
+    plain = [r for r in rows if r["rope_scaling"] == "none"]
+    panels = [(title, "family", members) for title, members in by_family(plain, lambda r: r["encoding"])]
+    extended = [r for r in rows if r["rope_scaling"] not in ("none", "sliding")]
+    if extended:
+        methods = [r for r in rows if variant_of(r) == variant_of(extended[0])]
+        panels.append((f"{methods[0]['label']}, read with each method", "methods", methods))
+    return panels
+
+
+def method_label(row):
+    if row["rope_scaling"] == "sliding":
+        return "sliding window (the baseline)"
+    return row["label"].split(" + ", 1)[1] if " + " in row["label"] else "plain"
 
 
 def plot_extrapolation(results, path):
-    """Two panels: the whole-window mean and the mean past the training length, against L."""
+    """Val loss at positions past the training length against the window length: a panel per family
+    of encodings, each variant read plainly (solid) beside its own sliding window (dotted: the
+    baseline to beat), and a panel of RoPE's context-extension methods, told apart by colour. The
+    whole-window means are in the tables."""
     block, lengths = results["block_size"], results["lengths"]
-    fig, axes = plt.subplots(1, 2, figsize=(14, 5), dpi=120, sharey=False)
-    for ax, key, title in ((axes[0], "loss", "whole window (all positions)"),
-                           (axes[1], "past", f"positions >= {block} only (the part past the training length)")):
-        for row in results["rows"]:
-            done = [r for r in row["results"] if r["loss"] is not None and r[key] is not None]
-            if not done:
+    sliding = {variant_of(r): r for r in results["rows"] if r["rope_scaling"] == "sliding"}
+    panels, styles = panels_of(results), row_styles(results)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 5.2), dpi=120, squeeze=False)
+    for ax, (title, kind, rows) in zip(axes[0], panels):
+        for row in rows:
+            if kind == "methods":
+                past_line(ax, row, block, color=method_color(row, results["yarn_betas"]), marker=row["marker"],
+                          linestyle=":" if row["rope_scaling"] == "sliding" else "-", label=method_label(row))
                 continue
-            stds = [r["std" if key == "loss" else "past_std"] for r in done]
-            missing = len(done) < len([r for r in row["results"] if key == "loss" or r["length"] > block])
-            ax.errorbar([r["length"] for r in done], [r[key] for r in done], capsize=3, markersize=5,
-                        yerr=[sd or 0.0 for sd in stds] if any(stds) else None,
-                        label=row["label"] + (f" (n/a past {done[-1]['length']})" if missing else ""), **style(row))
-        length_axis(ax, lengths, [f"{L}\n{L / block:g}x" for L in lengths], block,
-                    f"eval context length (characters; dashed: the training length, {block})")
-        ax.set_ylabel("val loss (nats/char)")
+            color, dash = styles[variant_of(row)]
+            if not past_line(ax, row, block, color=color, linestyle=dash, marker=row["marker"],
+                             label=row["label"]):  # learned: no vectors past its table
+                ax.plot([], [], color=color, linestyle=dash, label=f"{row['label']} (n/a past {block})")
+            if variant_of(row) in sliding:
+                past_line(ax, sliding[variant_of(row)], block, color=color, linestyle=":", linewidth=1.2,
+                          marker="x", alpha=0.8)
+        dotted = f"dotted: its sliding window ({block})"
+        if kind == "family":
+            ax.plot([], [], color="gray", linestyle=":", marker="x", label=dotted)
+        length_axis(ax, lengths[1:], [f"{L}\n{L / block:g}x" for L in lengths[1:]], block,
+                    "eval window length L (characters)")
+        ax.set_xlim(lengths[1] / 1.3, lengths[-1] * 1.3)
+        ax.set_ylabel(f"val loss at positions >= {block} (nats/char)")
         ax.set_title(title, fontsize=10)
-    handles, names = axes[0].get_legend_handles_labels()
-    fig.legend(handles, names, fontsize=8, loc="center left", bbox_to_anchor=(0.8, 0.5))
-    fig.suptitle(f"Length extrapolation: models trained on {block} characters, val loss of non-overlapping windows"
-                 f" of length L\ndotted: the same model reading only its last {block} characters (sliding"
-                 f" window), the baseline to beat; mean ± std over seeds", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 0.8, 1))
-    atomic_write(path, lambda f: fig.savefig(f, format="png"))
-    plt.close(fig)
+        legend_below(ax, last=(dotted,))
+    fig.suptitle(f"Past the training length: models trained on {block} characters, val loss of the positions"
+                 f" >= {block} of windows of length L; mean ± std over seeds", fontsize=10)
+    save(fig, path)
 
 
 def plot_loss_by_position(results, path):
-    """Each row at the longest length it could be evaluated at: with a causal model the loss at
-    position p only depends on the p tokens before it, so shorter windows show the same curve, cut."""
+    """A panel per family of encodings, each variant at the longest length it could be evaluated
+    at (with a causal model the loss at position p only depends on the p tokens before it, so shorter
+    windows show the same curve, cut) beside its sliding window (dotted)."""
     block, longest = results["block_size"], results["lengths"][-1]
-    # a long window leaves few windows per position: draw the raw curve faintly and a running mean on top
-    k = max(1, longest // 64)
-    fig, ax = plt.subplots(figsize=(12, 5), dpi=120)
-    for row in results["rows"]:
-        done = [r for r in row["results"] if r["loss"] is not None]
-        if not done:
-            continue
-        r, kw = done[-1], {key: v for key, v in style(row).items() if key != "marker"}
-        y = np.array(r["loss_by_position"])
-        if row["rope_scaling"] != "sliding":
-            ax.plot(y, linewidth=0.6, alpha=0.2, color=kw["color"])
-        smooth = np.convolve(y, np.ones(min(k, len(y))) / min(k, len(y)), mode="valid")
-        short = f" (window {r['length']}: n/a beyond)" if r["length"] < longest else ""
-        ax.plot(np.arange(len(smooth)) + (len(y) - len(smooth)) / 2, smooth,
-                **{"linewidth": 1.5, **kw}, label=row["label"] + short)
-    ax.axvline(block, color="gray", linestyle="--", linewidth=1, label=f"training length ({block})")
-    ax.set_xlim(0, longest)
-    ax.set_xlabel("position in the window (characters of context before the prediction)")
-    ax.set_ylabel("mean val loss at that position (nats/char)")
-    smoothed = f"; bold: running mean over {k} positions" if k > 1 else ""
-    ax.set_title(f"Val loss by position in a {longest}-character window{smoothed}\n"
-                 f"past position {block} the models see more context than in training; dotted: the sliding"
-                 f" window, which never does", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # outside: lines cross everywhere
-    fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png"))
-    plt.close(fig)
+    k = max(1, longest // 64)  # a long window leaves few windows per position: a running mean on top
+    sliding = {variant_of(r): r for r in results["rows"] if r["rope_scaling"] == "sliding"}
+    panels = [panel for panel in panels_of(results) if panel[1] == "family"]
+    styles = row_styles(results)
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 5), dpi=120, squeeze=False)
+    for ax, (title, _, rows) in zip(axes[0], panels):
+        for row in rows:
+            for r, dotted in ((row, False), (sliding.get(variant_of(row)), True)):
+                done = [x for x in (r or {}).get("results", []) if x["loss"] is not None]
+                if not done:
+                    continue
+                y, (color, dash) = np.array(done[-1]["loss_by_position"]), styles[variant_of(row)]
+                n = min(k, len(y))
+                smooth = np.convolve(y, np.ones(n) / n, mode="valid")
+                short = f" (n/a past {done[-1]['length']})" if done[-1]["length"] < longest else ""
+                ax.plot(np.arange(len(smooth)) + (len(y) - len(smooth)) / 2, smooth, color=color,
+                        linestyle=":" if dotted else dash, linewidth=1.2 if dotted else 1.6,
+                        label=None if dotted else row["label"] + short)
+        ax.plot([], [], color="gray", linestyle=":", label=f"dotted: its sliding window ({block})")
+        ax.axvline(block, color="gray", linestyle="--", linewidth=1)
+        ax.set_xlim(0, longest)
+        ax.set_xlabel(f"position in the window (characters before the prediction; dashed: {block})")
+        ax.set_ylabel("mean val loss at that position (nats/char)")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        legend_below(ax)
+    smoothed = f" (running mean over {k} positions)" if k > 1 else ""
+    fig.suptitle(f"Val loss by position in a {longest}-character window{smoothed}: past position {block} a model"
+                 f" sees more context than in training; its sliding window never does", fontsize=10)
+    save(fig, path)
+
+
+def draw_figures(results, plots_dir):
+    """extrapolation.png and loss_by_position.png in plots_dir, from the results alone; their paths."""
+    paths = [Path(plots_dir) / "extrapolation.png", Path(plots_dir) / "loss_by_position.png"]
+    plot_extrapolation(results, paths[0])
+    plot_loss_by_position(results, paths[1])
+    return paths
 
 
 def write_outputs(results, plots_dir="plots", json_path=None):
-    """Write extrapolation.png, loss_by_position.png and the JSON (default <plots_dir>/extrapolation.json);
-    returns their paths."""
-    plots_dir = Path(plots_dir)
-    paths = [plots_dir / "extrapolation.png", plots_dir / "loss_by_position.png",
-             Path(json_path) if json_path else plots_dir / "extrapolation.json"]
-    plot_extrapolation(results, paths[0])
-    plot_loss_by_position(results, paths[1])
-    write_json(paths[2], results)
-    return paths
+    """Write the figures and the JSON (default <plots_dir>/extrapolation.json); returns their paths."""
+    json_path = Path(json_path) if json_path else Path(plots_dir) / "extrapolation.json"
+    write_json(json_path, results)
+    return draw_figures(results, plots_dir) + [json_path]
 
 
 # --- command line -------------------------------------------------------------
@@ -572,10 +629,21 @@ def main():
                         help="where to write the PNG files (default: out/plots; the committed plots/ are written by "
                              "python -m study NAME)")
     parser.add_argument("--out-json", default=None, help="results file (default: <plots-dir>/extrapolation.json)")
+    parser.add_argument("--from-json", default=None, metavar="FILE",
+                        help="redraw the figures and the table from an extrapolation.json written earlier, into"
+                             " --plots-dir (no checkpoints needed)")
     parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps (default: auto)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar")
     args = parser.parse_args()
 
+    if args.from_json:
+        results = read_json(args.from_json, "rerun study.evaluate on the runs to write it again")
+        if not isinstance(results, dict) or "rows" not in results:
+            raise UserError(f"{args.from_json} is not an extrapolation.json written by study.evaluate")
+        print(format_table(results))
+        for path in draw_figures(results, args.plots_dir):
+            print(f"wrote {path}")
+        return
     scalings = [s.strip() for s in args.rope_scaling.split(",") if s.strip()]
     results = evaluate_runs(find_runs(args.runs), args.lengths, scalings, args.rope_scaling_factor, args.data_dir,
                             args.max_windows, args.device, progress=args.progress, yarn_betas=args.yarn_beta,

@@ -25,7 +25,19 @@ import numpy as np  # noqa: E402
 from common import ArgumentParser, UserError, atomic_write, load_meta, read_metrics, run_cli  # noqa: E402
 from study.runs import COLORS, find_runs, group_variants, read_config, variant_labels  # noqa: E402
 
-LINESTYLES = ["-", "--", ":", "-."]  # the variants of one encoding, in order
+# the variants of one encoding, in order: a dash each (dotted is kept for sliding-window baselines) and a
+# shade each, so that seven variants of RoPE are told apart by more than their dashes
+LINESTYLES = ["-", "--", "-.", (0, (5, 1, 1, 1, 1, 1))]
+SHADES = (0, -0.45, 0.45, -0.7, 0.6, -0.25, 0.25)  # toward black (< 0) or white (> 0)
+
+
+def shade(color, k):
+    """The k-th variant's colour: the encoding's own for the first, darker or lighter ones after it."""
+    if color is None:
+        return None
+    amount = SHADES[k % len(SHADES)]
+    rgb = np.array(matplotlib.colors.to_rgb(color))
+    return tuple(rgb * (1 + amount) if amount < 0 else rgb + (1 - rgb) * amount)
 
 
 def read_metrics_of(run_dir):
@@ -52,15 +64,30 @@ def aggregate(metrics, key, x="step"):
     return np.stack([m[x][:n] for m in metrics]).mean(0), values.mean(0), values.min(0), values.max(0)
 
 
-def variant_styles(configs, groups):
-    """(colour, line style) per variant: the encoding's colour, a new dash for each further
-    variant of the same encoding."""
-    seen, styles = {}, {}
-    for key, idx in groups.items():
-        enc = configs[idx[0]]["pos_encoding"]
+# Figures with many variants get a panel per family of encodings, about eight lines at most each.
+FAMILIES = (("relative: the score depends on i - j", ("rope", "alibi", "t5", "fire")),
+            ("absolute, or no position", ("learned", "sinusoidal", "none")))
+
+
+def by_family(items, encoding):
+    """[(family title, its items)] for the families present; encoding(item) names an item's encoding."""
+    panels = [(title, [x for x in items if encoding(x) in members]) for title, members in FAMILIES]
+    return [(title, xs) for title, xs in panels if xs]
+
+
+def encoding_styles(encodings):
+    """(colour, line style) for each of a list of variants' encodings, in order: the encoding's
+    colour and a solid line for its first variant, a new shade and dash for each further one."""
+    seen, styles = {}, []
+    for enc in encodings:
         n = seen[enc] = seen.get(enc, -1) + 1
-        styles[key] = (COLORS.get(enc), LINESTYLES[n % len(LINESTYLES)])
+        styles.append((shade(COLORS.get(enc), n), LINESTYLES[n % len(LINESTYLES)]))
     return styles
+
+
+def variant_styles(configs, groups):
+    """{variant: (colour, line style)} (encoding_styles)."""
+    return dict(zip(groups, encoding_styles([configs[idx[0]]["pos_encoding"] for idx in groups.values()])))
 
 
 def x_name(x):
@@ -86,6 +113,27 @@ def turn_window(metrics):
     return min(early) / 2 if early else None
 
 
+def legend_outside(ax, seeds_band=False):
+    """The legend to the right of the axes, where it covers no curve."""
+    title = "line: mean over seeds; band: min-max" if seeds_band else None
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), title=title, title_fontsize=8)
+
+
+def legend_below(ax, last=()):
+    """The panel's legend under it (lines cross everywhere above), in drawing order, `last` labels at
+    the end (matplotlib lists plain lines before error bars)."""
+    handles, labels = ax.get_legend_handles_labels()
+    order = sorted(range(len(labels)), key=lambda i: labels[i] in last)
+    ax.legend([handles[i] for i in order], [labels[i] for i in order], fontsize=8, loc="upper center",
+              bbox_to_anchor=(0.5, -0.17), frameon=False)
+
+
+def save(fig, path):
+    """Write a figure with room for a legend outside its axes, then free it."""
+    atomic_write(path, lambda f: fig.savefig(f, format="png", bbox_inches="tight"))
+    plt.close(fig)
+
+
 def plot_split(runs, split, path, x="step", start=None):
     """One line per variant (mean over its seeds, min-max band), loss against steps or, with
     x="train_s", against the seconds spent in training steps (evaluation excluded); from step
@@ -96,14 +144,18 @@ def plot_split(runs, split, path, x="step", start=None):
     for key, idx in groups.items():
         xs, mean, low, high = aggregate([metrics[i] for i in idx], f"{split}_loss", x)
         color, dash = styles[key]
-        label = labels[key] + (f" (mean of {len(idx)} seeds)" if len(idx) > 1 else "")
+        label = labels[key] + (f" ({len(idx)} seeds)" if len(idx) > 1 else "")
+        if split == "val":  # where the val curve bottoms out: overfitting starts after it
+            best = int(np.argmin(mean))
+            label += f": min {mean[best]:.4f} at {x_name(x)} {xs[best]:,.0f}"
+            ax.plot(xs[best], mean[best], marker="*", markersize=13, color=color, markeredgecolor="black",
+                    linestyle="none")
         ax.plot(xs, mean, color=color, linestyle=dash, label=label, marker="o", markersize=3)
         if len(idx) > 1:
             ax.fill_between(xs, low, high, color=color, alpha=0.15, linewidth=0)
-        if split == "val":  # where the val curve bottoms out: overfitting starts after it
-            best = int(np.argmin(mean))
-            ax.plot(xs[best], mean[best], marker="*", markersize=13, color=color, markeredgecolor="black",
-                    linestyle="none", label=f"   its minimum, {mean[best]:.4f} at {x_name(x)} {xs[best]:,.0f}")
+    if split == "val":
+        ax.plot([], [], marker="*", markersize=11, color="white", markeredgecolor="black", linestyle="none",
+                label="star: each curve's minimum")
     ax.set_xlabel("step" if x == "step" else "seconds of training (mean over seeds; evaluation excluded)")
     epoch_tokens = tokens_per_epoch(configs)
     if x == "step" and epoch_tokens:  # data passes on top: what overfitting depends on
@@ -116,7 +168,7 @@ def plot_split(runs, split, path, x="step", start=None):
     ax.set_title(f"{split} loss by positional encoding, on {what}{zoom}\n{describe_model(configs)}",
                  fontsize=10, pad=6 + 16 * (x == "step" and epoch_tokens is not None))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8 if len(groups) > 5 else 10)
+    legend_outside(ax, seeds_band=any(len(idx) > 1 for idx in groups.values()))
     if start is None:  # the first evaluation (~ln(vocab)) dwarfs the rest; zoom on the interesting range
         lowest = [m[f"{split}_loss"].min() for m in metrics]
         second = [m[f"{split}_loss"][min(1, len(m["step"]) - 1)] for m in metrics]
@@ -126,9 +178,7 @@ def plot_split(runs, split, path, x="step", start=None):
         margin = 0.1 * (visible.max() - visible.min())
         ax.set_xlim(start, max(m["step"][-1] for m in metrics) * 1.02)
         ax.set_ylim(visible.min() - margin, visible.max() + margin)
-    fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png"))
-    plt.close(fig)
+    save(fig, path)
 
 
 def plot_fit(runs, path):
@@ -149,10 +199,8 @@ def plot_fit(runs, path):
     ax.set_title(f"val loss against train loss, by positional encoding: equal fit instead of equal steps\n"
                  f"{describe_model(configs)}", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8 if len(groups) > 5 else 10)
-    fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png"))
-    plt.close(fig)
+    legend_outside(ax)
+    save(fig, path)
 
 
 def length_axis(ax, ticks, labels, block, xlabel):

@@ -37,12 +37,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from common import (ArgumentParser, UserError, announce_dtype, atomic_write, autocast, build_model,  # noqa: E402
-                    eval_windows, load_checkpoint, load_tokens, pick_device, positive, run_cli, write_json)
+from common import (ArgumentParser, UserError, announce_dtype, autocast, build_model,  # noqa: E402
+                    eval_windows, load_checkpoint, load_tokens, pick_device, positive, read_json, run_cli,
+                    write_json)
 from study.evaluate import (check_runs, default_stride, position_limit, resolve_data_dir,  # noqa: E402
                       sliding_window_losses, token_losses)
-from study.plot import length_axis  # noqa: E402
-from study.runs import COLORS, find_runs, group_variants, read_config, variant_labels  # noqa: E402
+from study.plot import by_family, encoding_styles, legend_below, length_axis, save  # noqa: E402
+from study.runs import find_runs, group_variants, read_config, variant_labels  # noqa: E402
 
 MULTIPLES = (1, 4)  # attention at 1x and 4x the training length
 PERIODS = (16, 32, 48, 96, 192)
@@ -235,6 +236,7 @@ def plot_attention(results, path):
     lengths, rows = results["lengths"], results["rows"]
     fig, axes = plt.subplots(2, len(lengths), figsize=(6 * len(lengths), 8), dpi=120, squeeze=False)
     width = 0.8 / max(1, len(rows))
+    colors = [color for color, _ in encoding_styles([row["encoding"] for row in rows])]
     for col, T in enumerate(lengths):
         for r_i, (key, name, uniform) in enumerate((("distance", "attention-weighted mean distance (characters)",
                                                     "uniform_distance"),
@@ -247,10 +249,10 @@ def plot_attention(results, path):
                 values = np.array(a[key])  # (runs, layers, heads)
                 layers = np.arange(values.shape[1])
                 x = layers[None, :, None] + (k - (len(rows) - 1) / 2) * width + np.zeros_like(values)
-                ax.scatter(x.ravel(), values.ravel(), s=14, alpha=0.7, color=COLORS.get(row["encoding"]),
+                ax.scatter(x.ravel(), values.ravel(), s=14, alpha=0.7, color=colors[k],
                            label=f"{row['label']} ({len(values)} seed{'s' * (len(values) > 1)} x heads)")
                 ax.plot(layers + (k - (len(rows) - 1) / 2) * width, values.mean((0, 2)), "_", markersize=14,
-                        color=COLORS.get(row["encoding"]))
+                        color=colors[k])
             ax.axhline(rows[0]["attention"][col][uniform], color="gray", linestyle="--", linewidth=1,
                        label="uniform causal attention")
             n_layer = max(len(np.array(r["attention"][col][key])[0]) for r in rows if "reason" not in r["attention"][col])
@@ -258,49 +260,57 @@ def plot_attention(results, path):
             ax.set_ylabel(name)
             ax.set_title(f"windows of {T} ({T / results['block_size']:g}x the training length)", fontsize=10)
             ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8, loc="upper left")
+    legend_below(axes[1][0])
     fig.suptitle("How far back each head looks, on val text: one point per head and seed, a bar at the layer's mean"
                  "\n(learned: n/a past its table)", fontsize=10)
-    fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png"))
-    plt.close(fig)
+    save(fig, path)
 
 
 def plot_copy(results, path):
-    """The copy probe against the period, both readings, per encoding: as defined, and against the control."""
+    """The copy probe against the period: a column per family of encodings; the top row as defined,
+    the bottom row against the control; solid reads all 2n characters, dotted only the last block."""
     block, periods = results["block_size"], results["periods"]
-    fig, axes = plt.subplots(1, 2, figsize=(14, 5), dpi=120)
-    for ax, key, title in ((axes[0], "gain", "2nd copy − 1st copy (the probe as defined)"),
-                           (axes[1], "vs_control", "2nd copy − the same passage after another one (the control)")):
-        for row in results["rows"]:
-            for reading, style, name in (("whole", "-", "reads all 2n"), ("sliding", ":", f"reads the last {block}")):
-                done = [(c["period"], c[reading]) for c in row["copy"] if "reason" not in c[reading]]
-                if not done:
-                    continue
-                stds = [r["std" if key == "gain" else "vs_control_std"] or 0.0 for _, r in done]
-                ax.errorbar([n for n, _ in done], [r[key] for _, r in done], yerr=stds if any(stds) else None,
-                            color=COLORS.get(row["encoding"]), linestyle=style,
-                            marker="o" if reading == "whole" else "x", capsize=3, label=f"{row['label']}, {name}")
-        ax.axhline(0, color="black", linewidth=0.8)
-        length_axis(ax, periods, [str(n) for n in periods], block,
-                    f"period n: the passage's length (dashed: the training length, {block})")
-        ax.set_ylabel("difference in loss (nats/char)")
-        ax.set_title(title, fontsize=10)
-    handles, names = axes[0].get_legend_handles_labels()
-    fig.legend(handles, names, fontsize=8, loc="center left", bbox_to_anchor=(0.8, 0.5))
+    families = by_family(list(zip(results["rows"], encoding_styles([r["encoding"] for r in results["rows"]]))),
+                         lambda item: item[0]["encoding"])
+    fig, axes = plt.subplots(2, len(families), figsize=(6.5 * len(families), 8.5), dpi=120, squeeze=False)
+    for col, (family, items) in enumerate(families):
+        for ax, key, title in ((axes[0][col], "gain", "2nd copy − 1st copy (the probe as defined)"),
+                               (axes[1][col], "vs_control", "2nd copy − the same passage after another one")):
+            for row, (color, dash) in items:
+                for reading in ("whole", "sliding"):
+                    done = [(c["period"], c[reading]) for c in row["copy"] if "reason" not in c[reading]]
+                    if not done:
+                        continue
+                    stds = [r["std" if key == "gain" else "vs_control_std"] or 0.0 for _, r in done]
+                    ax.errorbar([n for n, _ in done], [r[key] for _, r in done], yerr=stds if any(stds) else None,
+                                color=color, linestyle=dash if reading == "whole" else ":", capsize=3,
+                                marker="o" if reading == "whole" else "x", alpha=1 if reading == "whole" else 0.7,
+                                label=row["label"] if reading == "whole" else None)
+            ax.axhline(0, color="black", linewidth=0.8)
+            length_axis(ax, periods, [str(n) for n in periods], block, "" if key == "gain" else
+                        f"period n: the passage's length (dashed: the training length, {block})")
+            ax.set_ylabel("difference in loss (nats/char)")
+            ax.set_title(f"{family}\n{title}" if key == "gain" else title, fontsize=10)
+        dotted = f"dotted: reading only the last {block}"
+        axes[1][col].plot([], [], color="gray", linestyle=":", marker="x", label=dotted)
+        legend_below(axes[1][col], last=(dotted,))
+    fig.subplots_adjust(hspace=0.25)
     fig.suptitle(f"Copy probe: {results['passages']} val passages of n characters, each followed by itself;"
                  f" below 0 = the model reads the first copy (mean ± std over seeds)", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 0.8, 1))
-    atomic_write(path, lambda f: fig.savefig(f, format="png"))
-    plt.close(fig)
+    save(fig, path)
 
 
 def write_outputs(results, plots_dir="plots"):
     plots_dir = Path(plots_dir)
-    paths = [plots_dir / "attention_distance.png", plots_dir / "copy_probe.png", plots_dir / "probes.json"]
+    write_json(plots_dir / "probes.json", results)
+    return draw_figures(results, plots_dir) + [plots_dir / "probes.json"]
+
+
+def draw_figures(results, plots_dir):
+    """attention_distance.png and copy_probe.png in plots_dir, from the results alone; their paths."""
+    paths = [Path(plots_dir) / "attention_distance.png", Path(plots_dir) / "copy_probe.png"]
     plot_attention(results, paths[0])
     plot_copy(results, paths[1])
-    write_json(paths[2], results)
     return paths
 
 
@@ -319,9 +329,20 @@ def main():
     parser.add_argument("--plots-dir", default="out/plots",
                         help="where to write the outputs (default: out/plots; the committed plots/ are written by "
                              "python -m study NAME)")
+    parser.add_argument("--from-json", default=None, metavar="FILE",
+                        help="redraw the figures and tables from a probes.json written earlier, into --plots-dir"
+                             " (no checkpoints needed)")
     parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps (default: auto)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar")
     args = parser.parse_args()
+    if args.from_json:
+        results = read_json(args.from_json, "rerun study.probes on the runs to write it again")
+        if not isinstance(results, dict) or "rows" not in results or "periods" not in results:
+            raise UserError(f"{args.from_json} is not a probes.json written by study.probes")
+        print(format_tables(results))
+        for path in draw_figures(results, args.plots_dir):
+            print(f"wrote {path}")
+        return
     results = probe_runs(find_runs(args.runs), args.data_dir, args.device, passages=args.passages,
                          attention_windows=args.attention_windows, progress=args.progress)
     print(format_tables(results))

@@ -277,3 +277,15 @@ def test_turns_table_rows_and_when_it_is_left_out(tmp_path):
     assert rows[2] == "| RoPE | 1 | 1.0000 | 10 | 1.0000 | 2.5000 | 2.5000 | +0.0000 | – | no |"  # 2 evaluations
     # the test loss is that of the best checkpoint, from summary.json
     assert rows[3] == "| learned | 1 | 1.4400 | 30 | 1.5123 | 1.4540 | 1.5060 | +0.0520 | 0.0077 | yes |"
+
+
+def test_variants_of_one_encoding_differ_in_colour_and_dash_and_never_take_the_sliding_windows_dots():
+    from study.plot import encoding_styles
+    from study.runs import COLORS
+    import matplotlib.colors
+    styles = encoding_styles(["rope", "learned", "rope", "rope", "rope", "none"])
+    assert styles[0] == (matplotlib.colors.to_rgb(COLORS["rope"]), "-")  # the encoding's own colour first
+    assert styles[1] == (matplotlib.colors.to_rgb(COLORS["learned"]), "-")
+    ropes = [styles[i] for i in (0, 2, 3, 4)]
+    assert len({color for color, _ in ropes}) == 4 and len({str(dash) for _, dash in ropes}) == 4
+    assert all(dash != ":" for _, dash in styles)  # dotted means a sliding window in every figure

@@ -271,6 +271,10 @@ def test_compare_extrapolate_writes_the_study(workspace, tmp_path):
     assert [row["label"] for row in probes["rows"]] == ["RoPE", "learned"] and probes["periods"] == [16, 32, 48, 96, 192]
     study = json.loads((tmp_path / "plots" / "extrapolation.json").read_text())
     assert study  # written by evaluate.py's write_outputs
+    proc = run("study.probes", "--from-json", tmp_path / "plots" / "probes.json", "--plots-dir", tmp_path / "again")
+    assert "| learned | whole 2n | " in proc.stdout  # the tables again, from the JSON alone
+    for name in ("attention_distance.png", "copy_probe.png"):
+        assert (tmp_path / "again" / name).read_bytes().startswith(PNG_MAGIC), name
     rows = [ln for ln in results.splitlines() if ln.startswith("| RoPE |")][:1]
     assert " ± " in rows[0] and rows[0].rstrip().endswith("| 2 |")  # mean ± std of 2 seeds
 

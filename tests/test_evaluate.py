@@ -202,3 +202,14 @@ def test_plot_rope_cli(runs, tmp_path):
     proc = run("study.plot_rope", "--from-run", runs / "rope_seed1337", "--plots-dir", tmp_path)
     assert "head dim 16" in proc.stdout and "block size 16" in proc.stdout  # n_embd 32 / 2 heads
     assert (tmp_path / "rope_decay.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_figures_are_redrawn_from_the_json_alone(results, tmp_path):
+    _, _, js = write_outputs(results, tmp_path / "first")
+    proc = run("study.evaluate", "--from-json", js, "--plots-dir", tmp_path / "again")
+    assert proc.stdout.startswith(format_table(json.loads(js.read_text())))  # the same table, no checkpoint read
+    for name in ("extrapolation.png", "loss_by_position.png"):
+        assert (tmp_path / "again" / name).read_bytes()[:8] == PNG_MAGIC
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    proc = run("study.evaluate", "--from-json", tmp_path / "bad.json", check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().endswith("is not an extrapolation.json written by study.evaluate")

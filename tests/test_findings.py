@@ -7,7 +7,6 @@ top README."""
 import json
 import re
 from functools import cache
-from pathlib import Path
 
 from conftest import ROOT
 
