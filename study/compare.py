@@ -17,6 +17,7 @@ from pathlib import Path
 
 from common import UserError, comma_list, pick_device, run_cli
 from study.evaluate import SCALINGS, evaluate_runs, format_table, write_outputs
+from study.plot import plot_runs
 from study.plot_rope import plot_rope
 from study.probes import format_tables as format_probe_tables
 from study.probes import probe_runs
@@ -94,6 +95,8 @@ def main():
         study = Study([Path(cfg.out_dir) / cfg.run_name for cfg in cfgs + extra])
     samples = collect_samples(study, args.sample_tokens, base.data_dir, base.progress)
     lengths = measure_lengths(study, args.plots_dir, methods, base.data_dir) if args.extrapolate else None
+    for path in plot_runs(study.run_dirs, args.plots_dir):
+        print(f"wrote {path}")
     write_report(study, args.plots_dir, f"Results: {Path(args.config).stem}", samples, args.sample_tokens, t0,
                  lengths=lengths)
     total = time.time() - t0

@@ -16,7 +16,6 @@ import torch
 from common import command_line, read_json, read_metrics, write_text
 from study.analysis import TURN_NATS, TURN_SIGMAS, TURN_WINDOW, mean_std, paired_table, turn
 from study.evaluate import format_table
-from study.plot import plot_runs
 from study.probes import format_tables as format_probe_tables
 from study.runs import group_variants, read_config, variant_labels
 from study.samples import samples_report
@@ -125,13 +124,13 @@ def machine():
 
 
 def write_report(study, plots_dir, title, samples, sample_tokens, t0=None, intro="", lengths=None):
-    """Everything a study's readers look at, in plots_dir: the loss curves, results.md (`intro`,
-    results table, paired differences, where the val loss turns, real-word shares, and the length
-    study's tables when `lengths` holds them: measure_lengths in study.compare) and samples.md.
-    samples: study.samples.collect_samples' texts."""
+    """A study's tables in plots_dir: results.md (`intro`, results table, paired differences, where
+    the val loss turns, real-word shares, and the length study's tables when `lengths` holds them:
+    measure_lengths in study.compare) and samples.md. samples: study.samples.collect_samples' texts.
+    It reads and writes only: the numbers come from the runs' records and `lengths`, the figures
+    from study.plot."""
     t0 = t0 or time.time()
     plots_dir = Path(plots_dir)
-    plots = plot_runs(study.run_dirs, plots_dir)
     sections = [f"# {title}\n", *([intro] if intro else []), results_table(study), ""]
     diffs = differences_table(study)
     if diffs:
@@ -149,9 +148,9 @@ def write_report(study, plots_dir, title, samples, sample_tokens, t0=None, intro
     words_table, samples_md = samples_report(study, samples, sample_tokens)
     sections += ["## Samples: real words\n", words_table, ""]
     if lengths:
-        sections += [f"## Length extrapolation (val loss; evaluate.py, {lengths['seconds']:.0f} s)\n",
+        sections += [f"## Length extrapolation (val loss; study.evaluate, {lengths['seconds']:.0f} s)\n",
                      f"```text\n{format_table(lengths['results'])}\n```", ""]
-        sections += [f"## How far back the models read (probes.py, {lengths['probe_seconds']:.0f} s)\n",
+        sections += [f"## How far back the models read (study.probes, {lengths['probe_seconds']:.0f} s)\n",
                      "Attention-weighted mean distance (characters) per layer, mean over heads and seeds:\n",
                      format_probe_tables(lengths["probes"]), ""]
     command = command_line()
@@ -166,4 +165,4 @@ def write_report(study, plots_dir, title, samples, sample_tokens, t0=None, intro
     if diffs:
         print(diffs)
     print(words_table)
-    print(f"wrote {plots_dir}/{', '.join(p.name for p in plots)}, results.md, samples.md")
+    print(f"wrote {plots_dir}/results.md and samples.md")

@@ -36,7 +36,7 @@ from common import UserError, atomic_write, comma_list, read_json, run_cli, writ
 from study.report import Study, write_report  # noqa: E402
 from study.samples import collect_samples  # noqa: E402
 from study.training import add_study_flags, make_configs, parse_seeds, train_runs  # noqa: E402
-from study.plot import describe_model, variant_styles  # noqa: E402
+from study.plot import describe_model, plot_runs, variant_styles  # noqa: E402
 from study.runs import group_variants, parse_variants, read_config, variant_labels, variant_name  # noqa: E402
 from train import FIELD_TYPES, Diverged, add_config_flags, build_parser, config_from_args  # noqa: E402
 
@@ -183,6 +183,8 @@ def main():
              f"## Each variant at its best rate, {len(seeds)} seed(s)\n")
     base = config_from_args(args)
     samples = collect_samples(study, args.sample_tokens, base.data_dir, base.progress)
+    for path in plot_runs(study.run_dirs, plots_dir):
+        print(f"wrote {path}")
     write_report(study, plots_dir, f"Learning-rate sweep: {Path(args.config).stem}", samples,
                  args.sample_tokens, t0=t0, intro=intro)
     print(f"wrote {plots_dir}/lr_sweep.png, lr_sweep.json and the study at the best rates beside them")
