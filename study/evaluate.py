@@ -61,9 +61,11 @@ from tqdm import tqdm  # noqa: E402
 
 from study.analysis import paired, verdict  # noqa: E402
 from common import (ArgumentParser, UserError, announce_dtype, autocast, build_model,  # noqa: E402
-                    digest, eval_windows, load_checkpoint, load_meta, load_tokens, pick_device, positive, read_json,
-                    run_cli, write_json)
-from study.plot import by_family, encoding_styles, legend_below, length_axis, save, variant_styles  # noqa: E402
+                    digest, eval_windows, load_checkpoint, load_meta, load_tokens, pick_device, positive, run_cli,
+                    write_json)
+from study.flags import add_measure_flags, add_plots_dir_flag  # noqa: E402
+from study.plot import (by_family, encoding_styles, legend_below, length_axis, redraw, save,  # noqa: E402
+                        variant_styles)
 from study.runs import find_runs, group_variants, read_config, variant_labels  # noqa: E402
 
 SCALINGS = ("none", "linear", "ntk", "dynamic-ntk", "yarn")
@@ -625,25 +627,13 @@ def main():
     parser.add_argument("--max-windows", type=positive(int), default=None,
                         help="evaluate at most this many evenly spaced windows per length (default: all of them,"
                              " i.e. the whole val split)")
-    parser.add_argument("--plots-dir", default="out/plots",
-                        help="where to write the PNG files (default: out/plots; the committed plots/ are written by "
-                             "python -m study NAME)")
+    add_plots_dir_flag(parser, "the PNG files")
     parser.add_argument("--out-json", default=None, help="results file (default: <plots-dir>/extrapolation.json)")
-    parser.add_argument("--from-json", default=None, metavar="FILE",
-                        help="redraw the figures and the table from an extrapolation.json written earlier, into"
-                             " --plots-dir (no checkpoints needed)")
-    parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps (default: auto)")
-    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar")
+    add_measure_flags(parser, "extrapolation.json")
     args = parser.parse_args()
-
     if args.from_json:
-        results = read_json(args.from_json, "rerun study.evaluate on the runs to write it again")
-        if not isinstance(results, dict) or "rows" not in results:
-            raise UserError(f"{args.from_json} is not an extrapolation.json written by study.evaluate")
-        print(format_table(results))
-        for path in draw_figures(results, args.plots_dir):
-            print(f"wrote {path}")
-        return
+        return redraw(args.from_json, "extrapolation.json", "study.evaluate", ("rows", "lengths"), format_table,
+                      draw_figures, args.plots_dir)
     scalings = [s.strip() for s in args.rope_scaling.split(",") if s.strip()]
     results = evaluate_runs(find_runs(args.runs), args.lengths, scalings, args.rope_scaling_factor, args.data_dir,
                             args.max_windows, args.device, progress=args.progress, yarn_betas=args.yarn_beta,

@@ -22,7 +22,8 @@ matplotlib.use("Agg")  # files only, no window
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from common import ArgumentParser, UserError, atomic_write, load_meta, read_metrics, run_cli  # noqa: E402
+from common import ArgumentParser, UserError, atomic_write, load_meta, read_json, read_metrics, run_cli  # noqa: E402
+from study.flags import add_plots_dir_flag  # noqa: E402
 from study.runs import COLORS, find_runs, group_variants, read_config, variant_labels  # noqa: E402
 
 # the variants of one encoding, in order: a dash each (dotted is kept for sliding-window baselines) and a
@@ -111,6 +112,16 @@ def turn_window(metrics):
     is lowest, if that is before its last evaluation; None while every run is still falling."""
     early = [m["step"][np.argmin(m["val_loss"])] for m in metrics if np.argmin(m["val_loss"]) < len(m["step"]) - 1]
     return min(early) / 2 if early else None
+
+
+def redraw(path, json_name, module, keys, tables, draw, plots_dir):
+    """--from-json: the tables and figures again from a JSON a measuring module wrote (keys: what it holds)."""
+    results = read_json(path, f"rerun {module} on the runs to write it again")
+    if not isinstance(results, dict) or not set(keys) <= set(results):
+        raise UserError(f"{path} is not the {json_name} that {module} writes")
+    print(tables(results))
+    for written in draw(results, plots_dir):
+        print(f"wrote {written}")
 
 
 def legend_outside(ax, seeds_band=False):
@@ -241,9 +252,7 @@ def plot_runs(run_dirs, plots_dir):
 def main():
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="*", default=["out"], help="run directories, or folders to search (default: out)")
-    parser.add_argument("--plots-dir", default="out/plots",
-                        help="where to write the PNG files (default: out/plots; the committed plots/ are written by "
-                             "python -m study NAME)")
+    add_plots_dir_flag(parser, "the PNG files")
     args = parser.parse_args()
     for path in plot_runs(find_runs(args.runs), args.plots_dir):
         print(f"wrote {path}")

@@ -27,6 +27,7 @@ import torch  # noqa: E402
 from common import (ArgumentParser, UserError, atomic_write, build_model, load_checkpoint, positive,  # noqa: E402
                     run_cli, write_json)
 from study.runs import LABELS, read_config  # noqa: E402
+from study.flags import add_plots_dir_flag  # noqa: E402
 
 DEFAULT_RUNS = [f"out/shakespeare_char_cpu/{enc}_seed1337" for enc in ("alibi", "t5", "fire")]
 
@@ -96,9 +97,7 @@ def main():
                              " alibi, t5 and fire runs)")
     parser.add_argument("--max-distance", type=positive(int), default=511,
                         help="the query's position: distances 0 .. this are drawn (default: 511, 8x the CPU block)")
-    parser.add_argument("--plots-dir", default="out/plots",
-                        help="where to write learned_bias.png (default: out/plots; the committed plots/ are written by"
-                             " python -m study NAME)")
+    add_plots_dir_flag(parser, "learned_bias.png")
     args = parser.parse_args()
     rows = read_biases(args.runs, args.max_distance)
     path = Path(args.plots_dir) / "learned_bias.png"

@@ -27,6 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from common import ArgumentParser, UserError, atomic_write, run_cli, write_text  # noqa: E402
+from study.flags import add_plots_dir_flag  # noqa: E402
 
 
 def frequencies(head_dim, theta=10000.0):
@@ -129,9 +130,7 @@ def main():
     parser.add_argument("--from-run", default=None,
                         help="take head dim, theta and block size from this run's config.json (flags still override)")
     parser.add_argument("--max-distance", type=int, default=None, help="x range of panel (a) (default: 8x block size)")
-    parser.add_argument("--plots-dir", default="out/plots",
-                        help="where to write rope_decay.png (default: out/plots; the committed plots/ are written by "
-                             "python -m study NAME)")
+    add_plots_dir_flag(parser, "rope_decay.png")
     parser.add_argument("--bases", default=None,
                         help="comma-separated RoPE bases: also write <plots-dir>/rope_bases.md, a table of each one's"
                              " turning pairs, slowest wavelength and the distance where Men et al.'s bound fails")

@@ -38,11 +38,12 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from common import (ArgumentParser, UserError, announce_dtype, autocast, build_model,  # noqa: E402
-                    eval_windows, load_checkpoint, load_tokens, pick_device, positive, read_json, run_cli,
+                    eval_windows, load_checkpoint, load_tokens, pick_device, positive, run_cli,
                     write_json)
 from study.evaluate import (check_runs, default_stride, position_limit, resolve_data_dir,  # noqa: E402
                       sliding_window_losses, token_losses)
-from study.plot import by_family, encoding_styles, legend_below, length_axis, save  # noqa: E402
+from study.flags import add_measure_flags, add_plots_dir_flag  # noqa: E402
+from study.plot import by_family, encoding_styles, legend_below, length_axis, redraw, save  # noqa: E402
 from study.runs import find_runs, group_variants, read_config, variant_labels  # noqa: E402
 
 MULTIPLES = (1, 4)  # attention at 1x and 4x the training length
@@ -326,23 +327,12 @@ def main():
     parser.add_argument("--attention-windows", type=positive(int), default=ATTENTION_WINDOWS,
                         help=f"val windows per length for the attention statistics (default: {ATTENTION_WINDOWS})")
     parser.add_argument("--data-dir", default=None, help="prepared data (default: the one the runs were trained on)")
-    parser.add_argument("--plots-dir", default="out/plots",
-                        help="where to write the outputs (default: out/plots; the committed plots/ are written by "
-                             "python -m study NAME)")
-    parser.add_argument("--from-json", default=None, metavar="FILE",
-                        help="redraw the figures and tables from a probes.json written earlier, into --plots-dir"
-                             " (no checkpoints needed)")
-    parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps (default: auto)")
-    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar")
+    add_plots_dir_flag(parser, "the outputs")
+    add_measure_flags(parser, "probes.json")
     args = parser.parse_args()
     if args.from_json:
-        results = read_json(args.from_json, "rerun study.probes on the runs to write it again")
-        if not isinstance(results, dict) or "rows" not in results or "periods" not in results:
-            raise UserError(f"{args.from_json} is not a probes.json written by study.probes")
-        print(format_tables(results))
-        for path in draw_figures(results, args.plots_dir):
-            print(f"wrote {path}")
-        return
+        return redraw(args.from_json, "probes.json", "study.probes", ("rows", "periods"), format_tables,
+                      draw_figures, args.plots_dir)
     results = probe_runs(find_runs(args.runs), args.data_dir, args.device, passages=args.passages,
                          attention_windows=args.attention_windows, progress=args.progress)
     print(format_tables(results))

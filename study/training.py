@@ -22,6 +22,7 @@ from common import CPU_CONFIG, UserError, comma_list, pick_device, positive, rea
 from model import POS_ENCODINGS
 from study.analysis import paired, verdict
 from study.runs import variant_name
+from study.flags import add_plots_dir_flag
 from train import (TrainConfig, config_differences, config_from_args, explain, provenance, read_config_file, train,
                    why_not_continued)
 
@@ -291,9 +292,7 @@ def add_study_flags(parser, encodings_default):
                         help="comma-separated variants: an encoding (" + ", ".join(POS_ENCODINGS) + ") or 'all', each "
                              "optionally with settings, ENCODING:KEY=VALUE[:KEY=VALUE], e.g. "
                              f"sinusoidal:sinusoidal_scale=false (default: {encodings_default})")
-    parser.add_argument("--plots-dir", default="out/plots",
-                        help="where plots and tables go (default: out/plots; the committed plots/ are written by "
-                             "python -m study NAME)")
+    add_plots_dir_flag(parser, "the plots and tables")
     parser.add_argument("--sample-tokens", type=positive(int), default=500,
                         help="characters per sample for samples.md and the real-word shares (default: 500)")
     parser.add_argument("--overwrite", action="store_true",

@@ -212,4 +212,4 @@ def test_figures_are_redrawn_from_the_json_alone(results, tmp_path):
         assert (tmp_path / "again" / name).read_bytes()[:8] == PNG_MAGIC
     (tmp_path / "bad.json").write_text("[1, 2]")
     proc = run("study.evaluate", "--from-json", tmp_path / "bad.json", check=False)
-    assert proc.returncode == 2 and proc.stderr.strip().endswith("is not an extrapolation.json written by study.evaluate")
+    assert proc.returncode == 2 and proc.stderr.strip().endswith("is not the extrapolation.json that study.evaluate writes")
