@@ -38,6 +38,8 @@ from common import (DTYPES, SPLITS, ArgumentParser, UserError, announce_dtype, a
                     eval_windows, keep_freed_memory, load_checkpoint, load_meta, load_tokens, pick_device, read_json,
                     read_metrics, resolve_dtype, run_cli, run_lock, save_checkpoint, write_json, write_text)
 from model import GPT, POS_ENCODINGS, GPTConfig
+from tasks import TASKS, TaskBatches
+from tasks import VOCAB as TASK_VOCAB
 
 
 def option(default, help):
@@ -53,6 +55,9 @@ class TrainConfig:
     init_from: str = option("", "fine-tune: start from the best weights (ckpt.pt) of this run directory, with a new"
                                 " optimizer; the model's shape must match it; --block-size may grow (not for learned),"
                                 " the RoPE settings may change")
+    task: str = option("shakespeare", "what the model learns: shakespeare (the next character of the play), or a"
+                                      " synthetic task where position decides: " + ", ".join(TASKS) + " (tasks.py;"
+                                      " only the answer characters are scored, and exact match is measured)")
     # model
     pos_encoding: str = option("rope", "positional encoding: " + ", ".join(POS_ENCODINGS))
     n_layer: int = option(4, "transformer blocks")
@@ -124,8 +129,21 @@ class TrainConfig:
             raise UserError("learning_rate must be positive; min_lr, weight_decay and grad_clip must not be negative")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise UserError(f"beta1 and beta2 must be in [0, 1), got {self.beta1} and {self.beta2}")
+        if self.task not in ("shakespeare", *TASKS):
+            raise UserError(f"task must be shakespeare or one of {', '.join(TASKS)}, got {self.task!r}")
         if not self.run_name:
-            self.run_name = f"{self.pos_encoding}_seed{self.seed}"
+            task = "" if self.task == "shakespeare" else f"{self.task}-"
+            self.run_name = f"{task}{self.pos_encoding}_seed{self.seed}"
+
+    def vocab(self, meta):
+        """The characters the model reads and writes: the data's own, or the tasks' 76."""
+        return meta["chars"] if self.task == "shakespeare" else TASK_VOCAB
+
+    def batches(self, device):
+        """The training batches and the fixed evaluation text of this run's task."""
+        if self.task == "shakespeare":
+            return Batches(self.data_dir, self.block_size, self.batch_size, self.seed, device)
+        return TaskBatches(self.task, self.data_dir, self.block_size, self.batch_size, self.seed, device)
 
     def model_config(self, vocab_size):
         try:  # every model setting has a TrainConfig field of the same name
@@ -217,7 +235,9 @@ def provenance(cfg, meta=None, eval_text=None, device=None):
     version, the evaluated text and the precision it ran in (--dtype resolved on `device`, never
     "auto"). A run whose provenance differs is not comparable."""
     meta = meta or load_meta(cfg.data_dir)
-    if eval_text is None:
+    if eval_text is None and cfg.task != "shakespeare":
+        eval_text = cfg.batches("cpu").eval_text
+    elif eval_text is None:
         eval_text = EvalText({s: load_tokens(cfg.data_dir, s) for s in SPLITS}, cfg.block_size)
     return {"eval_version": EVAL_VERSION, "data_sha256": meta["sha256"], "eval_text": eval_text.fingerprint,
             "dtype": resolve_dtype(cfg.dtype, device or pick_device(cfg.device))}
@@ -381,7 +401,7 @@ class Trainer:
         self.model_config = cfg.model_config(vocab_size)
         # dropout: a different stream per process (weights and data have their own seeded generators)
         torch.manual_seed(cfg.seed + self.dist.rank)
-        self.batches = Batches(cfg.data_dir, cfg.block_size, cfg.batch_size, cfg.seed, device)
+        self.batches = cfg.batches(device)
         self.model = GPT(self.model_config, seed=cfg.seed).to(device)
         self.optimizer = self.model.configure_optimizer(cfg.weight_decay, cfg.learning_rate,
                                                         (cfg.beta1, cfg.beta2), device_type)
@@ -418,7 +438,15 @@ class Trainer:
         return loss
 
     def evaluate(self, splits=("train", "val")):
-        return evaluate(self.model, self.batches, self.autocast, splits)
+        """{split: loss} and, for a task, {split_exact: the share of answers exactly right}."""
+        if self.cfg.task == "shakespeare":
+            return evaluate(self.model, self.batches, self.autocast, splits)
+        out = {}
+        for split in splits:
+            out[split], exact = self.batches.evaluate(self.model, self.autocast, split)
+            if split != "train":
+                out[f"{split}_exact"] = exact
+        return out
 
     def state_dict(self):
         """Everything needed to continue exactly: weights, optimizer, step, RNG states."""
@@ -542,7 +570,7 @@ def start_weights(cfg, meta):
         return cfg, None
     src = Path(cfg.init_from)
     ckpt = load_checkpoint(src / "ckpt.pt")
-    if ckpt["vocab"] != meta["chars"]:
+    if ckpt["vocab"] != cfg.vocab(meta):
         raise UserError(f"--init-from: {src} was trained on another vocabulary than {cfg.data_dir}")
     args = ckpt["model_args"]
     differ = [f"{k} {args[k]}, not {getattr(cfg, k)}" for k in SHAPE if args[k] != getattr(cfg, k)]
@@ -571,7 +599,9 @@ def _train(cfg, resume, overwrite, bar_position):
     keep_freed_memory()  # no page faults for each step's activations (4-6% faster CPU-config steps)
     meta = load_meta(cfg.data_dir)
     cfg, weights = start_weights(cfg, meta)
-    trainer = Trainer(cfg, meta["vocab_size"], pick_device(cfg.device))
+    vocab = cfg.vocab(meta)
+    trainer = Trainer(cfg, len(vocab), pick_device(cfg.device))
+    fields_ = METRIC_FIELDS + (["val_exact"] if cfg.task != "shakespeare" else [])
     if weights is not None and not resume:  # (a resumed run has its own weights in last.pt)
         trainer.model.load_state_dict(weights)
     dist, model = trainer.dist, trainer.model
@@ -588,7 +618,7 @@ def _train(cfg, resume, overwrite, bar_position):
         announce_dtype(trainer.dtype, dist.device)
     if resume:
         state = load_checkpoint(run_dir / "last.pt", trainer.dist.device, kind="training")
-        if state["vocab"] != meta["chars"]:
+        if state["vocab"] != vocab:
             raise UserError(f"{run_dir}/last.pt was trained on another vocabulary than {cfg.data_dir};"
                             f" prepare the same text again or start a new run")
         trainer.load_state_dict(state["trainer"])
@@ -600,16 +630,16 @@ def _train(cfg, resume, overwrite, bar_position):
             (run_dir / name).unlink(missing_ok=True)
     if master:
         write_json(run_dir / "config.json", {**asdict(cfg), "provenance": prov})
-        write_text(run_dir / "metrics.csv", ",".join(METRIC_FIELDS) + "\n"
-                   + "".join(",".join(r[k] for k in METRIC_FIELDS) + "\n" for r in rows))
+        write_text(run_dir / "metrics.csv", ",".join(fields_) + "\n"
+                   + "".join(",".join(r[k] for k in fields_) + "\n" for r in rows))
         metrics_file = open(run_dir / "metrics.csv", "a", newline="")
-        writer = csv.DictWriter(metrics_file, fieldnames=METRIC_FIELDS)
+        writer = csv.DictWriter(metrics_file, fieldnames=fields_)
 
     def save_last():
         if master:
             save_checkpoint(run_dir / "last.pt", {
                 "trainer": trainer.state_dict(), "best": best, "train_time": train_time, "eval_time": eval_time,
-                "vocab": meta["chars"],
+                "vocab": vocab,
                 "elapsed_s": time.time() - t_start, "config": asdict(cfg)})
 
     last = {}
@@ -626,7 +656,8 @@ def _train(cfg, resume, overwrite, bar_position):
                 check_finite(losses["val"], it, "val loss", run_dir)
                 last = {"step": it, "train_loss": losses["train"], "val_loss": losses["val"],
                         "lr": learning_rate(cfg, it), "tokens": it * tokens_per_step,
-                        "elapsed_s": round(time.time() - t_start, 3), "train_s": round(train_time, 3)}
+                        "elapsed_s": round(time.time() - t_start, 3), "train_s": round(train_time, 3),
+                        **({"val_exact": losses["val_exact"]} if "val_exact" in losses else {})}
                 writer.writerow(last)
                 metrics_file.flush()
                 postfix.update(train=f"{losses['train']:.4f}", val=f"{losses['val']:.4f}")
@@ -634,7 +665,7 @@ def _train(cfg, resume, overwrite, bar_position):
                     best = {"val_loss": losses["val"], "step": it}
                     save_checkpoint(run_dir / "ckpt.pt", {
                         "model_args": asdict(trainer.model_config), "model": model.state_dict(),
-                        "vocab": meta["chars"], "step": it, "val_loss": losses["val"], "config": asdict(cfg)})
+                        "vocab": vocab, "step": it, "val_loss": losses["val"], "config": asdict(cfg)})
                 save_last()  # the state before step `it`, after its evaluation
             if it == cfg.max_iters:
                 break
@@ -658,11 +689,13 @@ def _train(cfg, resume, overwrite, bar_position):
     if master:  # the held-out test split, scored once: the final weights and the best-val ones
         metrics_file.close()
         t0 = time.perf_counter()
-        test = {"final": trainer.evaluate(("test",))["test"]}
-        test["best"] = test["final"]
+        final = trainer.evaluate(("test",))
+        test = {"final": final["test"], "best": final["test"], "final_exact": final.get("test_exact")}
+        test["best_exact"] = test["final_exact"]
         if best["step"] != last["step"]:  # the best-val weights are in ckpt.pt
             model.load_state_dict(load_checkpoint(run_dir / "ckpt.pt", dist.device)["model"])
-            test["best"] = trainer.evaluate(("test",))["test"]
+            at_best = trainer.evaluate(("test",))
+            test["best"], test["best_exact"] = at_best["test"], at_best.get("test_exact")
         eval_time += time.perf_counter() - t0
     dist.close()
     if not master:
@@ -673,6 +706,8 @@ def _train(cfg, resume, overwrite, bar_position):
         "n_params": model.num_params(), "best_val_loss": best["val_loss"], "best_step": best["step"],
         "best_test_loss": test["best"], "final_train_loss": last["train_loss"], "final_val_loss": last["val_loss"],
         "final_test_loss": test["final"],
+        **({"task": cfg.task, "final_val_exact": last["val_exact"], "final_test_exact": test["final_exact"],
+            "best_test_exact": test["best_exact"]} if cfg.task != "shakespeare" else {}),
         "wall_s": round(time.time() - t_start, 2), "train_s": round(train_time, 2),
         "eval_s": round(eval_time, 2),
         "ms_per_iter": round(1000 * train_time / max(1, cfg.max_iters), 2),

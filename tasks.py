@@ -1,0 +1,241 @@
+"""
+Synthetic tasks where position decides: the model must find one thing in its context and repeat it.
+
+  python train.py --task passkey              # train on the passkey task (the CPU model, batch 32)
+  python train.py --task copy --pos-encoding alibi
+
+- passkey: filler_a + "#" + ddddd + "#" + filler_b + "=" + ddddd. Five uniform digits (repeats
+  allowed) hidden at a depth len(filler_a) / (len(filler_a) + len(filler_b)) of Shakespeare text
+  (the train split in training, the val split in evaluation); the model must say them after "=".
+- recall: multi-query associative recall (Zoology, Arora et al. 2023): D distinct keys (lower-case
+  letters) each followed by a digit value, a gap of one filler symbol, then the D keys again in
+  random order, each followed by its value. Longer examples lengthen the gap, D fixed.
+- copy: a random string of lower-case letters, a separator, the string again (the NoPE study's
+  copy task, Kazemnejad et al. 2023).
+
+An example of length L is L + 1 characters: the model reads the first L and predicts the next one
+at every position, and only the answer positions are scored (the five digits after "=", each
+value after a query key, the repeated string). A unit is what exact match counts: the passkey's
+five digits together, each recall query, the whole copied string.
+"""
+
+import math
+import string
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from common import SPLITS, UserError, digest, load_meta, load_tokens
+
+# tiny Shakespeare's 65 characters, then the nine digits it lacks (it has only "3") and two markers
+# it never uses: the tasks' 76 symbols, the same ids for every run whatever data directory it reads
+SHAKESPEARE_CHARS = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+VOCAB = sorted(set(SHAKESPEARE_CHARS) | set(string.digits) | {"#", "="})
+STOI = {c: i for i, c in enumerate(VOCAB)}
+DIGITS = np.array([STOI[c] for c in string.digits])
+LETTERS = np.array([STOI[c] for c in string.ascii_lowercase])
+IGNORE = -100  # F.cross_entropy's ignore_index: a target that is not scored
+
+PASSKEY_DIGITS = 5
+RECALL_KEYS = 8  # D
+RECALL_GAP = STOI["."]  # the gap's filler symbol
+COPY_SEPARATOR = STOI["="]
+EVAL_SEED = 20231  # the evaluation set's own generator: the same examples for every run and seed
+EVAL_EXAMPLES = 100  # per cell
+DEPTHS = tuple(i / 10 for i in range(11))  # the passkey's evaluation depths
+
+
+@dataclass
+class Examples:
+    """A batch of examples of one length L: tokens (N, L + 1); unit (N, L), for every target
+    position the index of the answer unit it belongs to, or -1; where (N, units): the depth of the
+    passkey or the distance from each recall query back to its key (copy: the string's length)."""
+    tokens: torch.Tensor
+    unit: torch.Tensor
+    where: torch.Tensor
+
+    def __getitem__(self, rows):
+        return Examples(self.tokens[rows], self.unit[rows], self.where[rows])
+
+    def inputs_and_targets(self):
+        """x (N, L) and y (N, L) with every position outside an answer set to IGNORE."""
+        y = self.tokens[:, 1:].clone()
+        y[self.unit < 0] = IGNORE
+        return self.tokens[:, :-1].contiguous(), y
+
+
+def to_task_ids(corpus_tokens, corpus_chars):
+    """The data directory's token ids (its meta.json's chars) as the tasks' ids."""
+    missing = sorted(set(corpus_chars) - set(VOCAB))
+    if missing:
+        raise UserError(f"the tasks' filler is tiny Shakespeare; this corpus has characters they lack: {missing[:5]}")
+    table = torch.tensor([STOI[c] for c in corpus_chars])
+    return table[corpus_tokens.long()]
+
+
+def passkey(rng, n, length, filler, depth=None):
+    """n passkey examples of `length`; depth None: uniform over the positions a key can take."""
+    room = length + 1 - 2 * PASSKEY_DIGITS - 3  # the two fillers' characters together
+    if room < 0:
+        raise UserError(f"a passkey example needs a length of at least {2 * PASSKEY_DIGITS + 2}, got {length}")
+    tokens = torch.empty(n, length + 1, dtype=torch.long)
+    unit = torch.full((n, length), -1, dtype=torch.long)
+    starts = rng.integers(0, len(filler) - room, n)
+    keys = rng.choice(DIGITS, (n, PASSKEY_DIGITS))
+    cuts = (rng.integers(0, room + 1, n) if depth is None else np.full(n, round(depth * room)))
+    for i in range(n):
+        text, key, a = filler[starts[i]:starts[i] + room], torch.from_numpy(keys[i]), cuts[i]
+        hash_, eq = torch.tensor([STOI["#"]]), torch.tensor([STOI["="]])
+        tokens[i] = torch.cat([text[:a], hash_, key, hash_, text[a:], eq, key])
+    unit[:, -PASSKEY_DIGITS:] = 0  # the targets of the last five inputs: the digits after "="
+    where = torch.from_numpy(cuts / max(room, 1)).float()[:, None]
+    return Examples(tokens, unit, where)
+
+
+def recall(rng, n, length, keys=RECALL_KEYS):
+    """n recall examples of `length`: `keys` key-value pairs, a gap, the keys again in random order."""
+    gap = length + 1 - 4 * keys
+    if gap < 0:
+        raise UserError(f"a recall example with {keys} keys needs a length of at least {4 * keys - 1}, got {length}")
+    tokens = torch.full((n, length + 1), RECALL_GAP, dtype=torch.long)
+    unit = torch.full((n, length), -1, dtype=torch.long)
+    where = torch.empty(n, keys)
+    query_start = 2 * keys + gap
+    for i in range(n):
+        k = rng.choice(LETTERS, keys, replace=False)
+        v = rng.choice(DIGITS, keys)
+        order = rng.permutation(keys)
+        tokens[i, 0:2 * keys:2], tokens[i, 1:2 * keys:2] = torch.from_numpy(k), torch.from_numpy(v)
+        q = query_start + 2 * np.arange(keys)  # where each query key stands
+        tokens[i, q], tokens[i, q + 1] = torch.from_numpy(k[order]), torch.from_numpy(v[order])
+        unit[i, q] = torch.arange(keys)  # the target at a query key's position is its value
+        where[i] = torch.from_numpy((q - 2 * order).astype(np.float32))  # query position - key position
+    return Examples(tokens, unit, where)
+
+
+def copy(rng, n, length):
+    """n copy examples of `length`: a random string of length / 2 letters, the separator, the string."""
+    if length < 2 or length % 2:
+        raise UserError(f"a copy example needs an even length of at least 2, got {length}")
+    half = length // 2
+    text = torch.from_numpy(rng.choice(LETTERS, (n, half)))
+    tokens = torch.cat([text, torch.full((n, 1), COPY_SEPARATOR), text], 1)
+    unit = torch.full((n, length), -1, dtype=torch.long)
+    unit[:, half:] = 0  # the targets from the separator on: the string again
+    return Examples(tokens, unit, torch.full((n, 1), float(half)))
+
+
+TASKS = ("passkey", "recall", "copy")
+
+
+def make(task, rng, n, length, filler=None, depth=None):
+    if task == "passkey":
+        return passkey(rng, n, length, filler, depth)
+    if task == "recall":
+        return recall(rng, n, length)
+    if task == "copy":
+        return copy(rng, n, length)
+    raise UserError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+
+
+def evaluation_set(task, length, filler, examples=EVAL_EXAMPLES):
+    """The fixed evaluation examples of a task at one length (from their own seed, never the run's):
+    the passkey at each of the 11 depths, `examples` each; the others `examples` in all. The val
+    split's text is the passkey's filler."""
+    rng = np.random.default_rng([EVAL_SEED, TASKS.index(task), length])
+    if task != "passkey":
+        return [make(task, rng, examples, length)]
+    return [passkey(rng, examples, length, filler, depth) for depth in DEPTHS]
+
+
+def unit_correct(logits, examples):
+    """(N, units) bool: a unit counts when the argmax at every one of its positions is its target
+    (teacher-forced; for exact match the same as greedy decoding, which stops at the first miss)."""
+    right = logits.argmax(-1) == examples.tokens[:, 1:]
+    units = int(examples.unit.max()) + 1
+    out = torch.ones(len(right), units, dtype=torch.bool)
+    for u in range(units):
+        out[:, u] = torch.where(examples.unit == u, right, True).all(1)
+    return out
+
+
+def wilson(successes, trials, z=1.959964):
+    """The 95% Wilson score interval of a proportion: (low, high); it stays inside [0, 1] and does
+    not collapse at 0 or at 1, where the normal one does."""
+    if trials == 0:
+        return (0.0, 1.0)
+    p = successes / trials
+    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+class TaskBatches:
+    """train.py's data for a task, with Batches' interface: each optimizer step's examples drawn
+    from a numpy generator seeded by the run's seed (the same for every encoding), and fixed
+    evaluation examples at the training length: val (the evaluation set, filler from the val
+    split), test (the same construction from its own seed, filler from the test split) and train (as
+    many examples from the training distribution, filler from the train split)."""
+
+    def __init__(self, task, data_dir, block_size, batch_size, seed, device):
+        if task not in TASKS:
+            raise UserError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+        self.task, self.block_size, self.batch_size, self.device = task, block_size, batch_size, device
+        self.filler = {}
+        if task == "passkey":
+            chars = load_meta(data_dir)["chars"]
+            self.filler = {s: to_task_ids(load_tokens(data_dir, s), chars) for s in ("train", "val", "test")}
+        self.rng = np.random.default_rng(seed)
+        val = evaluation_set(task, block_size, self.filler.get("val"))
+        count = sum(len(e.tokens) for e in val)
+        self.sets = {
+            "val": val,
+            "test": [make(task, np.random.default_rng([EVAL_SEED, TASKS.index(task), block_size, 1]), count,
+                          block_size, self.filler.get("test"))],
+            "train": [make(task, np.random.default_rng([EVAL_SEED, TASKS.index(task), block_size, 2]), count,
+                           block_size, self.filler.get("train"))],
+        }
+        # what provenance() fingerprints, as it does the Shakespeare runs' EvalText
+        self.eval_text = SimpleNamespace(fingerprint=digest(*(e.tokens for s in SPLITS for e in self.sets[s])))
+
+    def _to_device(self, examples):
+        x, y = examples.inputs_and_targets()
+        return x.to(self.device), y.to(self.device)
+
+    def step_batches(self, micro_steps, rank=0, world_size=1):
+        """This rank's micro-batches (x, y) of one optimizer step: all the step's examples are drawn,
+        then shared out, so any number of processes sees the same examples."""
+        examples = make(self.task, self.rng, micro_steps * self.batch_size, self.block_size, self.filler.get("train"))
+        share = micro_steps // world_size
+        size = self.batch_size
+        return [self._to_device(examples[i * size:(i + 1) * size]) for i in range(rank * share, (rank + 1) * share)]
+
+    def chunks(self, split, rows=None):
+        """The fixed examples of a split, `rows` at a time (default batch_size)."""
+        rows = rows or self.batch_size
+        for examples in self.sets[split]:
+            for i in range(0, len(examples.tokens), rows):
+                yield examples[i:i + rows]
+
+    def eval_batches(self, split, rows=None):
+        """(x, y) of the split's fixed examples, with only the answers scored."""
+        yield from (self._to_device(part) for part in self.chunks(split, rows))
+
+    @torch.inference_mode()
+    def evaluate(self, model, autocast, split):
+        """(the mean loss over the split's answer characters, the share of its answer units exactly
+        right), in one pass."""
+        model.eval()
+        loss_sum, scored, right, units = 0.0, 0, 0, 0
+        for part in self.chunks(split):
+            x, y = self._to_device(part)
+            with autocast:
+                logits, loss = model(x, y)
+            n = int((y != IGNORE).sum())
+            loss_sum, scored = loss_sum + loss.float().item() * n, scored + n
+            correct = unit_correct(logits.float().cpu(), part)
+            right, units = right + int(correct.sum()), units + correct.numel()
+        model.train()
+        return loss_sum / scored, right / units

@@ -1,0 +1,155 @@
+"""The synthetic tasks (tasks.py): their formats, the answer-only loss, exact match, the fixed
+evaluation set, and a task run end to end."""
+
+import json
+import string
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import tasks
+from conftest import TINY_FLAGS, run
+from tasks import IGNORE, STOI, VOCAB, Examples, TaskBatches, unit_correct, wilson
+from train import TrainConfig
+
+ITOS = dict(enumerate(VOCAB))
+
+
+def text(ids):
+    return "".join(ITOS[int(i)] for i in ids)
+
+
+def test_the_vocabulary_is_shakespeares_65_characters_nine_digits_and_two_markers():
+    assert len(tasks.SHAKESPEARE_CHARS) == 65 and len(VOCAB) == 76
+    assert set(VOCAB) - set(tasks.SHAKESPEARE_CHARS) == set("012456789#=")
+    assert VOCAB == sorted(VOCAB) and all(STOI[c] == i for i, c in enumerate(VOCAB))
+
+
+@pytest.fixture
+def filler():
+    words = "the king and his lord shall not speak of it to me now "  # letters and spaces only
+    return torch.tensor([STOI[c] for c in (words * 40)])
+
+
+@pytest.mark.parametrize("length", [16, 64, 127])
+def test_passkey_format_lengths_and_answer_positions(filler, length):
+    ex = tasks.passkey(np.random.default_rng(0), 50, length, filler)
+    assert ex.tokens.shape == (50, length + 1) and ex.unit.shape == (50, length)
+    for row, unit in zip(ex.tokens, ex.unit):
+        s = text(row)
+        a = s.index("#")
+        key = s[a + 1:a + 6]
+        assert set(key) <= set(string.digits) and s[a + 6] == "#"
+        assert s[-6] == "=" and s[-5:] == key  # the answer: the key again after "="
+        assert s.count("#") == 2 and s.count("=") == 1
+        assert (unit >= 0).tolist() == [False] * (length - 5) + [True] * 5  # only the five digits are scored
+        filler_text = s[:a] + s[a + 7:-6]  # the two fillers, joined, are one slice of the filler text
+        assert filler_text in text(filler) and len(filler_text) == length - 12
+
+
+def test_passkey_depth_puts_the_key_where_asked(filler):
+    room = 64 - 12
+    for depth in tasks.DEPTHS:
+        ex = tasks.passkey(np.random.default_rng(1), 5, 64, filler, depth)
+        for row in ex.tokens:
+            assert text(row).index("#") == round(depth * room)  # len(filler_a) / (both fillers) = depth
+        assert ex.where[:, 0].tolist() == pytest.approx([round(depth * room) / room] * 5)
+
+
+def test_passkey_digits_are_uniform(filler):
+    ex = tasks.passkey(np.random.default_rng(2), 4000, 32, filler)
+    digits = [c for row in ex.tokens for c in text(row)[-5:]]
+    counts = np.array([digits.count(d) for d in string.digits])
+    expected = len(digits) / 10
+    assert ((counts - expected) ** 2 / expected).sum() < 27.9  # chi-square, 9 d.o.f., p = 0.001
+
+
+def test_recall_format_keys_values_and_distances():
+    keys = tasks.RECALL_KEYS
+    ex = tasks.recall(np.random.default_rng(3), 40, 64, keys)
+    assert ex.tokens.shape == (40, 65)
+    for row, unit, where in zip(ex.tokens, ex.unit, ex.where):
+        s = text(row)
+        pairs = dict(zip(s[0:2 * keys:2], s[1:2 * keys:2]))
+        assert len(pairs) == keys and set(pairs) <= set(string.ascii_lowercase)
+        assert set(pairs.values()) <= set(string.digits)
+        gap = 65 - 4 * keys
+        assert s[2 * keys:2 * keys + gap] == "." * gap  # the gap: one filler symbol
+        queries = s[2 * keys + gap:]
+        assert sorted(queries[0::2]) == sorted(pairs)  # every key asked once
+        assert all(pairs[k] == v for k, v in zip(queries[0::2], queries[1::2]))  # with its value
+        scored = torch.nonzero(unit >= 0).flatten().tolist()
+        assert scored == [2 * keys + gap + 2 * i for i in range(keys)]  # each query key's target: its value
+        assert unit[scored].tolist() == list(range(keys))
+        for i, q in enumerate(scored):
+            assert where[i] == q - s.index(s[q])  # from the query back to its key
+
+
+def test_recall_gap_grows_with_the_length_and_the_keys_stay():
+    short, long = (tasks.recall(np.random.default_rng(4), 1, L) for L in (64, 256))
+    assert text(long.tokens[0]).count(".") - text(short.tokens[0]).count(".") == 192
+    assert (long.unit >= 0).sum() == (short.unit >= 0).sum() == tasks.RECALL_KEYS
+
+
+def test_copy_repeats_the_string_after_the_separator():
+    ex = tasks.copy(np.random.default_rng(5), 10, 32)
+    for row, unit in zip(ex.tokens, ex.unit):
+        s = text(row)
+        assert len(s) == 33 and s[16] == "=" and s[:16] == s[17:] and set(s[:16]) <= set(string.ascii_lowercase)
+        assert (unit >= 0).sum() == 16 and bool(unit[16:].ge(0).all())
+
+
+def test_only_the_answers_are_scored():
+    ex = tasks.copy(np.random.default_rng(6), 4, 8)
+    x, y = ex.inputs_and_targets()
+    assert torch.equal(x, ex.tokens[:, :-1])
+    assert (y[:, :4] == IGNORE).all() and torch.equal(y[:, 4:], ex.tokens[:, 5:])
+    logits = torch.randn(4, 8, len(VOCAB))
+    masked = F.cross_entropy(logits.view(-1, len(VOCAB)), y.reshape(-1))
+    by_hand = F.cross_entropy(logits[:, 4:].reshape(-1, len(VOCAB)), ex.tokens[:, 5:].reshape(-1))
+    assert masked == pytest.approx(by_hand.item(), rel=1e-6)
+
+
+def test_exact_match_counts_a_unit_only_when_every_character_is_right():
+    tokens = torch.tensor([[0, 1, 2, 3, 4], [0, 1, 2, 3, 4]])
+    unit = torch.tensor([[-1, 0, 0, 1], [-1, 0, 0, 1]])  # two units: targets 2,3 and target 4
+    ex = Examples(tokens, unit, torch.zeros(2, 2))
+    logits = F.one_hot(tokens[:, 1:], 8).float()  # every prediction right ...
+    logits[1, 1] = F.one_hot(torch.tensor(7), 8).float()  # ... but row 1's second digit of unit 0
+    logits[0, 0] = F.one_hot(torch.tensor(7), 8).float()  # (row 0's unscored position does not count)
+    assert unit_correct(logits, ex).tolist() == [[True, True], [False, True]]
+
+
+def test_wilson_interval_against_known_values():
+    assert wilson(0, 100) == pytest.approx((0.0, 0.03699), abs=1e-4)
+    assert wilson(100, 100) == pytest.approx((0.96301, 1.0), abs=1e-4)
+    assert wilson(50, 100) == pytest.approx((0.40383, 0.59617), abs=1e-4)
+
+
+def test_the_evaluation_set_does_not_depend_on_the_run_seed(data_dir):
+    a, b = (TaskBatches("passkey", data_dir, 16, 8, seed, "cpu") for seed in (1, 2))
+    assert a.eval_text.fingerprint == b.eval_text.fingerprint
+    assert all(torch.equal(x.tokens, y.tokens) for x, y in zip(a.sets["val"], b.sets["val"]))
+    assert len(a.sets["val"]) == len(tasks.DEPTHS) and len(a.sets["val"][0].tokens) == tasks.EVAL_EXAMPLES
+    (xa, _), = a.step_batches(1)
+    (xb, _), = b.step_batches(1)
+    assert not torch.equal(xa, xb)  # training examples follow the run's seed
+    c = TaskBatches("passkey", data_dir, 16, 8, 1, "cpu")
+    assert torch.equal(c.step_batches(1)[0][0], xa)  # ... reproducibly
+
+
+def test_a_task_run_writes_exact_match_and_refuses_an_unknown_task(data_dir, tmp_path):
+    run("train.py", "--task", "copy", "--data-dir", data_dir, "--out-dir", tmp_path, *TINY_FLAGS)
+    run_dir = tmp_path / "copy-rope_seed1337"
+    header = (run_dir / "metrics.csv").read_text().splitlines()[0]
+    assert header.endswith(",val_exact")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["task"] == "copy" and 0 <= summary["final_val_exact"] <= 1
+    assert json.loads((run_dir / "config.json").read_text())["task"] == "copy"
+    proc = run("train.py", "--task", "sorting", "--data-dir", data_dir, "--out-dir", tmp_path, check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "train.py: error: task must be shakespeare or one of passkey, recall, copy, got 'sorting'"]
+    with pytest.raises(Exception, match="task must be"):
+        TrainConfig(task="Passkey")
