@@ -47,13 +47,14 @@ def plan(cfg, overwrite, prov):
 
 
 def make_configs(args, variants, seeds, learning_rates=None):
-    """One TrainConfig per variant (x learning rate) x seed, named <config stem>/<variant>_seed<seed>.
-    A learning rate r comes with min_lr = r / 10, as in the config files."""
+    """One TrainConfig per variant (x learning rate) x seed, named <config stem>/<variant>_seed<seed>
+    (<config stem>-<task>/... for a task, so that its runs never meet the Shakespeare runs of the same
+    names). A learning rate r comes with min_lr = r / 10, as in the config files."""
     base = config_from_args(args)
     pick_device(base.device)  # a device this machine lacks: one line now, not after the first run's set-up
     rates = [{}] if not learning_rates else [{"learning_rate": r, "min_lr": float(f"{r / 10:.6g}")}
                                               for r in learning_rates]
-    group, cfgs = Path(args.config).stem, []
+    group, cfgs = Path(args.config).stem + ("" if base.task == "shakespeare" else f"-{base.task}"), []
     for enc, overrides in variants:
         for rate in rates:
             changed = {k: v for k, v in {**overrides, **rate}.items() if getattr(base, k) != v}

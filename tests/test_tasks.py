@@ -153,3 +153,12 @@ def test_a_task_run_writes_exact_match_and_refuses_an_unknown_task(data_dir, tmp
         "train.py: error: task must be shakespeare or one of passkey, recall, copy, got 'sorting'"]
     with pytest.raises(Exception, match="task must be"):
         TrainConfig(task="Passkey")
+
+
+def test_a_studys_task_runs_get_a_folder_of_their_own(tmp_path):
+    proc = run("study.compare", "--task", "copy", "--pos-encodings", "rope,alibi", "--seeds", "1",
+               "--out-dir", tmp_path, "--print-commands")
+    commands = [line for line in proc.stdout.splitlines() if line.startswith("python train.py")]
+    assert [c.split("--run-name ")[1].split()[0] for c in commands] == [
+        "shakespeare_char_cpu-copy/rope_seed1", "shakespeare_char_cpu-copy/alibi_seed1"]
+    assert all("--task copy" in c for c in commands)
