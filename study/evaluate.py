@@ -60,10 +60,10 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from study.analysis import paired, verdict  # noqa: E402
-from common import (ArgumentParser, UserError, announce_dtype, autocast, build_model,  # noqa: E402
+from common import (UserError, announce_dtype, autocast, build_model,  # noqa: E402
                     digest, eval_windows, load_checkpoint, load_meta, load_tokens, pick_device, positive, run_cli,
                     write_json)
-from study.flags import add_measure_flags, add_plots_dir_flag  # noqa: E402
+from study.flags import measure_parser  # noqa: E402
 from study.plot import (by_family, encoding_styles, legend_below, length_axis, redraw, save,  # noqa: E402
                         variant_styles)
 from study.runs import find_runs, group_variants, read_config, variant_labels  # noqa: E402
@@ -603,9 +603,7 @@ def parse_betas(text):
 
 
 def main():
-    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="*", default=["out"],
-                        help="run directories, or folders to search for them (default: out)")
+    parser = measure_parser(__doc__, "extrapolation.json", "the PNG files")
     parser.add_argument("--lengths", type=parse_lengths, default=None,
                         help="comma-separated eval lengths (default: 1x,2x,4x,8x the training block size)")
     parser.add_argument("--rope-scaling", default=",".join(SCALINGS),
@@ -623,13 +621,10 @@ def main():
     parser.add_argument("--sliding-stride", type=positive(int), default=None, metavar="S",
                         help="the sliding-window baseline's stride: each window of block size scores its last S"
                              " positions (default: block size / 4)")
-    parser.add_argument("--data-dir", default=None, help="prepared data (default: the one the runs were trained on)")
     parser.add_argument("--max-windows", type=positive(int), default=None,
                         help="evaluate at most this many evenly spaced windows per length (default: all of them,"
                              " i.e. the whole val split)")
-    add_plots_dir_flag(parser, "the PNG files")
     parser.add_argument("--out-json", default=None, help="results file (default: <plots-dir>/extrapolation.json)")
-    add_measure_flags(parser, "extrapolation.json")
     args = parser.parse_args()
     if args.from_json:
         return redraw(args.from_json, "extrapolation.json", "study.evaluate", ("rows", "lengths"), format_table,

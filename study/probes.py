@@ -24,7 +24,6 @@ Each run is read with its best-val checkpoint (ckpt.pt); seeds of one variant ar
 (mean ± std over seeds). Writes <plots-dir>/attention_distance.png, copy_probe.png and probes.json.
 """
 
-import argparse
 import statistics
 import time
 from pathlib import Path
@@ -37,12 +36,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from common import (ArgumentParser, UserError, announce_dtype, autocast, build_model,  # noqa: E402
+from common import (UserError, announce_dtype, autocast, build_model,  # noqa: E402
                     eval_windows, load_checkpoint, load_tokens, pick_device, positive, run_cli,
                     write_json)
 from study.evaluate import (check_runs, default_stride, position_limit, resolve_data_dir,  # noqa: E402
                       sliding_window_losses, token_losses)
-from study.flags import add_measure_flags, add_plots_dir_flag  # noqa: E402
+from study.flags import measure_parser  # noqa: E402
 from study.plot import by_family, encoding_styles, legend_below, length_axis, redraw, save  # noqa: E402
 from study.runs import find_runs, group_variants, read_config, variant_labels  # noqa: E402
 
@@ -319,16 +318,11 @@ def draw_figures(results, plots_dir):
 
 
 def main():
-    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="*", default=["out"],
-                        help="run directories, or folders to search for them (default: out)")
+    parser = measure_parser(__doc__, "probes.json", "the outputs")
     parser.add_argument("--passages", type=positive(int), default=PASSAGES,
                         help=f"copy-probe passages per period (default: {PASSAGES})")
     parser.add_argument("--attention-windows", type=positive(int), default=ATTENTION_WINDOWS,
                         help=f"val windows per length for the attention statistics (default: {ATTENTION_WINDOWS})")
-    parser.add_argument("--data-dir", default=None, help="prepared data (default: the one the runs were trained on)")
-    add_plots_dir_flag(parser, "the outputs")
-    add_measure_flags(parser, "probes.json")
     args = parser.parse_args()
     if args.from_json:
         return redraw(args.from_json, "probes.json", "study.probes", ("rows", "periods"), format_tables,

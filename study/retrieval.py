@@ -1,0 +1,216 @@
+"""
+What task models (train.py --task) retrieve, at their training length and past it: exact match on
+the tasks' fixed evaluation set (tasks.evaluation_set) at 1x, 2x, 4x and 8x the training length,
+per cell (the passkey's depth, the distance from a recall query back to its key), per seed, with
+95% Wilson intervals. RoPE runs are also read with the static context-extension methods of the
+length study (PI, NTK, YaRN; s = L / block size).
+
+  python -m study.retrieval out/shakespeare_char_cpu-passkey --plots-dir out/plots/passkey
+  python -m study.retrieval RUN_DIR ... --rope-scaling none,ntk --lengths 64,128
+
+Writes <plots-dir>/retrieval.json, retrieval.md (accuracy by length: pooled over seeds with its
+Wilson interval, and each seed's) and retrieval.png (a heatmap per variant: cell x length, colour =
+exact match, the mean over seeds).
+"""
+
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no window
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from common import (UserError, autocast, build_model, comma_list, load_checkpoint,  # noqa: E402
+                    load_meta, load_tokens, pick_device, run_cli, write_json, write_text)
+from study.evaluate import (SCALING_LABELS, YARN_ALPHA, YARN_BETAS, auto_factor, check_runs,  # noqa: E402
+                            methods_of, parse_lengths, position_limit, resolve_data_dir)
+from study.flags import measure_parser  # noqa: E402
+from study.plot import redraw, save  # noqa: E402
+from study.runs import find_runs, group_variants, read_config, variant_labels  # noqa: E402
+from tasks import DEPTHS, evaluation_set, to_task_ids, unit_correct, wilson  # noqa: E402
+
+STATIC = ("none", "linear", "ntk", "yarn")  # dynamic NTK needs a pass per factor: the length study has it
+DISTANCE_EDGES = (0, 16, 32, 64, 128, 256, 512)  # recall: query-to-key distance bins, in characters
+BATCH_TOKENS = 16384
+
+
+def cell_labels(task):
+    if task == "passkey":
+        return [f"depth {d:g}" for d in DEPTHS]
+    if task == "recall":
+        return [f"distance {a}-{b - 1}" for a, b in zip(DISTANCE_EDGES, DISTANCE_EDGES[1:])]
+    return ["all"]
+
+
+def cell_of(task, where, k):
+    """The cell of every unit, (N, units) ints: the passkey's depth is its set's (the k-th of the
+    evaluation set: at short lengths two depths can round to one position), recall's its distance."""
+    if task == "passkey":
+        return torch.full_like(where, k, dtype=torch.long)
+    if task == "recall":
+        return torch.bucketize(where.long(), torch.tensor(DISTANCE_EDGES[1:]), right=True)
+    return torch.zeros_like(where, dtype=torch.long)
+
+
+@torch.inference_mode()
+def counts(model, sets, task, n_cells, device, batch_tokens=BATCH_TOKENS):
+    """[right, total] per cell over the evaluation examples `sets` (a list of Examples)."""
+    out = np.zeros((n_cells, 2), dtype=np.int64)
+    for k, examples in enumerate(sets):
+        rows = max(1, batch_tokens // examples.tokens.shape[1])
+        for i in range(0, len(examples.tokens), rows):
+            part = examples[i:i + rows]
+            x = part.tokens.to(device)
+            logits, _ = model(x[:, :-1], x[:, 1:])
+            right, cells = unit_correct(logits.float().cpu(), part), cell_of(task, part.where, k)
+            np.add.at(out, (cells.flatten().numpy(), 0), right.flatten().numpy().astype(np.int64))
+            np.add.at(out, (cells.flatten().numpy(), 1), 1)
+    return out
+
+
+def retrieval_runs(run_dirs, lengths=None, scalings=("none",), data_dir=None, device="cpu", progress=True):
+    """Exact match of task runs at several lengths; a JSON-ready dict (see the module's doc)."""
+    run_dirs = [Path(r) for r in run_dirs]
+    if not run_dirs:
+        raise UserError("no runs to evaluate")
+    bad = [s for s in scalings if s not in STATIC]
+    if bad:
+        raise UserError(f"--rope-scaling takes some of {', '.join(STATIC)}, got {', '.join(bad)}")
+    t0, device = time.time(), pick_device(device)
+    configs = [read_config(r) for r in run_dirs]
+    tasks_ = sorted({c.get("task", "shakespeare") for c in configs})
+    if tasks_ == ["shakespeare"] or len(tasks_) > 1:
+        raise UserError(f"these runs learned {' and '.join(tasks_)}: give runs of one task (train.py --task)")
+    task = tasks_[0]
+    ckpts = [load_checkpoint(r / "ckpt.pt", "cpu") for r in run_dirs]
+    block = check_runs(ckpts)
+    lengths = sorted(set(lengths or [m * block for m in (1, 2, 4, 8)]))
+    data_dir = resolve_data_dir(ckpts, run_dirs, data_dir)
+    filler = to_task_ids(load_tokens(data_dir, "val"), load_meta(data_dir)["chars"]) if task == "passkey" else None
+    sets = {L: evaluation_set(task, L, filler) for L in lengths}
+    groups = group_variants(configs)
+    labels = variant_labels(configs, groups)
+    n_cells = len(cell_labels(task))
+    rows = []
+    bar = tqdm(desc="retrieval", unit="pass", disable=not progress, dynamic_ncols=True)
+    for key, idx in groups.items():
+        encoding = configs[idx[0]]["pos_encoding"]
+        for method, scaling, extra in methods_of(encoding, list(scalings), YARN_BETAS, YARN_ALPHA):
+            label = labels[key] if scaling == "none" else f"{labels[key]} + {SCALING_LABELS[scaling]}" + (
+                f" β={extra['yarn_beta']:g}" if scaling == "yarn" else "")
+            row = {"label": label, "encoding": encoding, "method": method,
+                   "runs": [str(run_dirs[i]) for i in idx], "results": {}}
+            for L in lengths:
+                per_seed = []
+                for i in idx:
+                    over = {} if scaling == "none" or L <= block else {
+                        "rope_scaling": scaling, "rope_scaling_factor": auto_factor(L, block), **extra}
+                    model = build_model(ckpts[i], device, **over)
+                    limit, reason = position_limit(model)
+                    if limit is not None and L > limit:
+                        per_seed = reason
+                        break
+                    with autocast(configs[i]["provenance"]["dtype"], device):
+                        per_seed.append(counts(model, sets[L], task, n_cells, device).tolist())
+                    bar.update(1)
+                row["results"][str(L)] = per_seed
+            rows.append(row)
+    bar.close()
+    return {"task": task, "block_size": block, "lengths": lengths, "cells": cell_labels(task),
+            "examples_per_cell": len(sets[lengths[0]][0].tokens), "rows": rows,
+            "device": device, "elapsed_s": round(time.time() - t0, 1)}
+
+
+def accuracy_cell(per_seed):
+    """'pooled % [Wilson 95%] (seed, seed, ...)' of one row at one length; n/a with the reason."""
+    if isinstance(per_seed, str):
+        return "n/a"
+    seeds = [np.array(c).sum(0) for c in per_seed]  # [right, total] per seed
+    right, total = sum(s[0] for s in seeds), sum(s[1] for s in seeds)
+    low, high = wilson(int(right), int(total))
+    each = "/".join(f"{100 * s[0] / s[1]:.0f}" for s in seeds)
+    return f"{100 * right / total:.1f}% [{100 * low:.1f}, {100 * high:.1f}] ({each})"
+
+
+def format_table(results):
+    lengths, block = results["lengths"], results["block_size"]
+    lines = ["| variant | " + " | ".join(f"{L} ({L / block:g}x)" for L in lengths) + " |",
+             "|---|" + "---|" * len(lengths)]
+    for row in results["rows"]:
+        lines.append(f"| {row['label']} | " + " | ".join(accuracy_cell(row["results"][str(L)]) for L in lengths)
+                     + " |")
+    return "\n".join(lines)
+
+
+def report(results):
+    n = results["examples_per_cell"]
+    cells = "11 depths" if results["task"] == "passkey" else "one set"
+    return (f"# Retrieval: {results['task']}\n\n"
+            f"Exact match on the fixed evaluation set ({n} examples per cell, {cells} per length): all seeds"
+            f" pooled, its 95% Wilson interval, and each seed's (in %). Models trained on"
+            f" {results['block_size']} characters.\n\n{format_table(results)}\n")
+
+
+def plot_heatmaps(results, path):
+    """A heatmap per variant read plainly: cell (depth or distance) x length, colour = exact match."""
+    rows = [r for r in results["rows"] if r["method"] == "none"]
+    lengths, cells = results["lengths"], results["cells"]
+    fig, axes = plt.subplots(1, len(rows), figsize=(2.2 + 1.1 * len(lengths) * len(rows), 4.8), dpi=120,
+                             squeeze=False, sharey=True)
+    for ax, row in zip(axes[0], rows):
+        grid = np.full((len(cells), len(lengths)), np.nan)
+        for j, L in enumerate(lengths):
+            per_seed = row["results"][str(L)]
+            if isinstance(per_seed, str):
+                continue
+            c = np.array(per_seed, dtype=float)  # (seeds, cells, 2)
+            with np.errstate(invalid="ignore"):
+                grid[:, j] = np.nanmean(np.where(c[..., 1] > 0, c[..., 0] / np.maximum(c[..., 1], 1), np.nan), 0)
+        image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto", origin="lower")
+        ax.set_xticks(range(len(lengths)), [str(L) for L in lengths])
+        ax.set_yticks(range(len(cells)), cells)
+        ax.set_title(row["label"], fontsize=9)
+        ax.set_xlabel("length")
+    fig.colorbar(image, ax=axes[0].tolist(), label="exact match (mean over seeds)", shrink=0.8)
+    fig.suptitle(f"{results['task']}: exact match by length (trained on {results['block_size']}); grey: n/a",
+                 fontsize=10)
+    save(fig, path)
+
+
+def write_outputs(results, plots_dir):
+    plots_dir = Path(plots_dir)
+    write_json(plots_dir / "retrieval.json", results)
+    write_text(plots_dir / "retrieval.md", report(results))
+    return draw_figures(results, plots_dir) + [plots_dir / "retrieval.json", plots_dir / "retrieval.md"]
+
+
+def draw_figures(results, plots_dir):
+    path = Path(plots_dir) / "retrieval.png"
+    plot_heatmaps(results, path)
+    return [path]
+
+
+def main():
+    parser = measure_parser(__doc__, "retrieval.json", "retrieval.json, retrieval.md and retrieval.png",
+                            "task run directories (train.py --task)")
+    parser.add_argument("--lengths", type=parse_lengths, default=None,
+                        help="comma-separated lengths (default: 1x,2x,4x,8x the training block size)")
+    parser.add_argument("--rope-scaling", default="none",
+                        help=f"comma-separated methods RoPE runs are also read with: {', '.join(STATIC)} (default: none)")
+    args = parser.parse_args()
+    if args.from_json:
+        return redraw(args.from_json, "retrieval.json", "study.retrieval", ("rows", "lengths", "task"), report,
+                      draw_figures, args.plots_dir)
+    scalings = comma_list(args.rope_scaling, "--rope-scaling", choices=STATIC)
+    results = retrieval_runs(find_runs(args.runs), args.lengths, scalings, args.data_dir, args.device, args.progress)
+    print(report(results))
+    for path in write_outputs(results, args.plots_dir):
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
