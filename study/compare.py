@@ -93,7 +93,8 @@ def main():
         print(f"{len(close)} variant(s) in pairs the seeds do not decide: {len(more)} more seed(s) each")
         train_runs(extra, args.overwrite, args.jobs)
         study = Study([Path(cfg.out_dir) / cfg.run_name for cfg in cfgs + extra])
-    samples = collect_samples(study, args.sample_tokens, base.data_dir, base.progress)
+    samples = collect_samples(study, args.sample_tokens, base.data_dir, base.progress) if base.task == "shakespeare" \
+        else None  # (a task model's samples are not text)
     lengths = measure_lengths(study, args.plots_dir, methods, base.data_dir) if args.extrapolate else None
     for path in plot_runs(study.run_dirs, args.plots_dir):
         print(f"wrote {path}")

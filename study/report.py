@@ -64,16 +64,20 @@ class Study:
 
 
 def results_table(study):
-    """Markdown table, one row per variant; with several seeds, mean ± std over them."""
+    """Markdown table, one row per variant; with several seeds, mean ± std over them. Task runs
+    (train.py --task) add their exact match on val and test (the losses are the answers' only)."""
+    task = "final_val_exact" in study.runs(next(iter(study.groups)))[0]
+    exact = " final val exact match | final test exact match |" if task else ""
     lines = ["| variant | parameters | best val loss | at step | final train loss | final val loss | final test loss "
-             "| wall time (s) | ms/iter | seeds |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             f"|{exact} wall time (s) | ms/iter | seeds |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|---:|" * task]
     for key in study.groups:
         runs = study.runs(key)
         col = lambda field, fmt="{:.4f}": mean_std([r[field] for r in runs], fmt)  # noqa: E731
+        exact = f" {col('final_val_exact', '{:.3f}')} | {col('final_test_exact', '{:.3f}')} |" if task else ""
         lines.append(f"| {study.labels[key]} | {runs[0]['n_params']:,} | {col('best_val_loss')} "
                      f"| {col('best_step', '{:.0f}')} | {col('final_train_loss')} | {col('final_val_loss')} "
-                     f"| {col('final_test_loss')} | {col('wall_s', '{:.0f}')} | {col('ms_per_iter', '{:.1f}')} "
+                     f"| {col('final_test_loss')} |{exact} {col('wall_s', '{:.0f}')} | {col('ms_per_iter', '{:.1f}')} "
                      f"| {len(runs)} |")
     return "\n".join(lines)
 
@@ -145,8 +149,9 @@ def write_report(study, plots_dir, title, samples, sample_tokens, t0=None, intro
                      f" when the last is the lowest). Noise σ: the evaluation-to-evaluation wobble over the"
                      f" second half of the run (sd of successive differences / √2; – with fewer than"
                      f" {2 * TURN_WINDOW} evaluations).", ""]
-    words_table, samples_md = samples_report(study, samples, sample_tokens)
-    sections += ["## Samples: real words\n", words_table, ""]
+    words_table, samples_md = samples_report(study, samples, sample_tokens) if samples else ("", "")
+    if samples:  # (a task model's samples are not text)
+        sections += ["## Samples: real words\n", words_table, ""]
     if lengths:
         sections += [f"## Length extrapolation (val loss; study.evaluate, {lengths['seconds']:.0f} s)\n",
                      f"```text\n{format_table(lengths['results'])}\n```", ""]
@@ -160,9 +165,10 @@ def write_report(study, plots_dir, title, samples, sample_tokens, t0=None, intro
                  f" costs nothing).  ", f"Evaluated text: {json.dumps(study.configs[0]['provenance'])}.  ",
                  f"Regenerate with `{command}`.", ""]
     write_text(plots_dir / "results.md", "\n".join(sections))
-    write_text(plots_dir / "samples.md", samples_md)
+    if samples:
+        write_text(plots_dir / "samples.md", samples_md)
     print(results_table(study))
     if diffs:
         print(diffs)
     print(words_table)
-    print(f"wrote {plots_dir}/results.md and samples.md")
+    print(f"wrote {plots_dir}/results.md" + (" and samples.md" if samples else ""))

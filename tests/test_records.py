@@ -12,9 +12,11 @@ from conftest import ROOT, run
 CORPUS = Path(os.environ.get("SHAKESPEARE_INPUT", ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"))
 TIMING = ("wall time (s)", "ms/iter")  # measured, not computed: they differ from machine to machine
 
-# study: (records folder, the seeds of its runs, the committed report, the command's other flags, its runs)
+# study: (its module, records folder, the seeds of its runs, the committed report, the module's other flags,
+# how many runs it reuses); the flags are the study's own (study/studies.py) without the length study,
+# which needs checkpoints (its figures redraw from their JSON: study.evaluate --from-json)
 STUDIES = {
-    "baseline": ("shakespeare_char_cpu", "1337,1338,1339", ROOT / "plots" / "results.md", [], 9),
+    "baseline": ("study.compare", "shakespeare_char_cpu", "1337,1338,1339", ROOT / "plots" / "results.md", [], 9),
 }
 
 
@@ -41,7 +43,7 @@ def test_tables_parse_rows_by_header_and_first_cell():
 
 @pytest.mark.parametrize("study", list(STUDIES))
 def test_records_regenerate_the_committed_tables(study, tmp_path):
-    folder, seeds, report, flags, runs = STUDIES[study]
+    module, folder, seeds, report, flags, runs = STUDIES[study]
     records = ROOT / "records" / folder
     if not CORPUS.is_file():
         if os.environ.get("CI"):
@@ -49,7 +51,7 @@ def test_records_regenerate_the_committed_tables(study, tmp_path):
         pytest.skip(f"no corpus at {CORPUS} (set SHAKESPEARE_INPUT)")
     shutil.copytree(records, tmp_path / "out" / folder)  # the study may write beside them: not into the repo
     run("prepare_shakespeare.py", "--input", CORPUS, "--out-dir", tmp_path / "data")
-    proc = run("study.compare", ROOT / "config" / f"{folder}.toml", "--seeds", seeds, *flags,
+    proc = run(module, ROOT / "config" / f"{folder}.toml", "--seeds", seeds, *flags,
                "--data-dir", tmp_path / "data", "--out-dir", tmp_path / "out", "--plots-dir", tmp_path / "plots")
     assert proc.stdout.count("finished earlier, reusing it") == runs and "training" not in proc.stdout
     regenerated, committed = tables((tmp_path / "plots" / "results.md").read_text()), tables(report.read_text())

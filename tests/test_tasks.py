@@ -197,3 +197,14 @@ def test_recall_units_are_binned_by_their_distance_back_to_the_key():
     assert cell_of("recall", where, 0).tolist() == [[0, 0, 1, 2, 3, 5]]
     assert [cell_labels("recall")[i] for i in (0, 5)] == ["distance 0-15", "distance 256-511"]
     assert cell_of("passkey", torch.zeros(3, 1), 4).flatten().tolist() == [4, 4, 4]  # the set's depth
+
+
+def test_a_task_study_reports_exact_match_and_no_samples(data_dir, tmp_path):
+    run("study.compare", "--task", "copy", "--pos-encodings", "rope,none", "--seeds", "1", "--data-dir", data_dir,
+        "--out-dir", tmp_path / "out", "--plots-dir", tmp_path / "plots", *TINY_FLAGS)
+    results = (tmp_path / "plots" / "results.md").read_text()
+    header = next(line for line in results.splitlines() if line.startswith("| variant | parameters"))
+    assert "| final val exact match | final test exact match |" in header
+    row = next(line for line in results.splitlines() if line.startswith("| RoPE |"))
+    assert len(row.split("|")) == len(header.split("|"))  # every column filled
+    assert "real words" not in results and not (tmp_path / "plots" / "samples.md").exists()
