@@ -13,7 +13,9 @@ the hook(s) it needs (`pos` is a Python range of the tokens' absolute positions)
   attn_bias(q_pos, k_pos)    additive bias on the attention scores   (alibi, t5, fire)
                              of shape (1, n_head, len(q_pos), len(k_pos))
 and an encoding with parameters that must not start from the model's random
-initialisation (FIRE's c and L) sets them in init_weights(generator).
+initialisation (FIRE's c and L) sets them in init_weights(generator). An encoding that
+leaves some layers without position (a RoPE/NoPE hybrid) says which in acts_on(layer):
+rotate and attn_bias are then skipped there, and those layers see only the causal mask.
 """
 
 import hashlib
@@ -47,6 +49,10 @@ class GPTConfig:
     yarn_alpha: float = 1.0  # YaRN: pairs turning fewer than alpha times over the original length: interpolated
     yarn_beta: float = 32.0  # ... more than beta times: left alone; a linear ramp in between
     rope_original_length: int = 0  # the length the scaling extends from (YaRN's L); 0: block_size
+    # RoPE/NoPE hybrid (a simplification of Llama 4's iRoPE): layer i (0-based) carries no position when
+    # (i + 1) % nope_every == 0, RoPE otherwise; 0: every layer RoPE
+    nope_every: int = 0
+    fire_L: float = 512.0  # FIRE's threshold L at initialisation (then learned): the paper's, for 2048 tokens
 
     def __post_init__(self):
         if self.pos_encoding not in POS_ENCODINGS:
@@ -150,6 +156,10 @@ class PositionalEncoding(nn.Module):
     def attn_bias(self, q_pos, k_pos):
         return None
 
+    def acts_on(self, layer):
+        """Whether rotate and attn_bias act in this layer (0-based); embed acts before all of them."""
+        return True
+
     def init_weights(self, generator):
         """Called after the model's own initialisation; generator(name) is this parameter's seeded one."""
 
@@ -188,11 +198,11 @@ class RotaryPositionalEncoding(PositionalEncoding):
     """
 
     options = ("rope_theta", "rope_fraction", "rope_scaling", "rope_scaling_factor", "yarn_alpha", "yarn_beta",
-               "rope_original_length")
+               "rope_original_length", "nope_every")
 
     def __init__(self, config):
         super().__init__(config)
-        self.head_dim = config.head_dim
+        self.head_dim, self.nope_every = config.head_dim, config.nope_every
         d, s, kind = config.head_dim, config.rope_scaling_factor, config.rope_scaling
         self.theta = config.rope_theta * (s ** (d / (d - 2)) if kind == "ntk" else 1.0)
         self.position_scale = 1.0 / s if kind == "linear" else 1.0
@@ -228,6 +238,11 @@ class RotaryPositionalEncoding(PositionalEncoding):
                              f" {config.yarn_beta}")
         if config.rope_original_length < 0:
             raise ValueError(f"rope_original_length must not be negative, got {config.rope_original_length}")
+        if config.nope_every < 0:
+            raise ValueError(f"nope_every must not be negative (0: RoPE in every layer), got {config.nope_every}")
+
+    def acts_on(self, layer):
+        return not self.nope_every or (layer + 1) % self.nope_every != 0
 
     def rotate(self, q, k, pos):
         if self.freqs.shape[0] < pos.stop or self.freqs.device != q.device:
@@ -359,16 +374,24 @@ class FIRE(PositionalEncoding):
     for query i and key j; f a 1 -> 32 -> n_head ReLU MLP; shared by all layers. The log
     stretches short distances; dividing by psi of the query's position (progressive
     interpolation) maps every distance into [0, 1], at any length; L keeps short prefixes from
-    being stretched. As the paper's code: c starts at 0.1; L = 512 times a learned multiplier
-    that starts at 1; the MLP starts as PyTorch's nn.Linear does."""
+    being stretched. As the paper's code: c starts at 0.1; L = fire_L (the paper's 512) times a
+    learned multiplier that starts at 1; the MLP starts as PyTorch's nn.Linear does. The paper set
+    L = 512 for 2048-token training; fire_L = 16 is the same share of a 64-character window."""
 
-    hidden, init_c, init_L, eps = 32, 0.1, 512.0, 1e-6
+    hidden, init_c, eps = 32, 0.1, 1e-6
+    options = ("fire_L",)
 
     def __init__(self, config):
         super().__init__(config)
+        self.init_L = config.fire_L
         self.mlp = nn.Sequential(nn.Linear(1, self.hidden), nn.ReLU(), nn.Linear(self.hidden, config.n_head))
         self.c = nn.Parameter(torch.tensor(self.init_c))
         self.L_multiplier = nn.Parameter(torch.tensor(1.0))
+
+    @staticmethod
+    def check_config(config):
+        if not config.fire_L > 0:
+            raise ValueError(f"fire_L must be positive, got {config.fire_L}")
 
     @torch.no_grad()
     def init_weights(self, generator):
@@ -427,7 +450,8 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.c_attn(x).split(C, dim=2)
         # (B, T, C) -> (B, n_head, T, head_dim)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        q, k = pos_enc.rotate(q, k, pos)  # RoPE acts here: on q and k only, never on v
+        if pos_enc.acts_on(self.layer):
+            q, k = pos_enc.rotate(q, k, pos)  # RoPE acts here: on q and k only, never on v
         return q, k, v
 
     def attention_weights(self, x, pos_enc, pos, bias):
@@ -534,8 +558,8 @@ class GPT(nn.Module):
         x = pos_enc.embed(self.transformer.wte(idx), pos)
         x = self.transformer.drop(x)
         bias = pos_enc.attn_bias(pos, k_pos)  # computed once, shared by every layer
-        for block in self.transformer.h:
-            x = block(x, pos_enc, pos, bias, cache)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, pos_enc, pos, bias if pos_enc.acts_on(i) else None, cache)
         if cache is not None:
             cache.length += T
         x = self.transformer.ln_f(x)

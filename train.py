@@ -79,6 +79,10 @@ class TrainConfig:
     yarn_beta: float = option(32.0, "YaRN: pairs making more turns than this are left alone (only for rope)")
     rope_original_length: int = option(0, "the length the RoPE scaling extends from, YaRN's L (0: the --init-from"
                                           " run's block size, else block_size; only for rope)")
+    nope_every: int = option(0, "RoPE/NoPE hybrid: layer i (0-based) carries no position when (i + 1) % nope_every"
+                                " == 0, RoPE otherwise (0: RoPE in every layer; only for rope)")
+    fire_L: float = option(512.0, "FIRE's threshold L at initialisation, then learned (the paper's 512 was set for"
+                                  " 2048-token training; only for fire)")
     sinusoidal_scale: bool = option(True, "scale the token embeddings by sqrt(n_embd) before adding the waves, as"
                                           " in the paper (only for --pos-encoding sinusoidal)")
     # optimisation

@@ -55,6 +55,10 @@ def describe(key, value):
         return f"{value:.0%} of pairs rotate"
     if key == "rope_theta":
         return f"base {value:g}"
+    if key == "nope_every":
+        return "RoPE in every layer" if value == 0 else f"RoPE/NoPE hybrid, NoPE every {value} layers"
+    if key == "fire_L":
+        return f"L starts at {value:g}"
     return f"{SHORT.get(key, key)} {format_value(value)}"
 
 

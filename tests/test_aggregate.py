@@ -289,3 +289,10 @@ def test_variants_of_one_encoding_differ_in_colour_and_dash_and_never_take_the_s
     ropes = [styles[i] for i in (0, 2, 3, 4)]
     assert len({color for color, _ in ropes}) == 4 and len({str(dash) for _, dash in ropes}) == 4
     assert all(dash != ":" for _, dash in styles)  # dotted means a sliding window in every figure
+
+
+def test_the_hybrid_and_fire_at_this_scale_are_labelled_by_what_they_change():
+    from study.runs import describe
+    assert describe("nope_every", 2) == "RoPE/NoPE hybrid, NoPE every 2 layers"
+    assert describe("nope_every", 0) == "RoPE in every layer"
+    assert describe("fire_L", 16.0) == "L starts at 16"

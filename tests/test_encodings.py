@@ -280,3 +280,56 @@ def test_p_rope_needs_a_whole_number_of_pairs(fraction):
     with pytest.raises(ValueError, match="rope_fraction must be in"):
         GPTConfig(n_embd=32, n_head=2, rope_fraction=fraction)
     GPTConfig(n_embd=50, n_head=1, rope_fraction=0.28)  # 25 pairs x 0.28 = 7.000000000000001: accepted
+
+
+def test_fire_at_this_scale_starts_its_threshold_at_fire_L():
+    enc = POS_ENCODINGS["fire"](GPTConfig(**SMALL, pos_encoding="fire", fire_L=16.0))
+    psi = lambda x: math.log(0.1 * x + 1)  # noqa: E731
+    x, _ = enc.normalized_distance(range(0, 64), range(0, 64))
+    for i, j in ((5, 2), (15, 0), (16, 3), (63, 10)):  # below 16 the shared psi(16), past it the query's own
+        assert x[i, j].item() == pytest.approx(psi(i - j) / psi(max(16, i)), rel=1e-5)
+    assert enc.L_multiplier.requires_grad  # still learned
+    with pytest.raises(ValueError, match="fire_L must be positive"):
+        GPTConfig(**SMALL, pos_encoding="fire", fire_L=0.0)
+
+
+HYBRID = dict(SMALL, n_layer=4, pos_encoding="rope", nope_every=2)
+
+
+@pytest.mark.parametrize("every, nope_layers", [(2, [1, 3]), (4, [3]), (0, [])])
+def test_nope_every_k_leaves_every_kth_layer_without_position(every, nope_layers):
+    enc = POS_ENCODINGS["rope"](GPTConfig(**dict(HYBRID, nope_every=every)))
+    assert [i for i in range(4) if not enc.acts_on(i)] == nope_layers
+
+
+def test_a_nope_layer_carries_no_position_and_a_rope_layer_does():
+    """The last query's output of a layer without position is a weighted sum over a set: permuting
+    the earlier positions' keys and values (their inputs) leaves it unchanged; under RoPE it changes."""
+    model = GPT(GPTConfig(**HYBRID), seed=0).eval()
+    with torch.no_grad():  # sharper attention than at initialisation, where it is nearly uniform
+        for block in model.transformer.h:
+            block.attn.c_attn.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(2))
+    pos_enc, T = model.transformer.pos, 12
+    x = torch.randn(1, T, 32, generator=torch.Generator().manual_seed(0))
+    shuffled = torch.cat([x[:, torch.randperm(T - 1, generator=torch.Generator().manual_seed(1))], x[:, -1:]], 1)
+    for layer, rope in ((0, True), (1, False), (2, True), (3, False)):
+        attn = model.transformer.h[layer].attn
+        bias = None  # rope's layers have no bias; the causal mask is SDPA's is_causal
+        last, moved = (attn(inp, pos_enc, range(T), bias)[:, -1] for inp in (x, shuffled))
+        if rope:
+            assert (last - moved).abs().max() > 1e-3, layer
+        else:
+            torch.testing.assert_close(last, moved, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("settings", [dict(nope_every=2), dict(nope_every=4), dict(pos_encoding="fire", fire_L=16.0)])
+def test_the_new_variants_are_causal_and_sample_the_same_with_a_kv_cache(settings):
+    model = GPT(GPTConfig(**{**HYBRID, **settings}), seed=0).eval()
+    idx = torch.randint(0, 20, (2, 16), generator=torch.Generator().manual_seed(0))
+    changed = idx.clone()
+    changed[:, 10:] = (changed[:, 10:] + 7) % 20
+    a, b = (model(i, torch.zeros_like(i))[0] for i in (idx, changed))
+    torch.testing.assert_close(a[:, :10], b[:, :10], atol=1e-6, rtol=0)
+    cache = KVCache(model.config, 2, "cpu")
+    steps = [model(idx[:, :5], cache=cache)[0]] + [model(idx[:, t:t + 1], cache=cache)[0] for t in range(5, 16)]
+    torch.testing.assert_close(torch.cat(steps, 1), a[:, 4:], atol=1e-5, rtol=1e-5)
