@@ -12,6 +12,8 @@ the hook(s) it needs (`pos` is a Python range of the tokens' absolute positions)
   rotate(q, k, pos)          transform queries and keys per head     (rope)
   attn_bias(q_pos, k_pos)    additive bias on the attention scores   (alibi, t5, fire)
                              of shape (1, n_head, len(q_pos), len(k_pos))
+  scores(q, k, q_pos, k_pos) the q.k products themselves, where they are no single rotation of q and
+                             k (RoPE with clamp_distance; it sets scores_itself), written-out attention
 and an encoding with parameters that must not start from the model's random
 initialisation (FIRE's c and L) sets them in init_weights(generator). An encoding that
 leaves some layers without position (a RoPE/NoPE hybrid) says which in acts_on(layer):
@@ -52,7 +54,14 @@ class GPTConfig:
     # RoPE/NoPE hybrid (a simplification of Llama 4's iRoPE): layer i (0-based) carries no position when
     # (i + 1) % nope_every == 0, RoPE otherwise; 0: every layer RoPE
     nope_every: int = 0
-    fire_L: float = 512.0  # FIRE's threshold L at initialisation (then learned): the paper's, for 2048 tokens
+    fire_L: float = 512.0
+    # inference-time ablations (they own no weights): yarn_temperature=False keeps YaRN's ramp without its
+    # attention temperature; clamp_distance=w scores every distance beyond w as w (RoPE as in ReRoPE,
+    # T5 with the bucket of w); log_scale_length=n multiplies query i's logits q.k/sqrt(d) by
+    # max(1, ln(i + 1) / ln n), before any additive bias
+    yarn_temperature: bool = True
+    clamp_distance: int = 0
+    log_scale_length: int = 0  # FIRE's threshold L at initialisation (then learned): the paper's, for 2048 tokens
 
     def __post_init__(self):
         if self.pos_encoding not in POS_ENCODINGS:
@@ -61,6 +70,9 @@ class GPTConfig:
             )
         if self.n_embd % self.n_head != 0:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.clamp_distance < 0 or self.log_scale_length < 0 or self.log_scale_length == 1:
+            raise ValueError(f"clamp_distance must not be negative and log_scale_length must be 0 (off) or at least"
+                             f" 2, got {self.clamp_distance} and {self.log_scale_length}")
         POS_ENCODINGS[self.pos_encoding].check_config(self)
 
     @property
@@ -139,6 +151,7 @@ class PositionalEncoding(nn.Module):
 
     max_len = None  # longest sequence this encoding can represent; None = unbounded
     options = ()  # GPTConfig fields only this encoding reads (other encodings ignore them)
+    scores_itself = False  # True: scores() gives the q.k products, and rotate leaves q and k alone
 
     def __init__(self, config):
         super().__init__()
@@ -159,6 +172,9 @@ class PositionalEncoding(nn.Module):
     def acts_on(self, layer):
         """Whether rotate and attn_bias act in this layer (0-based); embed acts before all of them."""
         return True
+
+    def scores(self, q, k, q_pos, k_pos):
+        return None
 
     def init_weights(self, generator):
         """Called after the model's own initialisation; generator(name) is this parameter's seeded one."""
@@ -198,11 +214,12 @@ class RotaryPositionalEncoding(PositionalEncoding):
     """
 
     options = ("rope_theta", "rope_fraction", "rope_scaling", "rope_scaling_factor", "yarn_alpha", "yarn_beta",
-               "rope_original_length", "nope_every")
+               "rope_original_length", "nope_every", "yarn_temperature", "clamp_distance")
 
     def __init__(self, config):
         super().__init__(config)
-        self.head_dim, self.nope_every = config.head_dim, config.nope_every
+        self.head_dim, self.nope_every, self.clamp = config.head_dim, config.nope_every, config.clamp_distance
+        self.scores_itself = self.clamp > 0
         d, s, kind = config.head_dim, config.rope_scaling_factor, config.rope_scaling
         self.theta = config.rope_theta * (s ** (d / (d - 2)) if kind == "ntk" else 1.0)
         self.position_scale = 1.0 / s if kind == "linear" else 1.0
@@ -211,7 +228,7 @@ class RotaryPositionalEncoding(PositionalEncoding):
             gamma = yarn_ramp(d, config.rope_theta, config.rope_original_length or config.block_size,
                               config.yarn_alpha, config.yarn_beta)
             self.position_scale = (1.0 - gamma) / s + gamma  # per pair: 1/s where gamma = 0, 1 where gamma = 1
-            self.attn_factor = 0.1 * math.log(s) + 1.0  # the paper's sqrt(1/t)
+            self.attn_factor = 0.1 * math.log(s) + 1.0 if config.yarn_temperature else 1.0  # the paper's sqrt(1/t)
         if config.rope_fraction < 1:  # p-RoPE: a position scale of 0 is a frequency of 0 for the slow pairs
             self.position_scale = self.position_scale * rotating_pairs(d, config.rope_fraction)
         self.register_buffer("freqs", torch.empty(0, dtype=torch.complex64), persistent=False)
@@ -244,16 +261,34 @@ class RotaryPositionalEncoding(PositionalEncoding):
     def acts_on(self, layer):
         return not self.nope_every or (layer + 1) % self.nope_every != 0
 
-    def rotate(self, q, k, pos):
-        if self.freqs.shape[0] < pos.stop or self.freqs.device != q.device:
+    def table(self, stop, device):
+        """The rotations of positions 0 .. stop - 1, grown on demand."""
+        if self.freqs.shape[0] < stop or self.freqs.device != device:
             with table_mode():
                 self.freqs = precompute_theta_pos_frequencies(
-                    self.head_dim, max(pos.stop, 2 * self.freqs.shape[0]), self.theta, q.device, self.position_scale)
-        freqs = self.freqs[pos.start:pos.stop]  # (T, head_dim/2)
+                    self.head_dim, max(stop, 2 * self.freqs.shape[0]), self.theta, device, self.position_scale)
+        return self.freqs
+
+    def rotate(self, q, k, pos):
+        if self.clamp:  # scores() rotates them, pair by pair of positions
+            return q, k
+        freqs = self.table(pos.stop, q.device)[pos.start:pos.stop]  # (T, head_dim/2)
         q, k = apply_rotary_embeddings(q, freqs), apply_rotary_embeddings(k, freqs)
         if self.attn_factor != 1.0:
             q, k = q * self.attn_factor, k * self.attn_factor
         return q, k
+
+    def scores(self, q, k, q_pos, k_pos):
+        """With clamp_distance w (ReRoPE, Su 2023): q_i.R(i - j)k_j where i - j <= w, as RoPE scores it,
+        and q_i.R(w)k_j beyond, every far key scored as if it stood w back. Two products, merged."""
+        if not self.clamp:
+            return None
+        freqs = self.table(max(q_pos.stop, self.clamp + 1), q.device)
+        near = apply_rotary_embeddings(q, freqs[q_pos.start:q_pos.stop]) @ \
+            apply_rotary_embeddings(k, freqs[k_pos.start:k_pos.stop]).transpose(-2, -1)
+        far = apply_rotary_embeddings(q, freqs[self.clamp:self.clamp + 1]) @ k.transpose(-2, -1)
+        distance = causal_distance(q_pos, k_pos, q.device)
+        return torch.where(distance <= self.clamp, near, far) * self.attn_factor ** 2
 
 
 @register("sinusoidal")
@@ -347,14 +382,16 @@ class T5RelativeBias(PositionalEncoding):
     The bias needs gradients, so in training SDPA takes its math path (see bench.py)."""
 
     num_buckets, max_distance = 32, 128
+    options = ("clamp_distance",)
 
     def __init__(self, config):
         super().__init__(config)
         self.relative_attention_bias = nn.Embedding(self.num_buckets, config.n_head)
+        self.clamp = config.clamp_distance or None  # (the ablation: every distance beyond it gets its bucket)
 
     def attn_bias(self, q_pos, k_pos):
         distance = causal_distance(q_pos, k_pos, self.relative_attention_bias.weight.device)
-        buckets = t5_bucket(distance.clamp(min=0), self.num_buckets, self.max_distance)
+        buckets = t5_bucket(distance.clamp(min=0, max=self.clamp), self.num_buckets, self.max_distance)
         return per_head_bias(self.relative_attention_bias(buckets), distance)
 
 
@@ -440,6 +477,7 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.layer = layer  # index into a KVCache
         self.n_head = config.n_head
+        self.log_scale_length = config.log_scale_length
         self.dropout = config.dropout
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v at once
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
@@ -452,17 +490,28 @@ class CausalSelfAttention(nn.Module):
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         if pos_enc.acts_on(self.layer):
             q, k = pos_enc.rotate(q, k, pos)  # RoPE acts here: on q and k only, never on v
+        if self.log_scale_length:  # query i's logits times max(1, ln(i + 1) / ln n), before any bias
+            i = torch.arange(pos.start + 1, pos.stop + 1, device=q.device, dtype=torch.float32)
+            q = q * (torch.log(i) / math.log(self.log_scale_length)).clamp(min=1)[:, None].to(q.dtype)
         return q, k, v
+
+    def logits(self, q, k, pos_enc, pos, bias):
+        """The attention logits written out, (B, n_head, Tq, Tk), the last Tq of Tk positions: the
+        scores (pos_enc.scores, else q.k) / sqrt(d), plus the bias, which holds the causal mask
+        (without one, masked here)."""
+        Tq, Tk = q.size(2), k.size(2)
+        scores = pos_enc.scores(q, k, pos, range(pos.stop - Tk, pos.stop)) if pos_enc.acts_on(self.layer) else None
+        scores = (q @ k.transpose(-2, -1) if scores is None else scores) / math.sqrt(q.size(-1))
+        if bias is None:
+            bias = torch.zeros(Tq, Tk, device=q.device).masked_fill(
+                torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).triu(Tk - Tq + 1), float("-inf"))
+        return scores + bias
 
     def attention_weights(self, x, pos_enc, pos, bias):
         """The attention weights (B, n_head, T, T) that forward() applies to the values, for
         analysis (scaled_dot_product_attention does not return them). Without a cache."""
         q, k, _ = self.qkv(x, pos_enc, pos)
-        scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))
-        if bias is None:  # the bias holds the causal mask; without one, mask here
-            bias = torch.zeros(q.size(2), k.size(2), device=x.device).masked_fill(
-                torch.ones(q.size(2), k.size(2), dtype=torch.bool, device=x.device).triu(1), float("-inf"))
-        return torch.softmax(scores + bias, dim=-1)
+        return torch.softmax(self.logits(q, k, pos_enc, pos, bias), dim=-1)
 
     def forward(self, x, pos_enc, pos, bias, cache=None):
         B, T, C = x.shape
@@ -470,7 +519,10 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:  # attend to the cached tokens too
             k, v = cache.append(self.layer, k, v, pos)
         dropout = self.dropout if self.training else 0.0
-        if bias is not None:  # the bias already holds the causal mask (-inf for later keys)
+        if pos_enc.scores_itself and pos_enc.acts_on(self.layer):  # no single rotation: attention written out
+            att = torch.softmax(self.logits(q, k, pos_enc, pos, bias), dim=-1)
+            y = F.dropout(att, p=dropout) @ v
+        elif bias is not None:  # the bias already holds the causal mask (-inf for later keys)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout)
         elif T == k.size(2) or T == 1:  # full causal window, or one new token that may see all keys
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=T > 1)

@@ -83,6 +83,12 @@ class TrainConfig:
                                 " == 0, RoPE otherwise (0: RoPE in every layer; only for rope)")
     fire_L: float = option(512.0, "FIRE's threshold L at initialisation, then learned (the paper's 512 was set for"
                                   " 2048-token training; only for fire)")
+    yarn_temperature: bool = option(True, "YaRN's attention temperature; --no-yarn-temperature keeps its ramp alone"
+                                          " (only for rope)")
+    clamp_distance: int = option(0, "score every distance beyond this as this distance: RoPE as in ReRoPE, T5 with"
+                                    " its bucket (0: off; an inference-time ablation; only for rope and t5)")
+    log_scale_length: int = option(0, "multiply query i's attention logits by max(1, ln(i + 1) / ln n) for this n,"
+                                      " before any additive bias (0: off; an inference-time ablation)")
     sinusoidal_scale: bool = option(True, "scale the token embeddings by sqrt(n_embd) before adding the waves, as"
                                           " in the paper (only for --pos-encoding sinusoidal)")
     # optimisation

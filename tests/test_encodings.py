@@ -333,3 +333,68 @@ def test_the_new_variants_are_causal_and_sample_the_same_with_a_kv_cache(setting
     cache = KVCache(model.config, 2, "cpu")
     steps = [model(idx[:, :5], cache=cache)[0]] + [model(idx[:, t:t + 1], cache=cache)[0] for t in range(5, 16)]
     torch.testing.assert_close(torch.cat(steps, 1), a[:, 4:], atol=1e-5, rtol=1e-5)
+
+
+def test_rope_clamp_scores_every_distance_beyond_w_as_w():
+    """ReRoPE against its definition, pair by pair of positions: q_i . R(min(i - j, w)) k_j."""
+    d, T, w = 8, 10, 3
+    enc = POS_ENCODINGS["rope"](GPTConfig(**dict(SMALL, n_embd=16, n_head=2, clamp_distance=w)))
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(1, 1, T, d, generator=g), torch.randn(1, 1, T, d, generator=g)
+    assert enc.rotate(q, k, range(T)) == (q, k)  # scores() does the rotating
+    got = enc.scores(q, k, range(T), range(T))[0, 0]
+    freqs = precompute_theta_pos_frequencies(d, T)
+    for i in range(T):
+        for j in range(i + 1):
+            rotated = apply_rotary_embeddings(q[0, 0, i:i + 1], freqs[min(i - j, w)][None])  # by the relative angle
+            assert got[i, j].item() == pytest.approx((rotated @ k[0, 0, j]).item(), abs=1e-5)
+
+
+def test_a_clamp_beyond_the_window_changes_nothing_and_a_clamped_model_is_causal_with_the_same_cache():
+    plain = GPT(GPTConfig(**SMALL), seed=0).eval()
+    idx = torch.randint(0, 20, (2, 16), generator=torch.Generator().manual_seed(0))
+    far = GPT(GPTConfig(**SMALL, clamp_distance=16), seed=0).eval()
+    torch.testing.assert_close(far(idx, torch.zeros_like(idx))[0], plain(idx, torch.zeros_like(idx))[0],
+                               atol=1e-5, rtol=1e-5)
+    clamped = GPT(GPTConfig(**SMALL, clamp_distance=4), seed=0).eval()
+    full = clamped(idx, torch.zeros_like(idx))[0]
+    assert (full - plain(idx, torch.zeros_like(idx))[0]).abs().max() > 1e-4  # distances beyond 4 do change
+    changed = idx.clone()
+    changed[:, 10:] = (changed[:, 10:] + 7) % 20
+    torch.testing.assert_close(clamped(changed, torch.zeros_like(idx))[0][:, :10], full[:, :10], atol=1e-6, rtol=0)
+    cache = KVCache(clamped.config, 2, "cpu")
+    steps = [clamped(idx[:, :5], cache=cache)[0]] + [clamped(idx[:, t:t + 1], cache=cache)[0] for t in range(5, 16)]
+    torch.testing.assert_close(torch.cat(steps, 1), full[:, 4:], atol=1e-5, rtol=1e-5)
+
+
+def test_t5_clamp_gives_every_far_distance_the_bucket_of_w():
+    plain = POS_ENCODINGS["t5"](GPTConfig(**SMALL, pos_encoding="t5"))
+    clamped = POS_ENCODINGS["t5"](GPTConfig(**SMALL, pos_encoding="t5", clamp_distance=32))
+    clamped.load_state_dict(plain.state_dict())
+    a, b = plain.attn_bias(range(100), range(100)), clamped.attn_bias(range(100), range(100))
+    assert torch.equal(a[..., 90, 58:], b[..., 90, 58:])  # distances up to 32: as before
+    assert torch.equal(b[..., 90, :58], a[..., 90, 58:59].expand(-1, -1, 58))  # beyond: the bucket of 32
+
+
+def test_log_scaling_multiplies_query_logits_past_n_before_the_bias():
+    n, T = 4, 12
+    plain = GPT(GPTConfig(**SMALL, pos_encoding="alibi"), seed=0).eval()
+    scaled = GPT(GPTConfig(**SMALL, pos_encoding="alibi", log_scale_length=n), seed=0).eval()
+    x = torch.randn(1, T, 32, generator=torch.Generator().manual_seed(0))
+    attn, pos_enc = plain.transformer.h[0].attn, plain.transformer.pos
+    bias = pos_enc.attn_bias(range(T), range(T))
+    q, k, v = attn.qkv(x, pos_enc, range(T))
+    factor = torch.tensor([max(1.0, math.log(i + 1) / math.log(n)) for i in range(T)])
+    logits = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1)) * factor[:, None] + bias  # the bias unscaled
+    by_hand = (torch.softmax(logits, -1) @ v).transpose(1, 2).reshape(1, T, 32)
+    got = scaled.transformer.h[0].attn(x, scaled.transformer.pos, range(T), bias)
+    torch.testing.assert_close(got, attn.c_proj(by_hand), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got[:, :n], attn(x, pos_enc, range(T), bias)[:, :n])  # inside n: unchanged
+
+
+def test_yarn_without_temperature_keeps_the_ramp_and_drops_the_attention_factor():
+    settings = dict(SMALL, rope_scaling="yarn", rope_scaling_factor=4.0, yarn_beta=8.0)
+    with_t = POS_ENCODINGS["rope"](GPTConfig(**settings))
+    without = POS_ENCODINGS["rope"](GPTConfig(**settings, yarn_temperature=False))
+    assert with_t.attn_factor == pytest.approx(0.1 * math.log(4) + 1) and without.attn_factor == 1.0
+    assert torch.equal(with_t.position_scale, without.position_scale)
