@@ -60,7 +60,7 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from study.analysis import paired, verdict  # noqa: E402
-from common import (UserError, announce_dtype, autocast, build_model,  # noqa: E402
+from common import (UserError, announce_dtype, autocast, build_model, comma_list,  # noqa: E402
                     digest, eval_windows, load_checkpoint, load_meta, load_tokens, pick_device, positive, run_cli,
                     write_json)
 from study.flags import measure_parser  # noqa: E402
@@ -70,9 +70,12 @@ from study.runs import find_runs, group_variants, read_config, variant_labels  #
 
 SCALINGS = ("none", "linear", "ntk", "dynamic-ntk", "yarn")
 SCALING_LABELS = {"linear": "PI", "ntk": "NTK", "dynamic-ntk": "dynamic NTK", "yarn": "YaRN"}
+# inference-time ablations (why RoPE breaks): log-length scaling of the logits (any encoding), a clamp of
+# the distance at w (RoPE as ReRoPE, T5 with the bucket of w), YaRN's ramp without its temperature (RoPE)
+ABLATIONS = ("log-scale", "clamp-32", "clamp-63", "yarn-no-temperature")
 YARN_ALPHA, YARN_BETAS = 1.0, (32.0, 8.0)  # the paper's alpha and beta (set for Llama's 4096), and beta for 64
 LINESTYLES = {"linear": (0, (5, 1)), "ntk": (0, (1, 1)), "dynamic-ntk": (0, (3, 1, 1, 1)), "yarn": (0, (6, 2, 1, 2))}
-MARKERS = {"none": "o", "linear": "s", "ntk": "^", "dynamic-ntk": "v", "sliding": "x"}
+MARKERS = {"none": "o", "linear": "s", "ntk": "^", "dynamic-ntk": "v", "sliding": "x", "log": "d", "clamp": "<"}
 YARN_MARKERS = ("D", "P", "*", "h")  # one per --yarn-beta
 DEFAULT_MULTIPLES = (1, 2, 4, 8)
 BATCH_TOKENS = 16384  # tokens per forward pass: 32 windows at 512, attention scores ~130 MB per layer
@@ -168,20 +171,38 @@ def auto_factor(length, block_size):
     return max(1.0, length / block_size)
 
 
-def methods_of(encoding, scalings, yarn_betas, yarn_alpha):
-    """(row key, rope_scaling, GPTConfig overrides besides the factor) a run of `encoding` is evaluated with."""
-    if encoding != "rope":
-        return [("none", "none", {})]
-    out = []
-    for scaling in scalings:
-        if scaling == "yarn":
-            out += [(f"yarn-b{beta:g}", "yarn", {"yarn_alpha": yarn_alpha, "yarn_beta": beta}) for beta in yarn_betas]
-        else:
-            out.append((scaling, scaling, {}))
+def methods_of(encoding, scalings, yarn_betas, yarn_alpha, ablations=(), block=None):
+    """(row key, rope_scaling, GPTConfig overrides besides the factor) a run of `encoding` is evaluated
+    with: RoPE's scalings, then the ablations that apply to the encoding."""
+    out = [("none", "none", {})]
+    if encoding == "rope":
+        out = []
+        for scaling in scalings:
+            if scaling == "yarn":
+                out += [(f"yarn-b{b:g}", "yarn", {"yarn_alpha": yarn_alpha, "yarn_beta": b}) for b in yarn_betas]
+            else:
+                out.append((scaling, scaling, {}))
+    for name in ablations:
+        if name == "log-scale":
+            out.append((name, "none", {"log_scale_length": block}))
+        elif name.startswith("clamp-") and encoding in ("rope", "t5"):
+            out.append((name, "none", {"clamp_distance": int(name.split("-")[1])}))
+        elif name == "yarn-no-temperature" and encoding == "rope":
+            out += [(f"yarn-b{b:g}-no-temperature", "yarn", {"yarn_alpha": yarn_alpha, "yarn_beta": b,
+                                                              "yarn_temperature": False}) for b in yarn_betas]
     return out
 
 
+def method_of(row):
+    """A result row's reading: "none" (plain), "sliding", a RoPE scaling's or an ablation's key."""
+    return row["name"].split("+", 1)[1] if "+" in row["name"] else "none"
+
+
 def row_label(variant_label, key, scaling, extra, scaling_factor, block_size):
+    if "log_scale_length" in extra:
+        return f"{variant_label} + log scaling (n={extra['log_scale_length']})"
+    if "clamp_distance" in extra:
+        return f"{variant_label} + clamp at {extra['clamp_distance']}"
     if scaling == "none":
         return variant_label
     if scaling == "dynamic-ntk":
@@ -189,7 +210,8 @@ def row_label(variant_label, key, scaling, extra, scaling_factor, block_size):
     s = f"L/{block_size}" if scaling_factor is None else f"{scaling_factor:g}"
     what = SCALING_LABELS[scaling]
     if scaling == "yarn":
-        what += f" α={extra['yarn_alpha']:g}, β={extra['yarn_beta']:g}"
+        what += f" α={extra['yarn_alpha']:g}, β={extra['yarn_beta']:g}" + (
+            ", no temperature" if extra.get("yarn_temperature") is False else "")
     return f"{variant_label} + {what} (s={s})"
 
 
@@ -226,11 +248,12 @@ def summarize(curves, block):
 
 def evaluate_runs(run_dirs, lengths=None, scalings=SCALINGS, scaling_factor=None, data_dir=None,
                   max_windows=None, device="cpu", batch_tokens=BATCH_TOKENS, progress=True,
-                  yarn_betas=YARN_BETAS, yarn_alpha=YARN_ALPHA, sliding_stride=None):
+                  yarn_betas=YARN_BETAS, yarn_alpha=YARN_ALPHA, sliding_stride=None, ablations=()):
     """Evaluate runs at several context lengths; returns a JSON-ready dict (see write_outputs).
 
     run_dirs: run directories holding ckpt.pt. lengths: eval lengths (default 1x, 2x, 4x, 8x the
-    block size). scalings: RoPE methods, any of SCALINGS. scaling_factor: None for s = L /
+    block size). scalings: RoPE methods, any of SCALINGS. ablations: any of ABLATIONS, each run
+    read with those that apply to its encoding. scaling_factor: None for s = L /
     block_size at each length, or a fixed s >= 1. data_dir: default the runs' own. max_windows:
     cap on windows per length (evenly spaced), default all. sliding_stride: default block / 4."""
     run_dirs = [Path(r) for r in run_dirs]
@@ -274,7 +297,8 @@ def evaluate_runs(run_dirs, lengths=None, scalings=SCALINGS, scaling_factor=None
         for L in lengths:
             plan[i, L] = [(key, scaling, extra, "dynamic" if scaling == "dynamic-ntk" else
                            (scaling_factor or auto_factor(L, block)) if scaling != "none" else None)
-                          for key, scaling, extra in methods_of(encoding, scalings, yarn_betas, yarn_alpha)]
+                          for key, scaling, extra in methods_of(encoding, scalings, yarn_betas, yarn_alpha,
+                                                                ablations, block)]
     passes = {}  # (run, length, scaling, overrides, factor) -> per-position losses, or the n/a reason
 
     def static(i, L, scaling="none", extra=None, factor=None):
@@ -283,8 +307,8 @@ def evaluate_runs(run_dirs, lengths=None, scalings=SCALINGS, scaling_factor=None
             scaling, extra, factor = "none", None, None
         key = (i, L, scaling, tuple(sorted((extra or {}).items())), factor)
         if key not in passes:
-            over = {} if scaling == "none" else {"rope_scaling": scaling, "rope_scaling_factor": float(factor),
-                                                 **(extra or {})}
+            over = dict(extra or {}) if scaling == "none" else {
+                "rope_scaling": scaling, "rope_scaling_factor": float(factor), **(extra or {})}
             model = build_model(ckpts[i], device, **over)  # RoPE scaling owns no weights: same checkpoint
             limit, reason = position_limit(model)
             if limit is not None and L > limit:
@@ -322,7 +346,9 @@ def evaluate_runs(run_dirs, lengths=None, scalings=SCALINGS, scaling_factor=None
 
     rows = []
     order, dashes = list(groups), variant_styles(configs, groups)
-    keys = ["none"] + [k for k, *_ in methods_of("rope", scalings, yarn_betas, yarn_alpha) if k != "none"] + ["sliding"]
+    keys = list(dict.fromkeys(["none"] + [k for enc in ("rope", "t5", "none") for k, *_ in
+                                          methods_of(enc, scalings, yarn_betas, yarn_alpha, ablations, block)]))
+    keys.append("sliding")
     for (variant, key), row in sorted(per_row.items(), key=lambda kv: (order.index(kv[0][0]), keys.index(kv[0][1]))):
         first = groups[variant][0]
         base = re.sub(r"_seed\d+$", "", run_dirs[first].name)
@@ -331,10 +357,11 @@ def evaluate_runs(run_dirs, lengths=None, scalings=SCALINGS, scaling_factor=None
                  row_label(labels[variant], key, scaling, row["extra"], scaling_factor, block))
         out = {"name": base + ("" if key == "none" else f"+{key}"), "label": label,
                "encoding": configs[first]["pos_encoding"], "rope_scaling": scaling, "extra": row["extra"],
+               "method": key,
                # the variants of one encoding: plot.py's dashes; RoPE's methods: their own
                "linestyle": dashes[variant][1] if scaling in ("none", "sliding") else LINESTYLES[scaling],
                "marker": (YARN_MARKERS[list(yarn_betas).index(row["extra"]["yarn_beta"]) % len(YARN_MARKERS)]
-                          if scaling == "yarn" else MARKERS[scaling]),
+                          if scaling == "yarn" else MARKERS.get(key.split("-")[0], MARKERS[scaling])),
                "runs": [str(run_dirs[i]) for i in groups[variant]], "results": []}
         for L, items in row["items"].items():
             factor = items[0][2]
@@ -428,11 +455,12 @@ def differences_from_baseline(results):
 # RoPE's context-extension methods, told apart by colour and marker (all of them are RoPE: blue would not)
 METHOD_COLORS = {"none": "tab:blue", "linear": "tab:red", "ntk": "tab:green", "dynamic-ntk": "tab:olive",
                  "yarn": ("tab:purple", "tab:brown", "tab:pink", "tab:cyan"), "sliding": "black"}
+ABLATION_COLORS = {"log-scale": "tab:orange", "clamp-32": "tab:cyan", "clamp-63": "tab:gray"}  # (YaRN's: dashed)
 
 
 def row_styles(results):
     """{variant: (colour, dash)} of the variants read plainly, as plot.py's loss curves draw them."""
-    plain = [r for r in results["rows"] if r["rope_scaling"] == "none"]
+    plain = [r for r in results["rows"] if method_of(r) == "none"]
     return dict(zip(map(variant_of, plain), encoding_styles([r["encoding"] for r in plain])))
 
 
@@ -442,6 +470,9 @@ def variant_of(row):
 
 
 def method_color(row, yarn_betas):
+    key = method_of(row)
+    if key.startswith(("log-scale", "clamp-")):
+        return ABLATION_COLORS[key]
     color = METHOD_COLORS[row["rope_scaling"]]
     if row["rope_scaling"] == "yarn":
         color = color[list(yarn_betas).index(row["extra"]["yarn_beta"]) % len(color)]
@@ -458,17 +489,27 @@ def past_line(ax, row, block, **kw):
     return bool(done)
 
 
+def is_ablation(row):
+    key = method_of(row)
+    return key.startswith(("log-scale", "clamp-")) or key.endswith("-no-temperature")
+
+
 def panels_of(results):
     """[(title, kind, rows)]: a panel per family of encodings present ("family": each variant read
-    plainly, beside its sliding window) and, if some RoPE variant was read with context-extension
-    methods, one of the first such variant's methods ("methods")."""
+    plainly, beside its sliding window); if some RoPE variant was read with context-extension
+    methods, one of the first such variant's methods ("methods"); and one per variant read with
+    the ablations, beside its plain reading and its sliding window ("methods" too)."""
     rows = results["rows"]
-    plain = [r for r in rows if r["rope_scaling"] == "none"]
+    plain = [r for r in rows if method_of(r) == "none"]
     panels = [(title, "family", members) for title, members in by_family(plain, lambda r: r["encoding"])]
-    extended = [r for r in rows if r["rope_scaling"] not in ("none", "sliding")]
-    if extended:
-        methods = [r for r in rows if variant_of(r) == variant_of(extended[0])]
+    scaled = [r for r in rows if method_of(r) not in ("none", "sliding") and not is_ablation(r)]
+    if scaled:
+        methods = [r for r in rows if variant_of(r) == variant_of(scaled[0]) and not is_ablation(r)]
         panels.append((f"{methods[0]['label']}, read with each method", "methods", methods))
+    for variant in dict.fromkeys(variant_of(r) for r in rows if is_ablation(r)):
+        ablated = [r for r in rows if variant_of(r) == variant and (is_ablation(r) or method_of(r) in ("none",
+                                                                                                      "sliding"))]
+        panels.append((f"{ablated[0]['label']}, read with each ablation", "methods", ablated))
     return panels
 
 
@@ -490,8 +531,9 @@ def plot_extrapolation(results, path):
     for ax, (title, kind, rows) in zip(axes[0], panels):
         for row in rows:
             if kind == "methods":
+                dash = ":" if row["rope_scaling"] == "sliding" else "--" if method_of(row).endswith("temperature") else "-"
                 past_line(ax, row, block, color=method_color(row, results["yarn_betas"]), marker=row["marker"],
-                          linestyle=":" if row["rope_scaling"] == "sliding" else "-", label=method_label(row))
+                          linestyle=dash, label=method_label(row))
                 continue
             color, dash = styles[variant_of(row)]
             if not past_line(ax, row, block, color=color, linestyle=dash, marker=row["marker"],
@@ -609,6 +651,11 @@ def main():
     parser.add_argument("--rope-scaling", default=",".join(SCALINGS),
                         help="comma-separated methods rope runs are evaluated with: none (plain RoPE), linear"
                              " (position interpolation), ntk, dynamic-ntk, yarn (default: all)")
+    parser.add_argument("--ablations", default="", metavar="NAMES",
+                        help="comma-separated inference-time ablations each run is also read with, where they apply:"
+                             " log-scale (query i's logits times max(1, ln(i+1)/ln block)), clamp-32 and clamp-63"
+                             " (distances beyond w scored as w: rope as ReRoPE, t5 with the bucket of w),"
+                             " yarn-no-temperature (rope: YaRN's ramp alone) (default: none)")
     parser.add_argument("--rope-scaling-factor", type=parse_factor, default=None, metavar="F",
                         help="scaling factor s >= 1 of the static methods, or 'auto' for s = length / block size at"
                              " each length (default: auto)")
@@ -632,7 +679,8 @@ def main():
     scalings = [s.strip() for s in args.rope_scaling.split(",") if s.strip()]
     results = evaluate_runs(find_runs(args.runs), args.lengths, scalings, args.rope_scaling_factor, args.data_dir,
                             args.max_windows, args.device, progress=args.progress, yarn_betas=args.yarn_beta,
-                            yarn_alpha=args.yarn_alpha, sliding_stride=args.sliding_stride)
+                            yarn_alpha=args.yarn_alpha, sliding_stride=args.sliding_stride,
+                            ablations=comma_list(args.ablations, "--ablations", choices=ABLATIONS) if args.ablations else ())
     print(format_table(results))
     for path in write_outputs(results, args.plots_dir, args.out_json):
         print(f"wrote {path}")

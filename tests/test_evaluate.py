@@ -213,3 +213,27 @@ def test_figures_are_redrawn_from_the_json_alone(results, tmp_path):
     (tmp_path / "bad.json").write_text("[1, 2]")
     proc = run("study.evaluate", "--from-json", tmp_path / "bad.json", check=False)
     assert proc.returncode == 2 and proc.stderr.strip().endswith("is not the extrapolation.json that study.evaluate writes")
+
+
+def test_the_ablations_read_each_run_where_they_apply(runs, data_dir, tmp_path):
+    run("train.py", "--pos-encoding", "t5", "--data-dir", data_dir, "--out-dir", tmp_path, *TINY_FLAGS)
+    dirs = [runs / "rope_seed1337", runs / "learned_seed1337", tmp_path / "t5_seed1337"]
+    out = evaluate_runs(dirs, lengths=[BLOCK, 4 * BLOCK], scalings=["none"], progress=False,
+                        ablations=("log-scale", "clamp-32", "clamp-63", "yarn-no-temperature"))
+    names = [row["name"] for row in out["rows"]]
+    assert names == ["rope", "rope+log-scale", "rope+clamp-32", "rope+clamp-63", "rope+yarn-b32-no-temperature",
+                     "rope+yarn-b8-no-temperature", "rope+sliding", "learned", "learned+log-scale", "learned+sliding",
+                     "t5", "t5+log-scale", "t5+clamp-32", "t5+clamp-63", "t5+sliding"]
+    by = rows(out)
+    for name in ("rope+log-scale", "rope+clamp-32", "rope+yarn-b8-no-temperature", "t5+clamp-32"):
+        # inside the training length each ablation is the plain model: log factor 1, no distance past 32 (or
+        # 16), YaRN at s = 1
+        assert by[name][BLOCK]["loss"] == pytest.approx(by[name.split("+")[0]][BLOCK]["loss"], rel=1e-6), name
+    assert by["rope+clamp-32"][4 * BLOCK]["loss"] != pytest.approx(by["rope"][4 * BLOCK]["loss"], rel=1e-6)
+    labels = {row["name"]: row["label"] for row in out["rows"]}
+    assert labels["t5+clamp-63"] == "T5 bias + clamp at 63" and labels["rope+log-scale"] == "RoPE + log scaling (n=16)"
+    assert "no temperature" in labels["rope+yarn-b32-no-temperature"]
+    png, _, _ = write_outputs(out, tmp_path / "plots")
+    assert png.read_bytes()[:8] == PNG_MAGIC
+    proc = run("study.evaluate", tmp_path / "t5_seed1337", "--ablations", "clamp-7", check=False)
+    assert proc.returncode == 2 and "--ablations takes some of log-scale, clamp-32" in proc.stderr
