@@ -4,6 +4,7 @@
 # make rope-study      p-RoPE fractions and RoPE bases at RoPE's best rate, 1 seed       -> plots/rope_study/
 # make finetune        RoPE fine-tuned at 4x its length by PI, NTK, YaRN, plain          -> plots/finetune/
 # make experiment-mid  rope/learned/none on the mid CPU config (about 80 minutes a run) -> plots/shakespeare_char_mid/
+# make experiment-gpu  rope/learned/none at nanoGPT's GPU setting, seed by seed in 520 s -> plots/shakespeare_char/
 # make test            venv + the test suite
 # make bench           speed of each encoding on this machine
 # Each study target is `python -m study NAME` (python -m study --help lists them and what they train).
@@ -19,7 +20,7 @@ SEEDS      ?=
 JOBS       ?= 1
 STUDY      := $(PY) -m study --jobs $(JOBS) $(if $(SEEDS),--seeds $(SEEDS))
 
-.PHONY: experiment experiment-all experiment-mid rope-study finetune sweep test bench data clean
+.PHONY: experiment experiment-all experiment-mid experiment-gpu rope-study finetune sweep test bench data clean
 
 $(VENV)/.installed: requirements.txt
 	@$(PYTHON_SYS) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "error: Python 3.11 or newer is needed (tomllib); $(PYTHON_SYS) is " + sys.version.split()[0] + ". Use PYTHON_SYS=python3.11 make ...")'
@@ -40,6 +41,9 @@ experiment-all: $(VENV)/.installed $(DATA)
 
 experiment-mid: $(VENV)/.installed $(DATA)
 	$(STUDY) mid
+
+experiment-gpu: $(VENV)/.installed $(DATA)
+	$(STUDY) gpu
 
 rope-study: $(VENV)/.installed $(DATA)
 	$(STUDY) rope

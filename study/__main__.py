@@ -32,7 +32,7 @@ def main():
     parser.add_argument("--plots-dir", help="where the report goes (default: the study's, or out/plots/NAME with"
                                             " --seeds)")
     parser.add_argument("--jobs", type=positive(int), default=1,
-                        help="CPU runs trained side by side (study.compare --jobs; default: 1)")
+                        help="runs trained side by side (study.compare --jobs; default: 1)")
     parser.add_argument("--print-commands", action="store_true", help="print the commands instead of running them")
     args = parser.parse_args()
     study = STUDIES[args.name]

@@ -15,7 +15,7 @@ into <plots-dir>, with results.md and samples.md.
 import time
 from pathlib import Path
 
-from common import UserError, comma_list, pick_device, run_cli
+from common import comma_list, pick_device, run_cli
 from study.evaluate import SCALINGS, evaluate_runs, format_table, write_outputs
 from study.plot import plot_runs
 from study.plot_rope import plot_rope
@@ -76,8 +76,7 @@ def main():
     seeds = parse_seeds(args.seeds)
     methods = comma_list(args.extrapolate_methods, "--extrapolate-methods", choices=SCALINGS)
     base = config_from_args(args)  # flags over the config file over the defaults, before per-run settings
-    if args.jobs > 1 and pick_device(base.device) != "cpu":
-        raise UserError(f"--jobs trains runs side by side on the CPU; on {pick_device(base.device)} train one at a time")
+    device = pick_device(base.device)  # (a device this machine lacks: one line now)
     more = parse_seeds(args.seeds_if_undecided, "--seeds-if-undecided") if args.seeds_if_undecided.strip() else []
     t0 = time.time()
     cfgs = make_configs(args, variants, seeds)
@@ -93,8 +92,8 @@ def main():
         print(f"{len(close)} variant(s) in pairs the seeds do not decide: {len(more)} more seed(s) each")
         train_runs(extra, args.overwrite, args.jobs)
         study = Study([Path(cfg.out_dir) / cfg.run_name for cfg in cfgs + extra])
-    samples = collect_samples(study, args.sample_tokens, base.data_dir, base.progress) if base.task == "shakespeare" \
-        else None  # (a task model's samples are not text)
+    samples = collect_samples(study, args.sample_tokens, base.data_dir, base.progress, device) \
+        if base.task == "shakespeare" else None  # (a task model's samples are not text)
     lengths = measure_lengths(study, args.plots_dir, methods, base.data_dir) if args.extrapolate else None
     for path in plot_runs(study.run_dirs, args.plots_dir):
         print(f"wrote {path}")

@@ -15,19 +15,21 @@ from study.runs import run_dtype
 SAMPLING = dict(prompt="\n", num_samples=20, temperature=0.8, top_k=None)  # the article's prompt
 
 
-def run_samples(run_dir, seed, tokens):
+def run_samples(run_dir, seed, tokens, device="cpu"):
     """SAMPLING's samples of `tokens` characters from a run's best checkpoint (the sliding-window
-    sampler), without the prompt; kept in the run's samples.json and reused while SAMPLING holds."""
+    sampler), without the prompt; kept in the run's samples.json and reused while SAMPLING holds.
+    Off the CPU (a GPU's numbers differ in the last bits) the device is part of the settings."""
     dtype = run_dtype(run_dir)
-    settings = {**SAMPLING, "max_new_tokens": tokens, "seed": seed, **({"dtype": dtype} if dtype != "float32" else {})}
+    settings = {**SAMPLING, "max_new_tokens": tokens, "seed": seed, **({"dtype": dtype} if dtype != "float32" else {}),
+                **({"device": device.split(":")[0]} if device != "cpu" else {})}
     path = Path(run_dir) / "samples.json"
     if path.exists():
         kept = read_json(path, "delete it")
         if kept.get("settings") == settings:
             return kept["samples"]
-    model, vocab = load_model(run_dir)
-    announce_dtype(dtype, "cpu")
-    with autocast(dtype, "cpu"):  # sampled in the precision it was trained in
+    model, vocab = load_model(run_dir, device)
+    announce_dtype(dtype, device)
+    with autocast(dtype, device):  # sampled in the precision it was trained in
         texts = sample(model, vocab, SAMPLING["prompt"], SAMPLING["num_samples"], tokens, SAMPLING["temperature"],
                        SAMPLING["top_k"], seed)
     texts = [t[len(SAMPLING["prompt"]):] for t in texts]  # the generated part only
@@ -41,11 +43,11 @@ def train_vocabulary(data_dir):
     return set(words("".join(chars[i] for i in load_tokens(data_dir, "train").tolist())))
 
 
-def collect_samples(study, tokens, data_dir, progress=True):
+def collect_samples(study, tokens, data_dir, progress=True, device="cpu"):
     """Every run's samples (run_samples: sampled once, then kept) and their real-word shares against
     the train split in data_dir (the study's own: a run's recorded data_dir may lie elsewhere)."""
     vocabulary = train_vocabulary(data_dir)
-    texts = {i: run_samples(run_dir, study.configs[i]["seed"], tokens)
+    texts = {i: run_samples(run_dir, study.configs[i]["seed"], tokens, device)
              for i, run_dir in enumerate(tqdm(study.run_dirs, desc="samples", disable=not progress, dynamic_ncols=True))}
     return {"texts": texts, "shares": {i: real_word_shares(t, vocabulary) for i, t in texts.items()},
             "vocabulary": len(vocabulary)}

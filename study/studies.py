@@ -8,7 +8,7 @@ shared between studies (a run asked for twice is trained once, then reused).
 
 from dataclasses import dataclass, field
 
-CPU, MID = "config/shakespeare_char_cpu.toml", "config/shakespeare_char_mid.toml"
+CPU, MID, GPU = "config/shakespeare_char_cpu.toml", "config/shakespeare_char_mid.toml", "config/shakespeare_char.toml"
 SEEDS, MORE_SEEDS = "1337,1338,1339", "1340,1341"  # three seeds; two more where three do not rank a pair
 SWEEP = "all,sinusoidal:sinusoidal_scale=false"  # the seven encodings and sinusoidal without its sqrt(d)
 ALL = SWEEP + ",rope:rope_fraction=0.5"
@@ -29,7 +29,8 @@ class Study:
         """The commands, each a list of arguments after `python -m`."""
         module, *flags = self.main
         plots_dir = plots_dir or self.plots_dir
-        jobs_flag = ["--jobs", str(jobs)] if module != "finetune" else []  # (fine-tunes train one at a time)
+        # (fine-tunes train one at a time; a lease trains a seed's variants at once)
+        jobs_flag = ["--jobs", str(jobs)] if module in ("compare", "sweep") else []
         out = [[f"study.{module}", *flags, "--seeds", seeds or self.seeds, *jobs_flag, "--plots-dir", plots_dir]]
         return out + [[f"study.{m}", *(plots_dir if a == "{plots_dir}" else a for a in rest)] for m, *rest in self.after]
 
@@ -62,4 +63,8 @@ STUDIES = {
         "RoPE, learned and none on the mid CPU config (4.7M parameters, 18 passes over the data, long enough for"
         " the val loss to turn up; about 80 minutes a run), 1 seed",
         "plots/shakespeare_char_mid", "1337", ("compare", MID)),
+    "gpu": Study(
+        "RoPE, learned and none at nanoGPT's GPU setting (10.7M parameters, block 256, dropout 0.2, 5000 steps),"
+        " 3 seeds, seed by seed with a timing probe first, within a 520-second budget (study.lease)",
+        "plots/shakespeare_char", SEEDS, ("lease", GPU, "--device", "cuda", "--budget-s", "520")),
 }

@@ -300,5 +300,5 @@ def add_study_flags(parser, encodings_default):
                         help="retrain runs whose directory holds a run with other settings or evaluated another way"
                              " (default: refuse)")
     parser.add_argument("--jobs", type=positive(int), default=1,
-                        help="CPU: runs trained at a time, each in its own process with an equal share of torch's "
-                             "threads (default: 1, one run after another with all threads)")
+                        help="runs trained at a time, each in its own process (on a CPU with an equal share of"
+                             " torch's threads; on a GPU side by side on it) (default: 1, one run after another)")

@@ -1,0 +1,36 @@
+"""study.lease: a study inside a short lease of a machine, on its CPU code path at a tiny size."""
+
+import tarfile
+
+from conftest import TINY_FLAGS, run
+
+
+def members(path):
+    with tarfile.open(path) as tar:
+        return sorted(tar.getnames())
+
+
+def test_probe_then_seed_by_seed_each_archived_as_it_finishes(data_dir, tmp_path):
+    proc = run("study.lease", "--seeds", "1,2", "--probe-steps", 10, "--sample-tokens", 20, "--data-dir", data_dir,
+               "--out-dir", tmp_path / "out", "--plots-dir", tmp_path / "plots", "--archive-dir", tmp_path / "arch",
+               *TINY_FLAGS)
+    assert "probe: 10 steps of 3 runs side by side" in proc.stdout and "one seed of 30 steps: about" in proc.stdout
+    for seed in (1, 2):
+        names = members(tmp_path / "arch" / f"shakespeare_char_cpu-seed{seed}.tar.gz")
+        assert names == sorted(f"shakespeare_char_cpu/{enc}_seed{seed}/{f}" for enc in ("rope", "learned", "none")
+                               for f in ("config.json", "metrics.csv", "summary.json", "samples.json"))
+    report = members(tmp_path / "arch" / "shakespeare_char_cpu-report.tar.gz")
+    assert {"results.md", "samples.md", "val_loss.png", "train_loss.png"} <= set(report)
+    results = (tmp_path / "plots" / "results.md").read_text()
+    assert "| RoPE − learned | " in results and results.count(" | 2 |") >= 3  # 2 seeds a variant, paired
+    assert not list(tmp_path.glob("arch/*.partial"))
+
+
+def test_a_seed_that_does_not_fit_the_budget_is_not_started(data_dir, tmp_path):
+    proc = run("study.lease", "--seeds", "1,2", "--probe-steps", 5, "--budget-s", 0.5, "--data-dir", data_dir,
+               "--out-dir", tmp_path / "out", "--plots-dir", tmp_path / "plots", "--archive-dir", tmp_path / "arch",
+               *TINY_FLAGS, check=False)
+    assert "seed 1: projected" in proc.stdout and "--seeds 1,2 trains the rest" in proc.stdout
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "study.lease: error: no seed fits in --budget-s: raise it, or train fewer steps"]
+    assert not (tmp_path / "arch").exists() or not list((tmp_path / "arch").iterdir())
