@@ -54,14 +54,14 @@ class GPTConfig:
     # RoPE/NoPE hybrid (a simplification of Llama 4's iRoPE): layer i (0-based) carries no position when
     # (i + 1) % nope_every == 0, RoPE otherwise; 0: every layer RoPE
     nope_every: int = 0
-    fire_L: float = 512.0
+    fire_L: float = 512.0  # FIRE's threshold L at initialisation (then learned): the paper's, for 2048 tokens
     # inference-time ablations (they own no weights): yarn_temperature=False keeps YaRN's ramp without its
     # attention temperature; clamp_distance=w scores every distance beyond w as w (RoPE as in ReRoPE,
     # T5 with the bucket of w); log_scale_length=n multiplies query i's logits q.k/sqrt(d) by
     # max(1, ln(i + 1) / ln n), before any additive bias
     yarn_temperature: bool = True
     clamp_distance: int = 0
-    log_scale_length: int = 0  # FIRE's threshold L at initialisation (then learned): the paper's, for 2048 tokens
+    log_scale_length: int = 0
 
     def __post_init__(self):
         if self.pos_encoding not in POS_ENCODINGS:
@@ -70,6 +70,8 @@ class GPTConfig:
             )
         if self.n_embd % self.n_head != 0:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.clamp_distance and self.pos_encoding not in ("rope", "t5"):
+            raise ValueError(f"clamp_distance clamps RoPE's or T5's distances; {self.pos_encoding} has none to clamp")
         if self.clamp_distance < 0 or self.log_scale_length < 0 or self.log_scale_length == 1:
             raise ValueError(f"clamp_distance must not be negative and log_scale_length must be 0 (off) or at least"
                              f" 2, got {self.clamp_distance} and {self.log_scale_length}")
@@ -255,8 +257,9 @@ class RotaryPositionalEncoding(PositionalEncoding):
                              f" {config.yarn_beta}")
         if config.rope_original_length < 0:
             raise ValueError(f"rope_original_length must not be negative, got {config.rope_original_length}")
-        if config.nope_every < 0:
-            raise ValueError(f"nope_every must not be negative (0: RoPE in every layer), got {config.nope_every}")
+        if config.nope_every and not 2 <= config.nope_every <= config.n_layer:
+            raise ValueError(f"nope_every must be 0 (RoPE in every layer) or 2 .. n_layer = {config.n_layer}"
+                             f" (1 would leave no RoPE layer, more than n_layer no NoPE layer), got {config.nope_every}")
 
     def acts_on(self, layer):
         return not self.nope_every or (layer + 1) % self.nope_every != 0

@@ -140,11 +140,15 @@ def make(task, rng, n, length, filler=None, depth=None):
     raise UserError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
 
 
-def evaluation_set(task, length, filler, examples=EVAL_EXAMPLES):
-    """The fixed evaluation examples of a task at one length (from their own seed, never the run's):
-    the passkey at each of the 11 depths, `examples` each; the others `examples` in all. The val
-    split's text is the passkey's filler."""
-    rng = np.random.default_rng([EVAL_SEED, TASKS.index(task), length])
+STREAMS = ("eval", "val", "test", "train")  # the fixed example sets, each from its own generator
+
+
+def evaluation_set(task, length, filler, examples=EVAL_EXAMPLES, stream="eval"):
+    """Fixed examples of a task at one length, from their own seed, never the run's: the passkey at
+    each of the 11 depths, `examples` each; the others `examples` in all. "eval" is study.retrieval's
+    set (filler: the val split); "val" and "test" are the ones training scores and picks its
+    checkpoint by (fillers: the val and the test split), so the retrieval set is none of them."""
+    rng = np.random.default_rng([EVAL_SEED, TASKS.index(task), length, STREAMS.index(stream)])
     if task != "passkey":
         return [make(task, rng, examples, length)]
     return [passkey(rng, examples, length, filler, depth) for depth in DEPTHS]
@@ -175,9 +179,10 @@ def wilson(successes, trials, z=1.959964):
 class TaskBatches:
     """train.py's data for a task, with Batches' interface: each optimizer step's examples drawn
     from a numpy generator seeded by the run's seed (the same for every encoding), and fixed
-    evaluation examples at the training length: val (the evaluation set, filler from the val
-    split), test (the same construction from its own seed, filler from the test split) and train (as
-    many examples from the training distribution, filler from the train split)."""
+    evaluation examples at the training length: val (the passkey at the 11 depths, filler from the
+    val split), test (the same construction from its own seed, filler from the test split) and train (as
+    many examples from the training distribution, filler from the train split). None of them is
+    study.retrieval's set."""
 
     def __init__(self, task, data_dir, block_size, batch_size, seed, device):
         if task not in TASKS:
@@ -188,15 +193,11 @@ class TaskBatches:
             chars = load_meta(data_dir)["chars"]
             self.filler = {s: to_task_ids(load_tokens(data_dir, s), chars) for s in ("train", "val", "test")}
         self.rng = np.random.default_rng(seed)
-        val = evaluation_set(task, block_size, self.filler.get("val"))
-        count = sum(len(e.tokens) for e in val)
-        self.sets = {
-            "val": val,
-            "test": [make(task, np.random.default_rng([EVAL_SEED, TASKS.index(task), block_size, 1]), count,
-                          block_size, self.filler.get("test"))],
-            "train": [make(task, np.random.default_rng([EVAL_SEED, TASKS.index(task), block_size, 2]), count,
-                           block_size, self.filler.get("train"))],
-        }
+        self.sets = {s: evaluation_set(task, block_size, self.filler.get(s), stream=s) for s in ("val", "test")}
+        count = sum(len(e.tokens) for e in self.sets["val"])
+        self.sets["train"] = [make(task, np.random.default_rng([EVAL_SEED, TASKS.index(task), block_size,
+                                                                 STREAMS.index("train")]),
+                                   count, block_size, self.filler.get("train"))]
         # what provenance() fingerprints, as it does the Shakespeare runs' EvalText
         self.eval_text = SimpleNamespace(fingerprint=digest(*(e.tokens for s in SPLITS for e in self.sets[s])))
 

@@ -36,6 +36,14 @@ each with factor s = L / block_size (or --rope-scaling-factor):
 A learned position table has no vectors past the training length: reported as n/a (its
 sliding window is not). Seeds of one variant are averaged (mean ± std over seeds).
 
+--ablations reads every run also with the inference-time ablations that apply to its encoding:
+  log-scale            query i's logits q.k/sqrt(d) times max(1, ln(i+1) / ln block_size), before
+                       any additive bias (every encoding; the plain model inside block_size)
+  clamp-32, clamp-63   every distance beyond w scored as w: RoPE as ReRoPE (q_i.R(min(i-j, w))k_j),
+                       T5 with the bucket of w. w = 63 is the plain model inside a 64 window; w = 32
+                       also changes the reads there (distances 33-63: see the 1x column)
+  yarn-no-temperature  YaRN's ramp without its temperature, one row per --yarn-beta (RoPE)
+
 Each run is measured with its best-val checkpoint (ckpt.pt), the weights sample.py uses.
 Writes <plots-dir>/extrapolation.png, loss_by_position.png and extrapolation.json.
 
@@ -70,8 +78,8 @@ from study.runs import find_runs, group_variants, read_config, variant_labels  #
 
 SCALINGS = ("none", "linear", "ntk", "dynamic-ntk", "yarn")
 SCALING_LABELS = {"linear": "PI", "ntk": "NTK", "dynamic-ntk": "dynamic NTK", "yarn": "YaRN"}
-# inference-time ablations (why RoPE breaks): log-length scaling of the logits (any encoding), a clamp of
-# the distance at w (RoPE as ReRoPE, T5 with the bucket of w), YaRN's ramp without its temperature (RoPE)
+# inference-time ablations (why RoPE breaks; see the module's doc): log-length scaling of the logits (any
+# encoding), a clamp of the distance at w (RoPE as ReRoPE, T5 with the bucket of w), YaRN's ramp alone (RoPE)
 ABLATIONS = ("log-scale", "clamp-32", "clamp-63", "yarn-no-temperature")
 YARN_ALPHA, YARN_BETAS = 1.0, (32.0, 8.0)  # the paper's alpha and beta (set for Llama's 4096), and beta for 64
 LINESTYLES = {"linear": (0, (5, 1)), "ntk": (0, (1, 1)), "dynamic-ntk": (0, (3, 1, 1, 1)), "yarn": (0, (6, 2, 1, 2))}
@@ -654,7 +662,8 @@ def main():
     parser.add_argument("--ablations", default="", metavar="NAMES",
                         help="comma-separated inference-time ablations each run is also read with, where they apply:"
                              " log-scale (query i's logits times max(1, ln(i+1)/ln block)), clamp-32 and clamp-63"
-                             " (distances beyond w scored as w: rope as ReRoPE, t5 with the bucket of w),"
+                             " (distances beyond w scored as w: rope as ReRoPE, t5 with the bucket of w; at block 64"
+                             " clamp-32 also changes reads inside the window),"
                              " yarn-no-temperature (rope: YaRN's ramp alone) (default: none)")
     parser.add_argument("--rope-scaling-factor", type=parse_factor, default=None, metavar="F",
                         help="scaling factor s >= 1 of the static methods, or 'auto' for s = length / block size at"

@@ -52,15 +52,26 @@ def records(run_dirs):
     return [Path(d) / name for d in run_dirs for name in RECORD_FILES if (Path(d) / name).exists()]
 
 
+def projected_seconds(summary, cfg, probe_cfg):
+    """A run's seconds at cfg, from its probe's summary: its fixed cost (start-up, data, compiling),
+    the training steps scaled by max_iters, the evaluations by their count (the test split's one
+    counted as one more)."""
+    evals = lambda c: c.max_iters // c.eval_interval + 2  # noqa: E731  (step 0 .. max_iters, and the test split)
+    fixed = summary["wall_s"] - summary["train_s"] - summary["eval_s"]
+    return (fixed + summary["train_s"] * cfg.max_iters / probe_cfg.max_iters
+            + summary["eval_s"] * evals(cfg) / evals(probe_cfg))
+
+
 def probe(cfgs, steps, jobs):
     """Seconds one seed's runs take side by side, projected from `steps` steps of each (trained into
-    <out-dir>/lease-probe/, evaluated as often as the real runs); the probe's summaries."""
+    <out-dir>/lease-probe/, evaluated as often as the real runs)."""
     short = [replace(c, max_iters=steps, eval_interval=min(c.eval_interval, steps), run_name=f"lease-probe/{c.run_name}",
                      progress=False) for c in cfgs]
     t0 = time.time()
     summaries = train_runs(short, overwrite=True, jobs=jobs)
     wall = time.time() - t0
-    projected = wall * cfgs[0].max_iters / steps
+    start = wall - max(s["wall_s"] for s in summaries)  # the processes' own start-up
+    projected = start + max(projected_seconds(s, c, p) for s, c, p in zip(summaries, cfgs, short))
     ms = ", ".join(f"{s['pos_encoding']} {s['ms_per_iter']:.0f}" for s in summaries)
     print(f"probe: {steps} steps of {len(cfgs)} runs side by side in {wall:.0f} s (ms/step: {ms});"
           f" one seed of {cfgs[0].max_iters} steps: about {projected:.0f} s", flush=True)
@@ -78,6 +89,9 @@ def main():
                              " not started (default: no limit)")
     parser.add_argument("--probe-steps", type=int, default=300,
                         help="steps of the timing probe before the seeds (0: no probe, and no budget check)")
+    parser.add_argument("--reserve-s", type=float, default=30.0,
+                        help="seconds of --budget-s kept for the samples, the report and the archives at the end"
+                             " (default: 30)")
     parser.add_argument("--archive-dir", default=None,
                         help="where each seed's records and the report are archived as they finish (default: none)")
     add_config_flags(parser, exclude=("pos_encoding", "run_name", "seed"))
@@ -91,9 +105,11 @@ def main():
     if args.probe_steps < 0 or (args.probe_steps == 0 and args.budget_s):
         raise UserError("--probe-steps must be positive to check --budget-s (0: no probe, no budget)")
     per_seed = probe(make_configs(args, variants, seeds[:1]), args.probe_steps, jobs) if args.probe_steps else 0.0
-    name, root, done = Path(args.config).stem, Path(base.out_dir), []
+    task = "" if base.task == "shakespeare" else f"-{base.task}"
+    name, root, done = Path(args.config).stem + task, Path(base.out_dir), []
+    text = not task  # (a task model's samples are not text)
     for seed in seeds:
-        left = None if args.budget_s is None else args.budget_s - (time.time() - t0)
+        left = None if args.budget_s is None else args.budget_s - args.reserve_s - (time.time() - t0)
         if left is not None and per_seed > left:
             print(f"seed {seed}: projected {per_seed:.0f} s, {left:.0f} s left: not started (the same command with"
                   f" --seeds {','.join(map(str, seeds[seeds.index(seed):]))} trains the rest)", flush=True)
@@ -101,7 +117,8 @@ def main():
         cfgs = make_configs(args, variants, [seed])
         train_runs(cfgs, args.overwrite, jobs)
         run_dirs = [root / c.run_name for c in cfgs]
-        collect_samples(Study(run_dirs), args.sample_tokens, base.data_dir, base.progress, device)
+        if text:
+            collect_samples(Study(run_dirs), args.sample_tokens, base.data_dir, base.progress, device)
         done += run_dirs
         if args.archive_dir:
             archive(Path(args.archive_dir) / f"{name}-seed{seed}.tar.gz", records(run_dirs), root)
@@ -110,7 +127,7 @@ def main():
     study = Study(done)
     for path in plot_runs(study.run_dirs, args.plots_dir):
         print(f"wrote {path}")
-    samples = collect_samples(study, args.sample_tokens, base.data_dir, base.progress, device)
+    samples = collect_samples(study, args.sample_tokens, base.data_dir, base.progress, device) if text else None
     write_report(study, args.plots_dir, f"Results: {name}", samples, args.sample_tokens, t0)
     if args.archive_dir:
         plots = Path(args.plots_dir)

@@ -34,7 +34,7 @@ from study.runs import find_runs, group_variants, read_config, variant_labels  #
 from tasks import DEPTHS, evaluation_set, to_task_ids, unit_correct, wilson  # noqa: E402
 
 STATIC = ("none", "linear", "ntk", "yarn")  # dynamic NTK needs a pass per factor: the length study has it
-DISTANCE_EDGES = (0, 16, 32, 64, 128, 256, 512)  # recall: query-to-key distance bins, in characters
+DISTANCE_EDGES = (0, 16, 32, 64, 128, 256, 512)  # recall: query-to-key distance bins, the last open-ended
 BATCH_TOKENS = 16384
 
 
@@ -42,7 +42,8 @@ def cell_labels(task):
     if task == "passkey":
         return [f"depth {d:g}" for d in DEPTHS]
     if task == "recall":
-        return [f"distance {a}-{b - 1}" for a, b in zip(DISTANCE_EDGES, DISTANCE_EDGES[1:])]
+        return [f"distance {a}-{b - 1}" for a, b in zip(DISTANCE_EDGES, DISTANCE_EDGES[1:])] + \
+            [f"distance {DISTANCE_EDGES[-1]}+"]
     return ["all"]
 
 
@@ -80,6 +81,7 @@ def retrieval_runs(run_dirs, lengths=None, scalings=("none",), data_dir=None, de
     bad = [s for s in scalings if s not in STATIC]
     if bad:
         raise UserError(f"--rope-scaling takes some of {', '.join(STATIC)}, got {', '.join(bad)}")
+    scalings = list(dict.fromkeys(["none", *scalings]))  # the plain reading always: the others are read beside it
     t0, device = time.time(), pick_device(device)
     configs = [read_config(r) for r in run_dirs]
     tasks_ = sorted({c.get("task", "shakespeare") for c in configs})
@@ -91,7 +93,7 @@ def retrieval_runs(run_dirs, lengths=None, scalings=("none",), data_dir=None, de
     lengths = sorted(set(lengths or [m * block for m in (1, 2, 4, 8)]))
     data_dir = resolve_data_dir(ckpts, run_dirs, data_dir)
     filler = to_task_ids(load_tokens(data_dir, "val"), load_meta(data_dir)["chars"]) if task == "passkey" else None
-    sets = {L: evaluation_set(task, L, filler) for L in lengths}
+    sets = {L: evaluation_set(task, L, filler) for L in lengths}  # not the sets training picked ckpt.pt by
     groups = group_variants(configs)
     labels = variant_labels(configs, groups)
     n_cells = len(cell_labels(task))
@@ -148,11 +150,14 @@ def format_table(results):
 
 def report(results):
     n = results["examples_per_cell"]
-    cells = "11 depths" if results["task"] == "passkey" else "one set"
+    per = f"{n} examples at each of 11 depths" if results["task"] == "passkey" else f"{n} examples"
+    unit = {"passkey": "all five digits", "recall": "each query's value", "copy": "the whole string"}[results["task"]]
     return (f"# Retrieval: {results['task']}\n\n"
-            f"Exact match on the fixed evaluation set ({n} examples per cell, {cells} per length): all seeds"
-            f" pooled, its 95% Wilson interval, and each seed's (in %). Models trained on"
-            f" {results['block_size']} characters.\n\n{format_table(results)}\n")
+            f"Exact match ({unit} right, teacher-forced argmax) on the fixed evaluation set ({per} per length;"
+            f" its own seed, none of the sets training scored): all seeds pooled with its 95% Wilson interval,"
+            f" then each seed's (in %). The interval covers the sampling of examples, not the spread between"
+            f" seeds: read the per-seed values for that. Models trained on {results['block_size']} characters."
+            f"\n\n{format_table(results)}\n")
 
 
 def plot_heatmaps(results, path):
@@ -170,13 +175,15 @@ def plot_heatmaps(results, path):
             c = np.array(per_seed, dtype=float)  # (seeds, cells, 2)
             with np.errstate(invalid="ignore"):
                 grid[:, j] = np.nanmean(np.where(c[..., 1] > 0, c[..., 0] / np.maximum(c[..., 1], 1), np.nan), 0)
-        image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto", origin="lower")
+        cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")  # n/a, or no unit in that cell
+        image = ax.imshow(grid, vmin=0, vmax=1, cmap=cmap, aspect="auto", origin="lower")
         ax.set_xticks(range(len(lengths)), [str(L) for L in lengths])
         ax.set_yticks(range(len(cells)), cells)
         ax.set_title(row["label"], fontsize=9)
         ax.set_xlabel("length")
     fig.colorbar(image, ax=axes[0].tolist(), label="exact match (mean over seeds)", shrink=0.8)
-    fig.suptitle(f"{results['task']}: exact match by length (trained on {results['block_size']}); grey: n/a",
+    fig.suptitle(f"{results['task']}: exact match by length (trained on {results['block_size']}); grey: n/a or"
+                 f" no example in that cell",
                  fontsize=10)
     save(fig, path)
 
@@ -200,7 +207,8 @@ def main():
     parser.add_argument("--lengths", type=parse_lengths, default=None,
                         help="comma-separated lengths (default: 1x,2x,4x,8x the training block size)")
     parser.add_argument("--rope-scaling", default="none",
-                        help=f"comma-separated methods RoPE runs are also read with: {', '.join(STATIC)} (default: none)")
+                        help=f"comma-separated methods RoPE runs are also read with, beside the plain reading:"
+                             f" {', '.join(STATIC)} (default: none)")
     args = parser.parse_args()
     if args.from_json:
         return redraw(args.from_json, "retrieval.json", "study.retrieval", ("rows", "lengths", "task"), report,

@@ -302,6 +302,14 @@ def test_nope_every_k_leaves_every_kth_layer_without_position(every, nope_layers
     assert [i for i in range(4) if not enc.acts_on(i)] == nope_layers
 
 
+@pytest.mark.parametrize("settings, message", [
+    (dict(nope_every=1), "nope_every must be 0"), (dict(nope_every=5), "nope_every must be 0"),
+    (dict(pos_encoding="alibi", clamp_distance=32), "alibi has none to clamp")])
+def test_settings_that_would_be_meaningless_are_refused(settings, message):
+    with pytest.raises(ValueError, match=message):
+        GPTConfig(**{**HYBRID, **settings})
+
+
 def test_a_nope_layer_carries_no_position_and_a_rope_layer_does():
     """The last query's output of a layer without position is a weighted sum over a set: permuting
     the earlier positions' keys and values (their inputs) leaves it unchanged; under RoPE it changes."""
