@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from common import comma_list, pick_device, run_cli
-from study.evaluate import SCALINGS, evaluate_runs, format_table, write_outputs
+from study.evaluate import ABLATIONS, SCALINGS, evaluate_runs, format_table, write_outputs
 from study.plot import plot_runs
 from study.plot_rope import plot_rope
 from study.probes import format_tables as format_probe_tables
@@ -32,14 +32,37 @@ from train import FIELD_TYPES, add_config_flags, build_parser, config_from_args,
 ARTICLE_ENCODINGS = ["rope", "learned", "none"]
 
 
-def measure_lengths(study, plots_dir, methods, data_dir):
-    """The length study on a study's runs: val loss at 1x-8x the block size (study.evaluate), how far
-    back the models read (study.probes), with their figures and JSON in plots_dir, and RoPE's decay
-    picture; returns what write_report's tables need."""
+def add_length_flags(parser):
+    """--extrapolate and what it reads the runs with (study.compare, study.sweep)."""
+    parser.add_argument("--extrapolate", action="store_true",
+                        help="afterwards, evaluate every run at 1x, 2x, 4x, 8x its block size (study.evaluate), run"
+                             " the attention-distance and copy probes (study.probes) and draw the RoPE decay picture"
+                             " (study.plot_rope)")
+    parser.add_argument("--extrapolate-methods", default=",".join(SCALINGS), metavar="METHODS",
+                        help="with --extrapolate: the RoPE context-extension methods rope runs are also read with"
+                             " (study.evaluate --rope-scaling): none (plain), linear, ntk, dynamic-ntk, yarn"
+                             " (default: all)")
+    parser.add_argument("--ablations", default="", metavar="NAMES",
+                        help="with --extrapolate: inference-time ablations the runs are also read with, where they"
+                             " apply (study.evaluate --ablations): " + ", ".join(ABLATIONS) + " (default: none)")
+
+
+def length_options(args):
+    """(methods, ablations) of add_length_flags; a typo is a one-line error."""
+    return (comma_list(args.extrapolate_methods, "--extrapolate-methods", choices=SCALINGS),
+            comma_list(args.ablations, "--ablations", choices=ABLATIONS) if args.ablations else ())
+
+
+def measure_lengths(study, plots_dir, args, data_dir):
+    """The length study on a study's runs: val loss at 1x-8x the block size (study.evaluate, with
+    add_length_flags' methods and ablations), how far back the models read (study.probes), with
+    their figures and JSON in plots_dir, and RoPE's decay picture; returns what write_report's
+    tables need."""
     c, plots_dir = study.configs[0], Path(plots_dir)
+    methods, ablations = length_options(args)
     t0 = time.time()
     results = evaluate_runs(study.run_dirs, scalings=methods, data_dir=data_dir, device=pick_device(c["device"]),
-                            progress=c["progress"])
+                            progress=c["progress"], ablations=ablations)
     write_outputs(results, plots_dir)
     plot_rope(c["n_embd"] // c["n_head"], c["rope_theta"], c["block_size"], plots_dir / "rope_decay.png")
     print(format_table(results))
@@ -57,14 +80,7 @@ def main():
     parser.add_argument("--seeds-if-undecided", default="", metavar="SEEDS",
                         help="more seeds for the variants of every pair whose paired interval (val or test) contains 0"
                              " after --seeds, e.g. 1340,1341 (default: none)")
-    parser.add_argument("--extrapolate", action="store_true",
-                        help="afterwards, evaluate every run at 1x, 2x, 4x, 8x its block size (evaluate.py), run the"
-                             " attention-distance and copy probes (probes.py) and draw the RoPE decay picture"
-                             " (plot_rope.py)")
-    parser.add_argument("--extrapolate-methods", default=",".join(SCALINGS), metavar="METHODS",
-                        help="with --extrapolate: the RoPE context-extension methods rope runs are also read with"
-                             " (evaluate.py --rope-scaling): none (plain), linear, ntk, dynamic-ntk, yarn"
-                             " (default: all)")
+    add_length_flags(parser)
     parser.add_argument("--print-commands", action="store_true",
                         help="train nothing: print a train.py command for each run not finished yet, to run with any"
                              " scheduler (GNU parallel, a SLURM array, ...); the same command without this flag"
@@ -74,7 +90,7 @@ def main():
 
     variants = parse_variants(args.pos_encodings, FIELD_TYPES)
     seeds = parse_seeds(args.seeds)
-    methods = comma_list(args.extrapolate_methods, "--extrapolate-methods", choices=SCALINGS)
+    length_options(args)  # (before any training)
     base = config_from_args(args)  # flags over the config file over the defaults, before per-run settings
     device = pick_device(base.device)  # (a device this machine lacks: one line now)
     more = parse_seeds(args.seeds_if_undecided, "--seeds-if-undecided") if args.seeds_if_undecided.strip() else []
@@ -94,7 +110,7 @@ def main():
         study = Study([Path(cfg.out_dir) / cfg.run_name for cfg in cfgs + extra])
     samples = collect_samples(study, args.sample_tokens, base.data_dir, base.progress, device) \
         if base.task == "shakespeare" else None  # (a task model's samples are not text)
-    lengths = measure_lengths(study, args.plots_dir, methods, base.data_dir) if args.extrapolate else None
+    lengths = measure_lengths(study, args.plots_dir, args, base.data_dir) if args.extrapolate else None
     for path in plot_runs(study.run_dirs, args.plots_dir):
         print(f"wrote {path}")
     write_report(study, args.plots_dir, f"Results: {Path(args.config).stem}", samples, args.sample_tokens, t0,

@@ -15,6 +15,16 @@ ALL = SWEEP + ",rope:rope_fraction=0.5"
 ROPE_LR = "rope:learning_rate=0.004:min_lr=0.0004"  # RoPE at its best rate in the sweep
 FRACTIONS = ",".join(f"{ROPE_LR}:rope_fraction={p}" for p in (0.25, 0.5, 0.75))
 BASES = ",".join(f"{ROPE_LR}:rope_theta={b}" for b in (100, 1000, 100000))
+# Why RoPE breaks past 64: the encodings read with the ablations, and the designs current models use instead
+BREAK = "rope,rope:rope_fraction=0.25,none,t5,rope:nope_every=2,rope:nope_every=4,fire:fire_L=16"
+ABLATIONS = "log-scale,clamp-32,clamp-63,yarn-no-temperature"
+# What the ablations can say, fixed before their numbers exist (loss past 64 against each model's own
+# sliding window, per seed):
+# - "unseen rotation angles" is supported if the clamp (which never shows a pair an angle beyond w)
+#   repairs RoPE and 25% p-RoPE while log scaling does not;
+# - "attention spread over more keys than training showed" is supported if log scaling (which sharpens
+#   attention as the context grows) repairs RoPE, 25% p-RoPE and none;
+# - both repairing, or neither, or a repair in some seeds only, leaves it undecided.
 
 
 @dataclass(frozen=True)
@@ -63,6 +73,13 @@ STUDIES = {
         "RoPE, learned and none on the mid CPU config (4.7M parameters, 18 passes over the data, long enough for"
         " the val loss to turn up; about 80 minutes a run), 1 seed",
         "plots/shakespeare_char_mid", "1337", ("compare", MID)),
+    "rope_break": Study(
+        "why RoPE breaks past its training length: RoPE, 25% p-RoPE, none and T5 read with log scaling, a"
+        " distance clamp at 32 and 63 and YaRN without temperature, beside RoPE/NoPE hybrids and FIRE with L"
+        " starting at 16; each swept on seed 1337, then 3 seeds at its best rate",
+        "plots/rope_break", SEEDS,
+        ("sweep", CPU, "--pos-encodings", BREAK, "--extrapolate", "--extrapolate-methods", "none,yarn",
+         "--ablations", ABLATIONS)),
     "gpu": Study(
         "RoPE, learned and none at nanoGPT's GPU setting (10.7M parameters, block 256, dropout 0.2, 5000 steps),"
         " 3 seeds, seed by seed with a timing probe first, within a 520-second budget (study.lease)",

@@ -33,6 +33,7 @@ matplotlib.use("Agg")  # files only, no window
 import matplotlib.pyplot as plt  # noqa: E402
 
 from common import UserError, atomic_write, comma_list, read_json, run_cli, write_json  # noqa: E402
+from study.compare import add_length_flags, length_options, measure_lengths  # noqa: E402
 from study.report import Study, write_report  # noqa: E402
 from study.samples import collect_samples  # noqa: E402
 from study.training import add_study_flags, make_configs, parse_seeds, train_runs  # noqa: E402
@@ -159,12 +160,14 @@ def main():
     parser.add_argument("--max-extensions", type=int, default=3,
                         help="how many times a variant whose best rate is at an edge gets one more rate beyond it"
                              " (default: 3; 0: never)")
+    add_length_flags(parser)
     add_config_flags(parser, exclude=("pos_encoding", "run_name", "seed", "learning_rate", "min_lr"))
     args = parser.parse_args()
     if args.max_extensions < 0:
         raise UserError(f"--max-extensions must not be negative, got {args.max_extensions}")
     variants = parse_variants(args.pos_encodings, FIELD_TYPES)
     seeds = parse_seeds(args.seeds)
+    length_options(args)  # (before any training)
     t0 = time.time()
 
     sweep = run_sweep(args, variants, args.learning_rates, args.sweep_seed)
@@ -185,8 +188,9 @@ def main():
     samples = collect_samples(study, args.sample_tokens, base.data_dir, base.progress)
     for path in plot_runs(study.run_dirs, plots_dir):
         print(f"wrote {path}")
+    lengths = measure_lengths(study, plots_dir, args, base.data_dir) if args.extrapolate else None
     write_report(study, plots_dir, f"Learning-rate sweep: {Path(args.config).stem}", samples,
-                 args.sample_tokens, t0=t0, intro=intro)
+                 args.sample_tokens, t0=t0, intro=intro, lengths=lengths)
     print(f"wrote {plots_dir}/lr_sweep.png, lr_sweep.json and the study at the best rates beside them")
 
 

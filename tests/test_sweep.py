@@ -67,3 +67,15 @@ def test_a_diverged_rate_counts_as_the_worst_and_does_not_stop_the_sweep(tmp_pat
     assert [r for _, r, _ in trained] == [1e-3, 2e-3, 4e-3, 6e-3]  # 6e-3 still trained after 4e-3 diverged
     assert sweep.final_val(result[0][4e-3]) == math.inf and "diverged" in capsys.readouterr().out
     assert min(result[0], key=lambda r: sweep.final_val(result[0][r])) == 6e-3
+
+
+def test_the_sweep_reads_its_best_rate_runs_past_their_length_with_the_ablations(data_dir, tmp_path):
+    from conftest import TINY_FLAGS, run
+    run("study.sweep", "--pos-encodings", "rope", "--learning-rates", "1e-3,2e-3", "--max-extensions", 0,
+        "--seeds", 1337, "--extrapolate", "--extrapolate-methods", "none", "--ablations", "log-scale,clamp-63",
+        "--sample-tokens", 20, "--data-dir", data_dir, "--out-dir", tmp_path / "out", "--plots-dir", tmp_path / "plots",
+        *TINY_FLAGS)
+    results = (tmp_path / "plots" / "results.md").read_text()
+    assert "## Length extrapolation" in results and "## The sweep" in results
+    rows = [json_row["name"] for json_row in json.loads((tmp_path / "plots" / "extrapolation.json").read_text())["rows"]]
+    assert {r.split("+")[1] for r in rows if "+" in r} == {"log-scale", "clamp-63", "sliding"}
