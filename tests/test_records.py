@@ -17,6 +17,8 @@ TIMING = ("wall time (s)", "ms/iter")  # measured, not computed: they differ fro
 # which needs checkpoints (its figures redraw from their JSON: study.evaluate --from-json)
 STUDIES = {
     "baseline": ("study.compare", "shakespeare_char_cpu", "1337,1338,1339", ROOT / "plots" / "results.md", [], 9),
+    "sweep": ("study.sweep", "shakespeare_char_cpu", "1337,1338,1339", ROOT / "plots" / "lr_sweep" / "results.md",
+              ["--pos-encodings", "all,sinusoidal:sinusoidal_scale=false"], 74),
 }
 
 
