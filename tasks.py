@@ -85,9 +85,9 @@ def passkey(rng, n, length, filler, depth=None):
     starts = rng.integers(0, len(filler) - room, n)
     keys = rng.choice(DIGITS, (n, PASSKEY_DIGITS))
     cuts = (rng.integers(0, room + 1, n) if depth is None else np.full(n, round(depth * room)))
+    hash_, eq = torch.tensor([STOI["#"]]), torch.tensor([STOI["="]])
     for i in range(n):
         text, key, a = filler[starts[i]:starts[i] + room], torch.from_numpy(keys[i]), cuts[i]
-        hash_, eq = torch.tensor([STOI["#"]]), torch.tensor([STOI["="]])
         tokens[i] = torch.cat([text[:a], hash_, key, hash_, text[a:], eq, key])
     unit[:, -PASSKEY_DIGITS:] = 0  # the targets of the last five inputs: the digits after "="
     where = torch.from_numpy(cuts / max(room, 1)).float()[:, None]
