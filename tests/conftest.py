@@ -1,11 +1,21 @@
+import contextlib
+import io
 import os
 import random
+import runpy
+import signal
 import subprocess
 import sys
+import traceback
+import warnings
 from pathlib import Path
 
+import matplotlib
 import pytest
 import torch
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
 
 # Tiny models gain nothing from threads, and two processes both spinning 2 OpenMP threads on
 # 2 cores slow each other down many times over: tests and the scripts they launch use one.
@@ -54,10 +64,53 @@ def command(script):
     return [sys.executable, str(ROOT / script)] if script.endswith(".py") else [sys.executable, "-m", script]
 
 
-def run(script, *args, cwd=ROOT, check=True):
-    """Run one of the project's scripts as a user would; returns the CompletedProcess."""
-    proc = subprocess.run([*command(script), *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=300, env=ENV)
+def run(script, *args, cwd=ROOT, check=True, fresh=False):
+    """Run one of the project's scripts as a user would; returns the CompletedProcess. The script runs
+    in this process, as `python script` would run it (its argv, the environment ENV, the working
+    directory, its output and exit code captured): a new interpreter would spend most of the suite's
+    time importing torch. fresh=True starts a real process, for what needs one (signals, pipes)."""
+    args = list(map(str, args))
+    proc = (subprocess.run([*command(script), *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=ENV)
+            if fresh else run_here(script, args, cwd))
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def run_here(script, args, cwd):
+    """`script` run in this process under __main__ (runpy, as the interpreter does), with everything a
+    script may change put back afterwards: argv, environment, working directory, threads, SIGINT."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    saved = sys.argv[:], dict(os.environ), os.getcwd(), torch.get_num_threads(), signal.getsignal(signal.SIGINT)
+    os.environ.clear()
+    os.environ.update(ENV)
+    os.chdir(cwd)
+    code = 0
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), warnings.catch_warnings():
+            warnings.simplefilter("default")  # as a fresh interpreter shows them, on its stderr
+            # (a fresh interpreter has not imported the module it runs yet; this one may have)
+            warnings.filterwarnings("ignore", "'study.* found in sys.modules", RuntimeWarning)
+            warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: \
+                sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+            sys.argv = [script, *args]
+            if script.endswith(".py"):
+                runpy.run_path(str(ROOT / script), run_name="__main__")
+            else:
+                runpy.run_module(script, run_name="__main__", alter_sys=True)
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+        if isinstance(e.code, str):
+            stderr.write(e.code + "\n")
+    except Exception:
+        stderr.write(traceback.format_exc())
+        code = 1
+    finally:
+        sys.argv, environ, cwd_before, threads, sigint = saved
+        os.environ.clear()
+        os.environ.update(environ)
+        os.chdir(cwd_before)
+        torch.set_num_threads(threads)
+        signal.signal(signal.SIGINT, sigint)
+        plt.close("all")
+    return subprocess.CompletedProcess([*command(script), *args], code, stdout.getvalue(), stderr.getvalue())
