@@ -16,12 +16,14 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    """A corpus prepared with the CLI and two short training runs."""
+    """A corpus prepared with the CLI and two short training runs, each in a new interpreter exactly as a
+    user starts it (the other tests run the scripts in the test process)."""
     ws = tmp_path_factory.mktemp("ws")
     (ws / "input.txt").write_text(make_corpus())
-    run("prepare_shakespeare.py", "--input", ws / "input.txt", "--out-dir", ws / "data")
+    run("prepare_shakespeare.py", "--input", ws / "input.txt", "--out-dir", ws / "data", fresh=True)
     for enc in ("rope", "learned"):
-        run("train.py", "--pos-encoding", enc, "--data-dir", ws / "data", "--out-dir", ws / "out", *TINY_FLAGS)
+        run("train.py", "--pos-encoding", enc, "--data-dir", ws / "data", "--out-dir", ws / "out", *TINY_FLAGS,
+            fresh=True)
     return ws
 
 
@@ -302,7 +304,7 @@ def test_printed_train_commands_are_the_runs_the_study_then_reuses(tmp_path):
 
 
 def test_the_study_entry_point_lists_studies_and_keeps_a_quick_look_out_of_plots():
-    listing = run("study", "--help").stdout
+    listing = run("study", "--help", fresh=True).stdout  # python -m study, a new interpreter
     for name in ("baseline", "all", "sweep", "rope", "finetune", "mid", "rope_break", "gpu"):
         assert f"  {name} " in listing
     assert run("study", "baseline", "--print-commands").stdout.splitlines()[-1] == "python -m study baseline"
