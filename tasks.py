@@ -7,9 +7,13 @@ Synthetic tasks where position decides: the model must find one thing in its con
 - passkey: filler_a + "#" + ddddd + "#" + filler_b + "=" + ddddd. Five uniform digits (repeats
   allowed) hidden at a depth len(filler_a) / (len(filler_a) + len(filler_b)) of Shakespeare text
   (the train split in training, the val split in evaluation); the model must say them after "=".
-- recall: multi-query associative recall (Zoology, Arora et al. 2023): D distinct keys (lower-case
-  letters) each followed by a digit value, a gap of one filler symbol, then the D keys again in
-  random order, each followed by its value. Longer examples lengthen the gap, D fixed.
+- recall: multi-query associative recall as Zoology lays it out (Arora et al. 2023): D pairs of a
+  key (a lower-case letter, all distinct) and its value (a digit, all distinct), then noise
+  (upper-case letters, which are neither keys nor values) in which the D keys are asked again, in
+  random order, each at a random even offset and followed by its value. D = 8; training draws D
+  from 1..8 per example (the easy examples teach the lookup the hard ones need; a pilot on a fixed
+  D = 8 with the queries in one block after a constant gap plateaued at 46%). Longer examples
+  spread the same D queries over more noise, so they stand farther from their keys.
 - copy: a random string of lower-case letters, a separator, the string again (the NoPE study's
   copy task, Kazemnejad et al. 2023).
 
@@ -40,7 +44,7 @@ IGNORE = -100  # F.cross_entropy's ignore_index: a target that is not scored
 
 PASSKEY_DIGITS = 5
 RECALL_KEYS = 8  # D
-RECALL_GAP = STOI["."]  # the gap's filler symbol
+RECALL_NOISE = np.array([STOI[c] for c in string.ascii_uppercase])  # what stands between the queries
 COPY_SEPARATOR = STOI["="]
 EVAL_SEED = 20231  # the evaluation set's own generator: the same examples for every run and seed
 EVAL_EXAMPLES = 100  # per cell
@@ -94,24 +98,24 @@ def passkey(rng, n, length, filler, depth=None):
     return Examples(tokens, unit, where)
 
 
-def recall(rng, n, length, keys=RECALL_KEYS):
-    """n recall examples of `length`: `keys` key-value pairs, a gap, the keys again in random order."""
-    gap = length + 1 - 4 * keys
-    if gap < 0:
+def recall(rng, n, length, keys=RECALL_KEYS, mixed=False):
+    """n recall examples of `length`: `keys` key-value pairs, then noise with each key asked again at
+    a random even offset after them, followed by its value; mixed: each example draws its own number
+    of pairs from 1..keys (its absent units' `where` is NaN)."""
+    if length + 1 < 4 * keys:
         raise UserError(f"a recall example with {keys} keys needs a length of at least {4 * keys - 1}, got {length}")
-    tokens = torch.full((n, length + 1), RECALL_GAP, dtype=torch.long)
+    tokens = torch.from_numpy(rng.choice(RECALL_NOISE, (n, length + 1)))
     unit = torch.full((n, length), -1, dtype=torch.long)
-    where = torch.empty(n, keys)
-    query_start = 2 * keys + gap
-    for i in range(n):
-        k = rng.choice(LETTERS, keys, replace=False)
-        v = rng.choice(DIGITS, keys)
-        order = rng.permutation(keys)
-        tokens[i, 0:2 * keys:2], tokens[i, 1:2 * keys:2] = torch.from_numpy(k), torch.from_numpy(v)
-        q = query_start + 2 * np.arange(keys)  # where each query key stands
+    where = torch.full((n, keys), float("nan"))
+    counts = rng.integers(1, keys + 1, n) if mixed else np.full(n, keys)
+    for i, d in enumerate(counts):
+        k, v = rng.choice(LETTERS, d, replace=False), rng.choice(DIGITS, d, replace=False)
+        tokens[i, 0:2 * d:2], tokens[i, 1:2 * d:2] = torch.from_numpy(k), torch.from_numpy(v)
+        q = 2 * d + 2 * np.sort(rng.choice((length + 1 - 2 * d) // 2, d, replace=False))  # the queries' places
+        order = rng.permutation(d)  # which key each one asks
         tokens[i, q], tokens[i, q + 1] = torch.from_numpy(k[order]), torch.from_numpy(v[order])
-        unit[i, q] = torch.arange(keys)  # the target at a query key's position is its value
-        where[i] = torch.from_numpy((q - 2 * order).astype(np.float32))  # query position - key position
+        unit[i, q] = torch.arange(d)  # the target at a query key's position is its value
+        where[i, :d] = torch.from_numpy((q - 2 * order).astype(np.float32))  # query position - key position
     return Examples(tokens, unit, where)
 
 
@@ -130,11 +134,12 @@ def copy(rng, n, length):
 TASKS = ("passkey", "recall", "copy")
 
 
-def make(task, rng, n, length, filler=None, depth=None):
+def make(task, rng, n, length, filler=None, depth=None, training=False):
+    """n examples of a task; training: as training draws them (recall: a mixed number of pairs)."""
     if task == "passkey":
         return passkey(rng, n, length, filler, depth)
     if task == "recall":
-        return recall(rng, n, length)
+        return recall(rng, n, length, mixed=training)
     if task == "copy":
         return copy(rng, n, length)
     raise UserError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
@@ -181,7 +186,7 @@ class TaskBatches:
     from a numpy generator seeded by the run's seed (the same for every encoding), and fixed
     evaluation examples at the training length: val (the passkey at the 11 depths, filler from the
     val split), test (the same construction from its own seed, filler from the test split) and train (as
-    many examples from the training distribution, filler from the train split). None of them is
+    many examples made as the others are, recall's with all D pairs, filler from the train split). None of them is
     study.retrieval's set."""
 
     def __init__(self, task, data_dir, block_size, batch_size, seed, device):
@@ -208,7 +213,8 @@ class TaskBatches:
     def step_batches(self, micro_steps, rank=0, world_size=1):
         """This rank's micro-batches (x, y) of one optimizer step: all the step's examples are drawn,
         then shared out, so any number of processes sees the same examples."""
-        examples = make(self.task, self.rng, micro_steps * self.batch_size, self.block_size, self.filler.get("train"))
+        examples = make(self.task, self.rng, micro_steps * self.batch_size, self.block_size, self.filler.get("train"),
+                        training=True)
         share = micro_steps // world_size
         size = self.batch_size
         return [self._to_device(examples[i * size:(i + 1) * size]) for i in range(rank * share, (rank + 1) * share)]

@@ -74,23 +74,33 @@ def test_recall_format_keys_values_and_distances():
         s = text(row)
         pairs = dict(zip(s[0:2 * keys:2], s[1:2 * keys:2]))
         assert len(pairs) == keys and set(pairs) <= set(string.ascii_lowercase)
-        assert set(pairs.values()) <= set(string.digits)
-        gap = 65 - 4 * keys
-        assert s[2 * keys:2 * keys + gap] == "." * gap  # the gap: one filler symbol
-        queries = s[2 * keys + gap:]
-        assert sorted(queries[0::2]) == sorted(pairs)  # every key asked once
-        assert all(pairs[k] == v for k, v in zip(queries[0::2], queries[1::2]))  # with its value
+        assert len(set(pairs.values())) == keys and set(pairs.values()) <= set(string.digits)  # distinct
         scored = torch.nonzero(unit >= 0).flatten().tolist()
-        assert scored == [2 * keys + gap + 2 * i for i in range(keys)]  # each query key's target: its value
-        assert unit[scored].tolist() == list(range(keys))
-        for i, q in enumerate(scored):
-            assert where[i] == q - s.index(s[q])  # from the query back to its key
+        assert len(scored) == keys and all(q >= 2 * keys and q % 2 == 0 for q in scored)
+        assert sorted(s[q] for q in scored) == sorted(pairs)  # every key asked once
+        assert all(s[q + 1] == pairs[s[q]] for q in scored)  # followed by its value
+        rest = set(range(2 * keys, 65)) - {q for q in scored} - {q + 1 for q in scored}
+        assert {s[i] for i in rest} <= set(string.ascii_uppercase)  # noise: neither a key nor a value
+        assert sorted(unit[scored].tolist()) == list(range(keys))
+        for q in scored:
+            assert where[unit[q]] == q - s.index(s[q])  # from the query back to its key
 
 
-def test_recall_gap_grows_with_the_length_and_the_keys_stay():
-    short, long = (tasks.recall(np.random.default_rng(4), 1, L) for L in (64, 256))
-    assert text(long.tokens[0]).count(".") - text(short.tokens[0]).count(".") == 192
-    assert (long.unit >= 0).sum() == (short.unit >= 0).sum() == tasks.RECALL_KEYS
+def test_recall_queries_spread_with_the_length_and_the_keys_stay():
+    rng = np.random.default_rng(4)
+    short, long = (tasks.recall(rng, 200, L) for L in (64, 256))
+    assert (long.unit >= 0).sum(1).tolist() == (short.unit >= 0).sum(1).tolist() == [tasks.RECALL_KEYS] * 200
+    assert short.where.max() <= 64 - 2 and long.where.max() > 128  # queries reach farther back
+    assert long.where.mean() > 3 * short.where.mean()
+
+
+def test_recall_in_training_mixes_the_number_of_pairs():
+    ex = tasks.make("recall", np.random.default_rng(5), 400, 64, training=True)
+    asked = (ex.unit >= 0).sum(1)
+    assert sorted(set(asked.tolist())) == list(range(1, tasks.RECALL_KEYS + 1))
+    assert torch.equal(asked, (~ex.where.isnan()).sum(1))  # an absent query has no distance
+    assert torch.equal(tasks.make("recall", np.random.default_rng(5), 50, 64).unit.ge(0).sum(1),
+                       torch.full((50,), tasks.RECALL_KEYS))  # evaluation: always all D
 
 
 def test_copy_repeats_the_string_after_the_separator():
