@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from common import comma_list, pick_device, run_cli
-from study.evaluate import ABLATIONS, SCALINGS, evaluate_runs, format_table, write_outputs
+from study.evaluate import SCALINGS, ablations_of, add_ablations_flag, evaluate_runs, format_table, write_outputs
 from study.plot import plot_runs
 from study.plot_rope import plot_rope
 from study.probes import format_tables as format_probe_tables
@@ -42,15 +42,12 @@ def add_length_flags(parser):
                         help="with --extrapolate: the RoPE context-extension methods rope runs are also read with"
                              " (study.evaluate --rope-scaling): none (plain), linear, ntk, dynamic-ntk, yarn"
                              " (default: all)")
-    parser.add_argument("--ablations", default="", metavar="NAMES",
-                        help="with --extrapolate: inference-time ablations the runs are also read with, where they"
-                             " apply (study.evaluate --ablations): " + ", ".join(ABLATIONS) + " (default: none)")
+    add_ablations_flag(parser, "with --extrapolate: ")
 
 
 def length_options(args):
     """(methods, ablations) of add_length_flags; a typo is a one-line error."""
-    return (comma_list(args.extrapolate_methods, "--extrapolate-methods", choices=SCALINGS),
-            comma_list(args.ablations, "--ablations", choices=ABLATIONS) if args.ablations else ())
+    return comma_list(args.extrapolate_methods, "--extrapolate-methods", choices=SCALINGS), ablations_of(args)
 
 
 def measure_lengths(study, plots_dir, args, data_dir):

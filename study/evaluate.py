@@ -201,6 +201,21 @@ def methods_of(encoding, scalings, yarn_betas, yarn_alpha, ablations=(), block=N
     return out
 
 
+def add_ablations_flag(parser, when=""):
+    """--ablations (study.evaluate, study.retrieval, and study.compare's --extrapolate): `when` says when."""
+    parser.add_argument("--ablations", default="", metavar="NAMES",
+                        help=f"{when}comma-separated inference-time ablations each run is also read with, where they"
+                             " apply: log-scale (query i's logits times max(1, ln(i+1)/ln block)), clamp-32 and"
+                             " clamp-63 (distances beyond w scored as w: rope as ReRoPE, t5 with the bucket of w; at"
+                             " block 64 clamp-32 also changes reads inside the window), yarn-no-temperature (rope:"
+                             " YaRN's ramp alone) (default: none)")
+
+
+def ablations_of(args):
+    """add_ablations_flag's names; a typo is a one-line error."""
+    return tuple(comma_list(args.ablations, "--ablations", choices=ABLATIONS)) if args.ablations else ()
+
+
 def method_of(row):
     """A result row's reading: "none" (plain), "sliding", a RoPE scaling's or an ablation's key."""
     return row["name"].split("+", 1)[1] if "+" in row["name"] else "none"
@@ -659,12 +674,7 @@ def main():
     parser.add_argument("--rope-scaling", default=",".join(SCALINGS),
                         help="comma-separated methods rope runs are evaluated with: none (plain RoPE), linear"
                              " (position interpolation), ntk, dynamic-ntk, yarn (default: all)")
-    parser.add_argument("--ablations", default="", metavar="NAMES",
-                        help="comma-separated inference-time ablations each run is also read with, where they apply:"
-                             " log-scale (query i's logits times max(1, ln(i+1)/ln block)), clamp-32 and clamp-63"
-                             " (distances beyond w scored as w: rope as ReRoPE, t5 with the bucket of w; at block 64"
-                             " clamp-32 also changes reads inside the window),"
-                             " yarn-no-temperature (rope: YaRN's ramp alone) (default: none)")
+    add_ablations_flag(parser)
     parser.add_argument("--rope-scaling-factor", type=parse_factor, default=None, metavar="F",
                         help="scaling factor s >= 1 of the static methods, or 'auto' for s = length / block size at"
                              " each length (default: auto)")
@@ -689,7 +699,7 @@ def main():
     results = evaluate_runs(find_runs(args.runs), args.lengths, scalings, args.rope_scaling_factor, args.data_dir,
                             args.max_windows, args.device, progress=args.progress, yarn_betas=args.yarn_beta,
                             yarn_alpha=args.yarn_alpha, sliding_stride=args.sliding_stride,
-                            ablations=comma_list(args.ablations, "--ablations", choices=ABLATIONS) if args.ablations else ())
+                            ablations=ablations_of(args))
     print(format_table(results))
     for path in write_outputs(results, args.plots_dir, args.out_json):
         print(f"wrote {path}")

@@ -7,6 +7,7 @@ length study (PI, NTK, YaRN; s = L / block size).
 
   python -m study.retrieval out/shakespeare_char_cpu-passkey --plots-dir out/plots/passkey
   python -m study.retrieval RUN_DIR ... --rope-scaling none,ntk --lengths 64,128
+  python -m study.retrieval RUN_DIR ... --ablations log-scale,clamp-32   # why RoPE breaks, on a task
 
 Writes <plots-dir>/retrieval.json, retrieval.md (accuracy by length: pooled over seeds with its
 Wilson interval, and each seed's) and retrieval.png (a heatmap per variant: cell x length, colour =
@@ -26,8 +27,8 @@ from tqdm import tqdm  # noqa: E402
 
 from common import (UserError, autocast, build_model, comma_list, load_checkpoint,  # noqa: E402
                     load_meta, load_tokens, pick_device, run_cli, write_json, write_text)
-from study.evaluate import (SCALING_LABELS, YARN_ALPHA, YARN_BETAS, auto_factor, check_runs,  # noqa: E402
-                            methods_of, parse_lengths, position_limit, resolve_data_dir)
+from study.evaluate import (YARN_ALPHA, YARN_BETAS, ablations_of, add_ablations_flag, auto_factor,  # noqa: E402
+                            check_runs, methods_of, parse_lengths, position_limit, resolve_data_dir, row_label)
 from study.flags import measure_parser  # noqa: E402
 from study.plot import redraw, save  # noqa: E402
 from study.runs import find_runs, group_variants, read_config, variant_labels  # noqa: E402
@@ -73,8 +74,10 @@ def counts(model, sets, task, n_cells, device, batch_tokens=BATCH_TOKENS):
     return out
 
 
-def retrieval_runs(run_dirs, lengths=None, scalings=("none",), data_dir=None, device="cpu", progress=True):
-    """Exact match of task runs at several lengths; a JSON-ready dict (see the module's doc)."""
+def retrieval_runs(run_dirs, lengths=None, scalings=("none",), data_dir=None, device="cpu", progress=True,
+                   ablations=()):
+    """Exact match of task runs at several lengths, each also read with the RoPE `scalings` and the
+    `ablations` that apply to its encoding (study.evaluate's); a JSON-ready dict (see the module's doc)."""
     run_dirs = [Path(r) for r in run_dirs]
     if not run_dirs:
         raise UserError("no runs to evaluate")
@@ -101,15 +104,15 @@ def retrieval_runs(run_dirs, lengths=None, scalings=("none",), data_dir=None, de
     bar = tqdm(desc="retrieval", unit="pass", disable=not progress, dynamic_ncols=True)
     for key, idx in groups.items():
         encoding = configs[idx[0]]["pos_encoding"]
-        for method, scaling, extra in methods_of(encoding, list(scalings), YARN_BETAS, YARN_ALPHA):
-            label = labels[key] if scaling == "none" else f"{labels[key]} + {SCALING_LABELS[scaling]}" + (
-                f" β={extra['yarn_beta']:g}" if scaling == "yarn" else "")
+        for method, scaling, extra in methods_of(encoding, list(scalings), YARN_BETAS, YARN_ALPHA, ablations, block):
+            label = row_label(labels[key], method, scaling, extra, None, block)
             row = {"label": label, "encoding": encoding, "method": method,
                    "runs": [str(run_dirs[i]) for i in idx], "results": {}}
             for L in lengths:
                 per_seed = []
                 for i in idx:
-                    over = {} if scaling == "none" or L <= block else {
+                    # an ablation acts at every length; a scaling only past the training length
+                    over = dict(extra) if scaling == "none" else {} if L <= block else {
                         "rope_scaling": scaling, "rope_scaling_factor": auto_factor(L, block), **extra}
                     model = build_model(ckpts[i], device, **over)
                     limit, reason = position_limit(model)
@@ -209,12 +212,14 @@ def main():
     parser.add_argument("--rope-scaling", default="none",
                         help=f"comma-separated methods RoPE runs are also read with, beside the plain reading:"
                              f" {', '.join(STATIC)} (default: none)")
+    add_ablations_flag(parser)
     args = parser.parse_args()
     if args.from_json:
         return redraw(args.from_json, "retrieval.json", "study.retrieval", ("rows", "lengths", "task"), report,
                       draw_figures, args.plots_dir)
     scalings = comma_list(args.rope_scaling, "--rope-scaling", choices=STATIC)
-    results = retrieval_runs(find_runs(args.runs), args.lengths, scalings, args.data_dir, args.device, args.progress)
+    results = retrieval_runs(find_runs(args.runs), args.lengths, scalings, args.data_dir, args.device, args.progress,
+                             ablations_of(args))
     print(report(results))
     for path in write_outputs(results, args.plots_dir):
         print(f"wrote {path}")

@@ -184,16 +184,19 @@ def test_retrieval_scores_each_cell_of_each_seed_and_past_the_training_length(da
             run("train.py", "--task", "passkey", "--pos-encoding", enc, "--seed", seed, "--data-dir", data_dir,
                 "--out-dir", tmp_path / "runs", *TINY_FLAGS)
     proc = run("study.retrieval", tmp_path / "runs", "--lengths", "16,32", "--rope-scaling", "ntk",  # (+ plain)
-               "--plots-dir", tmp_path / "plots", "--no-progress")
+               "--ablations", "clamp-63,log-scale", "--plots-dir", tmp_path / "plots", "--no-progress")
     out = json.loads((tmp_path / "plots" / "retrieval.json").read_text())
     assert out["task"] == "passkey" and out["lengths"] == [16, 32] and len(out["cells"]) == len(tasks.DEPTHS)
     rows = {row["label"]: row for row in out["rows"]}
-    assert set(rows) == {"RoPE", "RoPE + NTK", "learned"}
+    assert set(rows) == {"RoPE", "RoPE + NTK (s=L/16)", "RoPE + clamp at 63", "RoPE + log scaling (n=16)",
+                         "learned", "learned + log scaling (n=16)"}  # (nothing to clamp in a learned table)
     for L in ("16", "32"):
         per_seed = rows["RoPE"]["results"][L]
         assert len(per_seed) == 2 and all(total == tasks.EVAL_EXAMPLES for seed in per_seed for _, total in seed)
+        assert rows["RoPE + clamp at 63"]["results"][L] == per_seed  # no distance reaches 63: the plain model
     assert rows["learned"]["results"]["32"] == "learned table has 16 positions"
-    assert rows["RoPE + NTK"]["results"]["16"] == rows["RoPE"]["results"]["16"]  # s = 1 at the training length
+    assert rows["RoPE + NTK (s=L/16)"]["results"]["16"] == rows["RoPE"]["results"]["16"]  # s = 1 at the training length
+    assert rows["RoPE + log scaling (n=16)"]["results"]["16"] == rows["RoPE"]["results"]["16"]  # ln(i+1)/ln 16 <= 1
     assert "| learned | " in proc.stdout and "n/a" in proc.stdout
     assert (tmp_path / "plots" / "retrieval.png").read_bytes()[:4] == b"\x89PNG"
 
