@@ -476,8 +476,9 @@ class Trainer:
 
 
 # settings that do not change a run's numbers (on CPU): the dtype a run resolved to and what its data
-# held are in its provenance, so a run read from elsewhere (records/, another --data-dir) is the same run
-NOT_RESULTS = ("progress", "device", "compile", "dtype", "data_dir", "out_dir")
+# held are in its provenance, so a run read from elsewhere (records/, another --data-dir, a folder it was
+# moved to from under another name) is the same run
+NOT_RESULTS = ("progress", "device", "compile", "dtype", "data_dir", "out_dir", "run_name")
 
 
 def config_json(cfg):
