@@ -5,6 +5,8 @@
 # make finetune        RoPE fine-tuned at 4x its length by PI, NTK, YaRN, plain          -> plots/finetune/
 # make experiment-mid  rope/learned/none on the mid CPU config (about 80 minutes a run) -> plots/shakespeare_char_mid/
 # make experiment-gpu  rope/learned/none at nanoGPT's GPU setting, seed by seed in 520 s -> plots/shakespeare_char/
+# make passkey         every encoding trained on the passkey task, 3 seeds, read to 512   -> plots/passkey/
+# make rope-break      why RoPE breaks: ablations, RoPE/NoPE hybrids, FIRE from L = 16    -> plots/rope_break/
 # make test            venv + the test suite
 # make bench           speed of each encoding on this machine
 # Each study target is `python -m study NAME` (python -m study --help lists them and what they train).
@@ -20,7 +22,8 @@ SEEDS      ?=
 JOBS       ?= 1
 STUDY      := $(PY) -m study --jobs $(JOBS) $(if $(SEEDS),--seeds $(SEEDS))
 
-.PHONY: experiment experiment-all experiment-mid experiment-gpu rope-study finetune sweep test bench data clean
+.PHONY: experiment experiment-all experiment-mid experiment-gpu rope-study finetune sweep passkey rope-break
+.PHONY: test bench data clean
 
 $(VENV)/.installed: requirements.txt
 	@$(PYTHON_SYS) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "error: Python 3.11 or newer is needed (tomllib); $(PYTHON_SYS) is " + sys.version.split()[0] + ". Use PYTHON_SYS=python3.11 make ...")'
@@ -53,6 +56,12 @@ finetune: $(VENV)/.installed $(DATA)
 
 sweep: $(VENV)/.installed $(DATA)
 	$(STUDY) sweep
+
+passkey: $(VENV)/.installed $(DATA)
+	$(STUDY) passkey
+
+rope-break: $(VENV)/.installed $(DATA)
+	$(STUDY) rope_break
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q tests
