@@ -6,6 +6,7 @@
 # make experiment-mid  rope/learned/none on the mid CPU config (about 80 minutes a run) -> plots/shakespeare_char_mid/
 # make experiment-gpu  rope/learned/none at nanoGPT's GPU setting, seed by seed in 520 s -> plots/shakespeare_char/
 # make passkey         every encoding trained on the passkey task, 3 seeds, read to 512   -> plots/passkey/
+# make copy            every encoding trained on the copy task, 3 seeds, read to 512      -> plots/copy/
 # make rope-break      why RoPE breaks: ablations, RoPE/NoPE hybrids, FIRE from L = 16    -> plots/rope_break/
 # make test            venv + the test suite
 # make bench           speed of each encoding on this machine
@@ -22,7 +23,7 @@ SEEDS      ?=
 JOBS       ?= 1
 STUDY      := $(PY) -m study --jobs $(JOBS) $(if $(SEEDS),--seeds $(SEEDS))
 
-.PHONY: experiment experiment-all experiment-mid experiment-gpu rope-study finetune sweep passkey rope-break
+.PHONY: experiment experiment-all experiment-mid experiment-gpu rope-study finetune sweep passkey copy rope-break
 .PHONY: test bench data clean
 
 $(VENV)/.installed: requirements.txt
@@ -59,6 +60,9 @@ sweep: $(VENV)/.installed $(DATA)
 
 passkey: $(VENV)/.installed $(DATA)
 	$(STUDY) passkey
+
+copy: $(VENV)/.installed $(DATA)
+	$(STUDY) copy
 
 rope-break: $(VENV)/.installed $(DATA)
 	$(STUDY) rope_break
