@@ -8,15 +8,17 @@ Synthetic tasks where position decides: the model must find one thing in its con
   allowed) hidden at a depth len(filler_a) / (len(filler_a) + len(filler_b)) of Shakespeare text
   (the train split in training, the val split in evaluation); the model must say them after "=".
 - recall: multi-query associative recall as Zoology lays it out (Arora et al. 2023): D pairs of a
-  key (a lower-case letter, all distinct) and its value (a digit, repeats allowed), then noise
-  (upper-case letters and digits, never a key) in which the D keys are asked again, in random
-  order, each at a random even offset and followed by its value. D = 8; training draws D from
-  1..8 per example. Neither the last value left nor the only digit in sight answers a query: with
-  distinct values and letter-only noise, a RoPE pilot reached 34% by elimination alone (its last
-  query right every time, its first at chance). Longer examples spread the same D queries over
-  more noise, so they stand farther from their keys.
+  key (a lower-case letter) and its value (a digit; keys and values each all distinct), then noise
+  (upper-case letters and digits) in which the D keys are asked again, in random order, each at a
+  random even offset. As in Zoology, the value is the query's target but not the next input (noise
+  stands there), so no answer shows which values are left: without a lookup, a query is a guess
+  among D. (A pilot that did show the values scored 34% by elimination alone; with values that
+  repeat, guessing the most frequent one scores 30%.) D = 8; training draws D from 1..8 per example.
+  Longer examples spread the same D queries over more noise, so they stand farther from their keys.
 - copy: a random string of lower-case letters, a separator, the string again (the NoPE study's
-  copy task, Kazemnejad et al. 2023).
+  copy task, Kazemnejad et al. 2023). Training draws the string's length from 1..L/2 per example
+  (upper-case noise before it fills the window), so that copying is learnt at every distance up to
+  L/2 + 1, not at one; evaluation copies the longest string, L/2 characters, at every length.
 
 An example of length L is L + 1 characters: the model reads the first L and predicts the next one
 at every position, and only the answer positions are scored (the five digits after "=", each
@@ -47,6 +49,7 @@ PASSKEY_DIGITS = 5
 RECALL_KEYS = 8  # D
 RECALL_NOISE = np.array([STOI[c] for c in string.ascii_uppercase + string.digits])  # between the queries
 COPY_SEPARATOR = STOI["="]
+COPY_NOISE = np.array([STOI[c] for c in string.ascii_uppercase])  # before a string shorter than L / 2
 EVAL_SEED = 20231  # the evaluation set's own generator: the same examples for every run and seed
 EVAL_EXAMPLES = 100  # per cell
 DEPTHS = tuple(i / 10 for i in range(11))  # the passkey's evaluation depths
@@ -56,17 +59,24 @@ DEPTHS = tuple(i / 10 for i in range(11))  # the passkey's evaluation depths
 class Examples:
     """A batch of examples of one length L: tokens (N, L + 1); unit (N, L), for every target
     position the index of the answer unit it belongs to, or -1; where (N, units): the depth of the
-    passkey or the distance from each recall query back to its key (copy: the string's length)."""
+    passkey or the distance from each recall query back to its key (copy: the string's length);
+    answers (N, L): the targets where they are not the next token (recall's values), else None."""
     tokens: torch.Tensor
     unit: torch.Tensor
     where: torch.Tensor
+    answers: torch.Tensor | None = None
 
     def __getitem__(self, rows):
-        return Examples(self.tokens[rows], self.unit[rows], self.where[rows])
+        return Examples(self.tokens[rows], self.unit[rows], self.where[rows],
+                        None if self.answers is None else self.answers[rows])
+
+    def targets(self):
+        """(N, L): what each position should predict (outside the answers: the next token, unscored)."""
+        return self.tokens[:, 1:] if self.answers is None else self.answers
 
     def inputs_and_targets(self):
         """x (N, L) and y (N, L) with every position outside an answer set to IGNORE."""
-        y = self.tokens[:, 1:].clone()
+        y = self.targets().clone()
         y[self.unit < 0] = IGNORE
         return self.tokens[:, :-1].contiguous(), y
 
@@ -101,48 +111,56 @@ def passkey(rng, n, length, filler, depth=None):
 
 def recall(rng, n, length, keys=RECALL_KEYS, mixed=False):
     """n recall examples of `length`: `keys` key-value pairs, then noise with each key asked again at
-    a random even offset after them, followed by its value; mixed: each example draws its own number
-    of pairs from 1..keys (its absent units' `where` is NaN)."""
+    a random even offset after them; mixed: each example draws its own number of pairs from 1..keys
+    (its absent units' `where` is NaN)."""
     if length + 1 < 4 * keys:
         raise UserError(f"a recall example with {keys} keys needs a length of at least {4 * keys - 1}, got {length}")
     tokens = torch.from_numpy(rng.choice(RECALL_NOISE, (n, length + 1)))
     unit = torch.full((n, length), -1, dtype=torch.long)
+    answers = torch.full((n, length), IGNORE, dtype=torch.long)
     where = torch.full((n, keys), float("nan"))
     counts = rng.integers(1, keys + 1, n) if mixed else np.full(n, keys)
     for i, d in enumerate(counts):
-        k, v = rng.choice(LETTERS, d, replace=False), rng.choice(DIGITS, d)
+        k, v = rng.choice(LETTERS, d, replace=False), rng.choice(DIGITS, d, replace=False)
         tokens[i, 0:2 * d:2], tokens[i, 1:2 * d:2] = torch.from_numpy(k), torch.from_numpy(v)
         q = 2 * d + 2 * np.sort(rng.choice((length + 1 - 2 * d) // 2, d, replace=False))  # the queries' places
         order = rng.permutation(d)  # which key each one asks
-        tokens[i, q], tokens[i, q + 1] = torch.from_numpy(k[order]), torch.from_numpy(v[order])
-        unit[i, q] = torch.arange(d)  # the target at a query key's position is its value
+        tokens[i, q] = torch.from_numpy(k[order])  # (the noise after it stays: the value is only the target)
+        answers[i, q] = torch.from_numpy(v[order])
+        unit[i, q] = torch.arange(d)
         where[i, :d] = torch.from_numpy((q - 2 * order).astype(np.float32))  # query position - key position
-    return Examples(tokens, unit, where)
+    return Examples(tokens, unit, where, answers)
 
 
-def copy(rng, n, length):
-    """n copy examples of `length`: a random string of length / 2 letters, the separator, the string."""
+def copy(rng, n, length, mixed=False):
+    """n copy examples of `length`: a random string of length / 2 letters, the separator, the string;
+    mixed: each string's length drawn from 1..length / 2, upper-case noise before it."""
     if length < 2 or length % 2:
         raise UserError(f"a copy example needs an even length of at least 2, got {length}")
     half = length // 2
-    text = torch.from_numpy(rng.choice(LETTERS, (n, half)))
-    tokens = torch.cat([text, torch.full((n, 1), COPY_SEPARATOR), text], 1)
+    sizes = rng.integers(1, half + 1, n) if mixed else np.full(n, half)
+    tokens = torch.from_numpy(rng.choice(COPY_NOISE, (n, length + 1)))
     unit = torch.full((n, length), -1, dtype=torch.long)
-    unit[:, half:] = 0  # the targets from the separator on: the string again
-    return Examples(tokens, unit, torch.full((n, 1), float(half)))
+    for i, m in enumerate(sizes):
+        start = length - 2 * m  # noise before it: the string, "=", the string end the window
+        text = torch.from_numpy(rng.choice(LETTERS, m))
+        tokens[i, start:] = torch.cat([text, torch.tensor([COPY_SEPARATOR]), text])
+        unit[i, start + m:] = 0  # the targets from the separator on: the string again
+    return Examples(tokens, unit, torch.from_numpy(sizes.astype(np.float32))[:, None])
 
 
 TASKS = ("passkey", "recall", "copy")
 
 
 def make(task, rng, n, length, filler=None, depth=None, training=False):
-    """n examples of a task; training: as training draws them (recall: a mixed number of pairs)."""
+    """n examples of a task; training: as training draws them (recall: a mixed number of pairs, copy: of
+    string lengths)."""
     if task == "passkey":
         return passkey(rng, n, length, filler, depth)
     if task == "recall":
         return recall(rng, n, length, mixed=training)
     if task == "copy":
-        return copy(rng, n, length)
+        return copy(rng, n, length, mixed=training)
     raise UserError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
 
 
@@ -163,7 +181,7 @@ def evaluation_set(task, length, filler, examples=EVAL_EXAMPLES, stream="eval"):
 def unit_correct(logits, examples):
     """(N, units) bool: a unit counts when the argmax at every one of its positions is its target
     (teacher-forced; for exact match the same as greedy decoding, which stops at the first miss)."""
-    right = logits.argmax(-1) == examples.tokens[:, 1:]
+    right = logits.argmax(-1) == examples.targets()
     units = int(examples.unit.max()) + 1
     out = torch.ones(len(right), units, dtype=torch.bool)
     for u in range(units):
@@ -204,8 +222,12 @@ class TaskBatches:
         self.sets["train"] = [make(task, np.random.default_rng([EVAL_SEED, TASKS.index(task), block_size,
                                                                  STREAMS.index("train")]),
                                    count, block_size, self.filler.get("train"))]
-        # what provenance() fingerprints, as it does the Shakespeare runs' EvalText
-        self.eval_text = SimpleNamespace(fingerprint=digest(*(e.tokens for s in SPLITS for e in self.sets[s])))
+        # what provenance() fingerprints, as it does the Shakespeare runs' EvalText: the evaluation examples and
+        # a sample of what training draws, so that a run trained from another generator is never reused
+        drawn = make(task, np.random.default_rng([EVAL_SEED, TASKS.index(task), block_size, len(STREAMS)]), 64,
+                     block_size, self.filler.get("train"), training=True)
+        self.eval_text = SimpleNamespace(fingerprint=digest(*(t for e in [*(e for s in SPLITS for e in self.sets[s]),
+                                                                          drawn] for t in (e.tokens, e.targets()))))
 
     def _to_device(self, examples):
         x, y = examples.inputs_and_targets()

@@ -66,8 +66,8 @@ def counts(model, sets, task, n_cells, device, batch_tokens=BATCH_TOKENS):
         rows = max(1, batch_tokens // examples.tokens.shape[1])
         for i in range(0, len(examples.tokens), rows):
             part = examples[i:i + rows]
-            x = part.tokens.to(device)
-            logits, _ = model(x[:, :-1], x[:, 1:])
+            x, y = part.inputs_and_targets()
+            logits, _ = model(x.to(device), y.to(device))
             right, cells = unit_correct(logits.float().cpu(), part), cell_of(task, part.where, k)
             np.add.at(out, (cells.flatten().numpy(), 0), right.flatten().numpy().astype(np.int64))
             np.add.at(out, (cells.flatten().numpy(), 1), 1)

@@ -69,30 +69,37 @@ def test_passkey_digits_are_uniform(filler):
 def test_recall_format_keys_values_and_distances():
     keys = tasks.RECALL_KEYS
     ex = tasks.recall(np.random.default_rng(3), 40, 64, keys)
-    assert ex.tokens.shape == (40, 65)
-    for row, unit, where in zip(ex.tokens, ex.unit, ex.where):
+    assert ex.tokens.shape == (40, 65) and ex.answers.shape == (40, 64)
+    x, y = ex.inputs_and_targets()
+    for row, unit, where, target in zip(ex.tokens, ex.unit, ex.where, y):
         s = text(row)
         pairs = dict(zip(s[0:2 * keys:2], s[1:2 * keys:2]))
         assert len(pairs) == keys and set(pairs) <= set(string.ascii_lowercase)
-        assert set(pairs.values()) <= set(string.digits)
+        assert len(set(pairs.values())) == keys and set(pairs.values()) <= set(string.digits)  # distinct values
         scored = torch.nonzero(unit >= 0).flatten().tolist()
+        assert scored == torch.nonzero(target != tasks.IGNORE).flatten().tolist()
         assert len(scored) == keys and all(q >= 2 * keys and q % 2 == 0 for q in scored)
         assert sorted(s[q] for q in scored) == sorted(pairs)  # every key asked once
-        assert all(s[q + 1] == pairs[s[q]] for q in scored)  # followed by its value
-        rest = set(range(2 * keys, 65)) - {q for q in scored} - {q + 1 for q in scored}
-        assert {s[i] for i in rest} <= set(string.ascii_uppercase + string.digits)  # noise: never a key
+        assert all(text(target[q:q + 1]) == pairs[s[q]] for q in scored)  # its target: the key's value
+        rest = set(range(2 * keys, 65)) - set(scored)
+        assert {s[i] for i in rest} <= set(string.ascii_uppercase + string.digits)  # noise, never a key
         assert sorted(unit[scored].tolist()) == list(range(keys))
         for q in scored:
             assert where[unit[q]] == q - s.index(s[q])  # from the query back to its key
 
 
-def test_recall_cannot_be_answered_by_elimination_or_by_the_only_digit():
-    ex = tasks.make("recall", np.random.default_rng(6), 400, 64, training=True)
-    strings = [text(row) for row in ex.tokens]
-    values = [s[1:2 * int(n):2] for s, n in zip(strings, (ex.unit >= 0).sum(1))]
-    assert sum(len(set(v)) < len(v) for v in values) > 100  # values repeat: the last one left is no answer
-    one_pair = [s for s, v in zip(strings, values) if len(v) == 1]
-    assert all(sum(c.isdigit() for c in s) > 2 for s in one_pair)  # digits in the noise too
+def test_recall_cannot_be_answered_without_a_lookup():
+    """No answer is shown in the input (the token after a query is noise), and the values are distinct:
+    the best a model that does not look the key up can do is a guess among the D values."""
+    ex = tasks.make("recall", np.random.default_rng(6), 2000, 64)
+    rows, q = torch.nonzero(ex.unit >= 0, as_tuple=True)
+    value, after = ex.answers[rows, q], ex.tokens[rows, q + 1]
+    assert (value == after).float().mean() < 0.05  # the next input is noise: 1/36 by chance
+    values = ex.tokens[:, 1:2 * tasks.RECALL_KEYS:2]
+    assert all(len(set(v.tolist())) == tasks.RECALL_KEYS for v in values)  # no most frequent value to guess
+    # the answer is not where a positional rule would find it: any query's key can be any of the D pairs
+    pair = (ex.where[rows, ex.unit[rows, q]] - q).neg().div(2).long()
+    assert sorted(set(pair.tolist())) == list(range(tasks.RECALL_KEYS))
 
 
 def test_recall_queries_spread_with_the_length_and_the_keys_stay():
@@ -117,7 +124,19 @@ def test_copy_repeats_the_string_after_the_separator():
     for row, unit in zip(ex.tokens, ex.unit):
         s = text(row)
         assert len(s) == 33 and s[16] == "=" and s[:16] == s[17:] and set(s[:16]) <= set(string.ascii_lowercase)
-        assert (unit >= 0).sum() == 16 and bool(unit[16:].ge(0).all())
+        assert torch.nonzero(unit >= 0).flatten().tolist() == list(range(16, 32))
+
+
+def test_copy_in_training_mixes_the_string_lengths():
+    ex = tasks.make("copy", np.random.default_rng(7), 300, 32, training=True)
+    sizes = ex.where[:, 0].long()
+    assert sorted(set(sizes.tolist())) == list(range(1, 17))
+    for row, unit, m in zip(ex.tokens, ex.unit, sizes.tolist()):
+        s = text(row)
+        string_ = s[32 - 2 * m:32 - m]
+        assert s[32 - m] == "=" and s[33 - m:] == string_ and set(string_) <= set(string.ascii_lowercase)
+        assert set(s[:32 - 2 * m]) <= set(string.ascii_uppercase)  # noise before it
+        assert torch.nonzero(unit >= 0).flatten().tolist() == list(range(32 - m, 32))
 
 
 def test_only_the_answers_are_scored():
@@ -228,3 +247,12 @@ def test_a_task_study_reports_exact_match_and_no_samples(data_dir, tmp_path):
     row = next(line for line in results.splitlines() if line.startswith("| RoPE |"))
     assert len(row.split("|")) == len(header.split("|"))  # every column filled
     assert "real words" not in results and not (tmp_path / "plots" / "samples.md").exists()
+
+
+def test_a_run_s_fingerprint_covers_what_training_draws(data_dir, monkeypatch):
+    """A task run is reused only if its evaluation sets and its training draw are today's."""
+    before = tasks.TaskBatches("copy", data_dir, 16, 4, 1, "cpu").eval_text.fingerprint
+    assert tasks.TaskBatches("copy", data_dir, 16, 4, 2, "cpu").eval_text.fingerprint == before  # any seed
+    unmixed = tasks.copy
+    monkeypatch.setattr(tasks, "copy", lambda rng, n, length, mixed=False: unmixed(rng, n, length))
+    assert tasks.TaskBatches("copy", data_dir, 16, 4, 1, "cpu").eval_text.fingerprint != before
