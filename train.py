@@ -657,7 +657,7 @@ def _train(cfg, resume, overwrite, bar_position):
     bar = tqdm(total=cfg.max_iters, initial=trainer.iter, desc=cfg.run_name, dynamic_ncols=True,
                disable=not (cfg.progress and master), position=bar_position, leave=bar_position is None)
     postfix = {}  # latest batch loss and evaluated losses, shown on the bar
-    with StopRequested() as stop:
+    with StopRequested() as stop, metrics_file if master else nullcontext():  # (closed however the loop ends)
         while True:
             it = trainer.iter
             if master and (it % cfg.eval_interval == 0 or it == cfg.max_iters):
@@ -698,7 +698,6 @@ def _train(cfg, resume, overwrite, bar_position):
             bar.update(1)
     bar.close()
     if master:  # the held-out test split, scored once: the final weights and the best-val ones
-        metrics_file.close()
         t0 = time.perf_counter()
         final = trainer.evaluate(("test",))
         test = {"final": final["test"], "best": final["test"], "final_exact": final.get("test_exact")}

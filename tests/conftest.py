@@ -1,4 +1,3 @@
-import contextlib
 import io
 import os
 import random
@@ -6,13 +5,18 @@ import runpy
 import signal
 import subprocess
 import sys
+import tempfile
 import traceback
 import warnings
 from pathlib import Path
 
-import matplotlib
-import pytest
-import torch
+# Before torch is imported, which reads them once: no GPU, one OpenMP thread, in this process too (the
+# scripts under test run in it) and in every process it starts.
+os.environ.update(CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
+
+import matplotlib  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -22,13 +26,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 torch.set_num_threads(1)
 # Scripts under test see none of the settings that would change what they do: their input
 # comes from their arguments only (CI sets SHAKESPEARE_INPUT), no torchrun variables (train.py
-# would wait for its peers), no GPU, glibc's own malloc, untuned.
+# would wait for its peers), no GPU; the processes they start also get glibc's own malloc, untuned.
 IGNORED = ("SHAKESPEARE_INPUT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "GLIBC_TUNABLES", "LD_PRELOAD")
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**{k: v for k, v in os.environ.items() if k not in IGNORED and not k.startswith("MALLOC_")},
        "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)}  # (python -m study.X)
 sys.path.insert(0, str(ROOT))
 
+import common  # noqa: E402
 from prepare_shakespeare import prepare  # noqa: E402
 
 # A tiny model and schedule: trains in about a second on a CPU.
@@ -79,38 +84,67 @@ def run(script, *args, cwd=ROOT, check=True, fresh=False):
 
 def run_here(script, args, cwd):
     """`script` run in this process under __main__ (runpy, as the interpreter does), with everything a
-    script may change put back afterwards: argv, environment, working directory, threads, SIGINT."""
-    stdout, stderr = io.StringIO(), io.StringIO()
-    saved = sys.argv[:], dict(os.environ), os.getcwd(), torch.get_num_threads(), signal.getsignal(signal.SIGINT)
+    script may change put back afterwards: argv, environment, working directory, threads, SIGINT, the
+    torch RNG, once-per-process notes. Its output is caught at the file descriptors, so the processes it
+    starts (python -m study's steps, --jobs workers) are heard too, in the order they wrote."""
+    saved = (sys.argv[:], dict(os.environ), os.getcwd(), torch.get_num_threads(), signal.getsignal(signal.SIGINT),
+             torch.get_rng_state())
     os.environ.clear()
     os.environ.update(ENV)
     os.chdir(cwd)
+    common.announce_dtype.cache_clear()
     code = 0
-    try:
-        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), warnings.catch_warnings():
-            warnings.simplefilter("default")  # as a fresh interpreter shows them, on its stderr
-            # (a fresh interpreter has not imported the module it runs yet; this one may have)
-            warnings.filterwarnings("ignore", "'study.* found in sys.modules", RuntimeWarning)
-            warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: \
-                sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
-            sys.argv = [script, *args]
-            if script.endswith(".py"):
-                runpy.run_path(str(ROOT / script), run_name="__main__")
-            else:
-                runpy.run_module(script, run_name="__main__", alter_sys=True)
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
-        if isinstance(e.code, str):
-            stderr.write(e.code + "\n")
-    except Exception:
-        stderr.write(traceback.format_exc())
-        code = 1
-    finally:
-        sys.argv, environ, cwd_before, threads, sigint = saved
-        os.environ.clear()
-        os.environ.update(environ)
-        os.chdir(cwd_before)
-        torch.set_num_threads(threads)
-        signal.signal(signal.SIGINT, sigint)
-        plt.close("all")
-    return subprocess.CompletedProcess([*command(script), *args], code, stdout.getvalue(), stderr.getvalue())
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        streams, fds = (sys.stdout, sys.stderr), (os.dup(1), os.dup(2))
+        for stream in streams:
+            stream.flush()
+        os.dup2(out.fileno(), 1)
+        os.dup2(err.fileno(), 2)
+        sys.stdout, sys.stderr = (io.TextIOWrapper(io.FileIO(fd, "w", closefd=False), write_through=True)
+                                  for fd in (1, 2))
+        try:
+            with warnings.catch_warnings():
+                default_warning_filters()
+                sys.argv = [script, *args]
+                if script.endswith(".py"):
+                    runpy.run_path(str(ROOT / script), run_name="__main__")
+                else:
+                    runpy.run_module(script, run_name="__main__", alter_sys=True)
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+            if isinstance(e.code, str):
+                print(e.code, file=sys.stderr)
+        except BaseException as e:  # (a KeyboardInterrupt too: it ends the script, not the suite)
+            traceback.print_exc(file=sys.stderr)
+            code = 130 if isinstance(e, KeyboardInterrupt) else 1
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            sys.stdout, sys.stderr = streams
+            for fd, before in zip((1, 2), fds):
+                os.dup2(before, fd)
+                os.close(before)
+            sys.argv, environ, cwd_before, threads, sigint, rng = saved
+            os.environ.clear()
+            os.environ.update(environ)
+            os.chdir(cwd_before)
+            torch.set_num_threads(threads)
+            signal.signal(signal.SIGINT, sigint)
+            torch.set_rng_state(rng)
+            plt.close("all")
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read().decode(), err.read().decode()
+    return subprocess.CompletedProcess([*command(script), *args], code, stdout, stderr)
+
+
+def default_warning_filters():
+    """The warnings a fresh interpreter shows, on its stderr (pytest's own filters and recorder set aside)."""
+    warnings.resetwarnings()
+    for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+        warnings.simplefilter("ignore", category)
+    warnings.filterwarnings("default", category=DeprecationWarning, module="__main__")
+    # (a fresh interpreter has not imported the module it runs yet; this one may have)
+    warnings.filterwarnings("ignore", "'study.* found in sys.modules", RuntimeWarning)
+    warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: \
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
