@@ -23,6 +23,9 @@ from study.probes import format_tables as format_probe_tables
 from study.probes import probe_runs
 from study.probes import write_outputs as write_probe_outputs
 from study.report import Study, write_report
+from study.retrieval import STATIC, retrieval_runs
+from study.retrieval import report as retrieval_report
+from study.retrieval import write_outputs as write_retrieval_outputs
 from study.runs import parse_variants, variant_key
 from study.samples import collect_samples
 from study.training import (add_study_flags, make_configs, parse_seeds, print_commands, train_runs,
@@ -37,7 +40,8 @@ def add_length_flags(parser):
     parser.add_argument("--extrapolate", action="store_true",
                         help="afterwards, evaluate every run at 1x, 2x, 4x, 8x its block size (study.evaluate), run"
                              " the attention-distance and copy probes (study.probes) and draw the RoPE decay picture"
-                             " (study.plot_rope)")
+                             " (study.plot_rope); task runs (--task): exact match at those lengths"
+                             " (study.retrieval)")
     parser.add_argument("--extrapolate-methods", default=",".join(SCALINGS), metavar="METHODS",
                         help="with --extrapolate: the RoPE context-extension methods rope runs are also read with"
                              " (study.evaluate --rope-scaling): none (plain), linear, ntk, dynamic-ntk, yarn"
@@ -68,6 +72,18 @@ def measure_lengths(study, plots_dir, args, data_dir):
     write_probe_outputs(probes, plots_dir)
     print(format_probe_tables(probes))
     return {"results": results, "seconds": seconds, "probes": probes, "probe_seconds": time.time() - t0}
+
+
+def measure_retrieval(study, plots_dir, args, data_dir):
+    """--extrapolate for task runs: what they retrieve at 1x-8x the block size (study.retrieval), read with
+    add_length_flags' methods (the static ones) and ablations, into plots_dir."""
+    c = study.configs[0]
+    methods, ablations = length_options(args)
+    results = retrieval_runs(study.run_dirs, scalings=[m for m in methods if m in STATIC], data_dir=data_dir,
+                             device=pick_device(c["device"]), progress=c["progress"], ablations=ablations)
+    print(retrieval_report(results))
+    for path in write_retrieval_outputs(results, plots_dir):
+        print(f"wrote {path}")
 
 
 def main():
@@ -107,7 +123,11 @@ def main():
         study = Study([Path(cfg.out_dir) / cfg.run_name for cfg in cfgs + extra])
     samples = collect_samples(study, args.sample_tokens, base.data_dir, base.progress, device) \
         if base.task == "shakespeare" else None  # (a task model's samples are not text)
-    lengths = measure_lengths(study, args.plots_dir, args, base.data_dir) if args.extrapolate else None
+    lengths = None
+    if args.extrapolate and base.task == "shakespeare":
+        lengths = measure_lengths(study, args.plots_dir, args, base.data_dir)
+    elif args.extrapolate:
+        measure_retrieval(study, args.plots_dir, args, base.data_dir)
     for path in plot_runs(study.run_dirs, args.plots_dir):
         print(f"wrote {path}")
     write_report(study, args.plots_dir, f"Results: {Path(args.config).stem}", samples, args.sample_tokens, t0,

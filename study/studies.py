@@ -55,9 +55,8 @@ def task_study(task, what, cells):
     return Study(
         f"the {task} task ({what}): every encoding, the RoPE/NoPE hybrids and FIRE from L = 16 trained from scratch"
         f" at 64, 3 seeds; exact match at 64 to 512 {cells}, RoPE also read with PI, NTK and YaRN, and the ablations",
-        f"plots/{task}", SEEDS, ("compare", CPU, "--task", task, "--pos-encodings", TASK_ENCODINGS, *TASK_BUDGET),
-        (("retrieval", f"out/shakespeare_char_cpu-{task}", "--rope-scaling", "linear,ntk,yarn", "--ablations", ABLATIONS,
-          "--plots-dir", "{plots_dir}"),))
+        f"plots/{task}", SEEDS, ("compare", CPU, "--task", task, "--pos-encodings", TASK_ENCODINGS, *TASK_BUDGET,
+                                 "--extrapolate", "--extrapolate-methods", "none,linear,ntk,yarn", "--ablations", ABLATIONS))
 
 
 STUDIES = {

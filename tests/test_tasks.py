@@ -239,8 +239,15 @@ def test_recall_units_are_binned_by_their_distance_back_to_the_key():
 
 
 def test_a_task_study_reports_exact_match_and_no_samples(data_dir, tmp_path):
-    run("study.compare", "--task", "copy", "--pos-encodings", "rope,none", "--seeds", "1", "--data-dir", data_dir,
-        "--out-dir", tmp_path / "out", "--plots-dir", tmp_path / "plots", *TINY_FLAGS)
+    flags = ["--task", "copy", "--data-dir", data_dir, "--out-dir", tmp_path / "out", *TINY_FLAGS]
+    run("study.compare", "--pos-encodings", "rope", "--seeds", "2", *flags)  # another study's run beside it
+    run("study.compare", "--pos-encodings", "rope,none", "--seeds", "1", *flags, "--plots-dir", tmp_path / "plots",
+        "--extrapolate", "--extrapolate-methods", "none,ntk,dynamic-ntk", "--ablations", "log-scale")
+    retrieval = json.loads((tmp_path / "plots" / "retrieval.json").read_text())  # --extrapolate, for a task
+    assert [(row["label"], len(row["runs"])) for row in retrieval["rows"]] == [
+        ("RoPE", 1), ("RoPE + NTK (s=L/16)", 1), ("RoPE + log scaling (n=16)", 1), ("none", 1),
+        ("none + log scaling (n=16)", 1)]  # the study's runs only; dynamic NTK is the length study's
+    assert retrieval["lengths"] == [16, 32, 64, 128]
     results = (tmp_path / "plots" / "results.md").read_text()
     header = next(line for line in results.splitlines() if line.startswith("| variant | parameters"))
     assert "| final val exact match | final test exact match |" in header
