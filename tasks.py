@@ -207,8 +207,8 @@ class TaskBatches:
     from a numpy generator seeded by the run's seed (the same for every encoding), and fixed
     evaluation examples at the training length: val (the passkey at the 11 depths, filler from the
     val split), test (the same construction from its own seed, filler from the test split) and train (as
-    many examples made as the others are, recall's with all D pairs, filler from the train split). None of them is
-    study.retrieval's set."""
+    many examples made as the others are, recall's with all D pairs, filler from the train split). None
+    of them is study.retrieval's set."""
 
     def __init__(self, task, data_dir, block_size, batch_size, seed, device):
         if task not in TASKS:
@@ -228,8 +228,9 @@ class TaskBatches:
         # a sample of what training draws, so that a run trained from another generator is never reused
         drawn = make(task, np.random.default_rng([EVAL_SEED, TASKS.index(task), block_size, len(STREAMS)]), 64,
                      block_size, self.filler.get("train"), training=True)
-        self.eval_text = SimpleNamespace(fingerprint=digest(*(t for e in [*(e for s in SPLITS for e in self.sets[s]),
-                                                                          drawn] for t in (e.tokens, e.targets()))))
+        fingerprinted = [*(e for s in SPLITS for e in self.sets[s]), drawn]
+        tensors = (t for e in fingerprinted for t in (e.tokens, e.targets()))
+        self.eval_text = SimpleNamespace(fingerprint=digest(*tensors))
 
     def _to_device(self, examples):
         x, y = examples.inputs_and_targets()

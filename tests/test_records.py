@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, run
-from study.studies import ALL, BASES, FRACTIONS, MORE_SEEDS, ROPE_LR
+from study.studies import ALL, MORE_SEEDS
 
 CORPUS = Path(os.environ.get("SHAKESPEARE_INPUT", ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"))
 TIMING = ("wall time (s)", "ms/iter")  # measured, not computed: they differ from machine to machine
@@ -22,8 +22,6 @@ STUDIES = {
               ["--pos-encodings", "all,sinusoidal:sinusoidal_scale=false"], 74),
     "all": ("study.compare", "shakespeare_char_cpu", "1337,1338,1339", ROOT / "plots" / "all" / "results.md",
             ["--pos-encodings", ALL, "--seeds-if-undecided", MORE_SEEDS], 37),
-    # "rope": ("study.compare", "shakespeare_char_cpu", "1337", ROOT / "plots" / "rope_study" / "results.md",
-    #          ["--pos-encodings", f"{ROPE_LR},{FRACTIONS},{BASES}"], 7),
 }
 
 

@@ -97,9 +97,10 @@ def test_a_run_moved_under_a_study_s_name_is_reused_by_the_study(data_dir, tmp_p
     """A run trained on its own (a pilot) and moved where a study keeps the same settings' run is that run:
     its name says where it lives, not what it computed."""
     config = ROOT / "config" / "shakespeare_char_cpu.toml"  # (study.compare's default)
-    run("train.py", config, "--data-dir", data_dir, "--out-dir", tmp_path, *TINY_FLAGS, "--seed", 1, "--run-name", "pilot")
-    compare = ["study.compare", config, "--pos-encodings", "rope", "--seeds", 1, "--data-dir", data_dir, "--out-dir", tmp_path,
-               "--plots-dir", tmp_path / "plots", *TINY_FLAGS]
+    run("train.py", config, "--data-dir", data_dir, "--out-dir", tmp_path, *TINY_FLAGS, "--seed", 1,
+        "--run-name", "pilot")
+    compare = ["study.compare", config, "--pos-encodings", "rope", "--seeds", 1, "--data-dir", data_dir,
+               "--out-dir", tmp_path, "--plots-dir", tmp_path / "plots", *TINY_FLAGS]
     study_run = run(*compare, "--print-commands").stdout.split("--run-name ")[1].split()[0]
     (tmp_path / study_run).parent.mkdir()
     (tmp_path / "pilot").rename(tmp_path / study_run)
