@@ -28,8 +28,8 @@ ABLATIONS = "log-scale,clamp-32,clamp-63,yarn-no-temperature"
 
 # The tasks (tasks.py): the CPU model at batch 32 and lr 1e-3, one budget per task for every encoding, chosen
 # by a pilot of RoPE (seed 1337): the passkey reached 90% exact match at step 750 of 2000 and 100% at 2000.
-# The copy takes the same budget; its pilot on strings of one length was exact by step 250, one on the mixed
-# lengths it trains on now is still to run (python -m study copy --seeds 1337 is that pilot)
+# The copy takes the same budget: a pilot on strings of one length was exact by step 250; the mixed lengths
+# it trains on have no pilot yet (python -m study copy --seeds 1337 is that pilot)
 TASK_ENCODINGS = "all,rope:nope_every=2,rope:nope_every=4,fire:fire_L=16"
 TASK_BUDGET = ("--batch-size", "32", "--max-iters", "2000", "--lr-decay-iters", "2000")
 
