@@ -522,7 +522,8 @@ def differing_keys(a, b, ignore=NOT_RESULTS):
 
 
 LENGTH_KEYS = {"max_iters", "lr_decay_iters"}  # what a run continued for more steps may change
-FINISHED_FILES = ("summary.json", "samples.txt", "samples.json")  # what only a finished run has
+FINISHED_FILES = ("summary.json", "samples.txt", "samples.json", "retrieval.json")  # what only a finished run has
+# (retrieval.json: study.retrieval's counts of a task run)
 
 
 def why_not_continued(run_dir, cfg, changed):

@@ -238,19 +238,20 @@ def row_label(variant_label, key, scaling, extra, scaling_factor, block_size):
     return f"{variant_label} + {what} (s={s})"
 
 
-def check_runs(ckpts):
-    """All runs must share the training length: the x axis is in multiples of it."""
-    blocks = sorted({c["model_args"]["block_size"] for c in ckpts})
+def check_runs(block_sizes):
+    """All runs must share the training length (their block sizes): the x axis is in multiples of it."""
+    blocks = sorted(set(block_sizes))
     if len(blocks) > 1:
         raise UserError(f"the runs were trained with different block sizes ({', '.join(map(str, blocks))});"
                         f" evaluate them separately")
     return blocks[0]
 
 
-def resolve_data_dir(ckpts, run_dirs, data_dir):
+def resolve_data_dir(run_data_dirs, data_dir):
+    """--data-dir, or else the one data directory the runs were trained on."""
     if data_dir is not None:
         return Path(data_dir)
-    dirs = {c.get("config", {}).get("data_dir") for c in ckpts}
+    dirs = set(run_data_dirs)
     if None in dirs or len(dirs) > 1:
         raise UserError(f"the runs do not name one data directory ({', '.join(sorted(map(str, dirs)))});"
                         f" pass --data-dir")
@@ -294,7 +295,7 @@ def evaluate_runs(run_dirs, lengths=None, scalings=SCALINGS, scaling_factor=None
                         f" {', '.join(f'{b:g}' for b in yarn_betas) or '(none)'}")
     device = pick_device(device)
     ckpts = [load_checkpoint(r / "ckpt.pt", "cpu") for r in run_dirs]
-    block = check_runs(ckpts)
+    block = check_runs(c["model_args"]["block_size"] for c in ckpts)
     stride = sliding_stride or default_stride(block)
     configs = [read_config(r) for r in run_dirs]
     groups = group_variants(configs)  # runs that differ only in the seed are averaged into one row
@@ -303,7 +304,7 @@ def evaluate_runs(run_dirs, lengths=None, scalings=SCALINGS, scaling_factor=None
     lengths = sorted(set(lengths or [m * block for m in DEFAULT_MULTIPLES]))
     if lengths[0] < 1:
         raise UserError(f"eval lengths must be positive, got {lengths[0]}")
-    data_dir = resolve_data_dir(ckpts, run_dirs, data_dir)
+    data_dir = resolve_data_dir((c.get("config", {}).get("data_dir") for c in ckpts), data_dir)
     chars = load_meta(data_dir)["chars"]
     for ckpt, run_dir in zip(ckpts, run_dirs):
         if ckpt["vocab"] != chars:

@@ -136,12 +136,12 @@ def probe_runs(run_dirs, data_dir=None, device="cpu", periods=PERIODS, passages=
     t0 = time.time()
     device = pick_device(device)
     ckpts = [load_checkpoint(r / "ckpt.pt", "cpu") for r in run_dirs]
-    block = check_runs(ckpts)
+    block = check_runs(c["model_args"]["block_size"] for c in ckpts)
     stride = sliding_stride or default_stride(block)
     configs = [read_config(r) for r in run_dirs]
     groups = group_variants(configs)
     labels = variant_labels(configs, groups)
-    tokens = load_tokens(resolve_data_dir(ckpts, run_dirs, data_dir), "val")
+    tokens = load_tokens(resolve_data_dir((c.get("config", {}).get("data_dir") for c in ckpts), data_dir), "val")
     lengths = [m * block for m in multiples]
     windows = {T: eval_windows(tokens, T, attention_windows)[:, :-1] for T in lengths}
     sequences = {n: copy_sequences(tokens, n, passages) for n in periods}

@@ -25,8 +25,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from common import (UserError, autocast, build_model, comma_list, load_checkpoint,  # noqa: E402
-                    load_meta, load_tokens, pick_device, run_cli, write_json, write_text)
+from common import (UserError, autocast, build_model, comma_list, digest, load_checkpoint,  # noqa: E402
+                    load_meta, load_tokens, pick_device, read_json, run_cli, write_json, write_text)
 from study.evaluate import (YARN_ALPHA, YARN_BETAS, ablations_of, add_ablations_flag, auto_factor,  # noqa: E402
                             check_runs, methods_of, parse_lengths, position_limit, resolve_data_dir, row_label)
 from study.flags import measure_parser  # noqa: E402
@@ -74,10 +74,33 @@ def counts(model, sets, task, n_cells, device, batch_tokens=BATCH_TOKENS):
     return out
 
 
+STORED = "retrieval.json"  # in a run's folder: its counts per reading and length, kept with its record
+
+
+def set_digests(sets):
+    """{length: a fingerprint of its evaluation examples}: a stored count is reused only for the same examples."""
+    return {str(L): digest(*(t for e in examples for t in (e.tokens, e.targets(), e.unit)))
+            for L, examples in sets.items()}
+
+
+def stored_counts(run_dir, digests):
+    """A run's stored counts {reading: {length: [right, total] per cell, or why n/a}} at the lengths whose
+    evaluation examples are still the ones it was read on."""
+    path = Path(run_dir) / STORED
+    if not path.exists():
+        return {}
+    saved = read_json(path, "delete it to read the run again")
+    same = {L for L, d in saved.get("sets", {}).items() if digests.get(L) == d}
+    return {reading: {L: c for L, c in by_length.items() if L in same}
+            for reading, by_length in saved.get("counts", {}).items()}
+
+
 def retrieval_runs(run_dirs, lengths=None, scalings=("none",), data_dir=None, device="cpu", progress=True,
                    ablations=()):
     """Exact match of task runs at several lengths, each also read with the RoPE `scalings` and the
-    `ablations` that apply to its encoding (study.evaluate's); a JSON-ready dict (see the module's doc)."""
+    `ablations` that apply to its encoding (study.evaluate's); a JSON-ready dict (see the module's doc).
+    Each run's counts are stored in its folder (STORED), so a run read before, or whose record is all
+    that is left, is not read again and needs no checkpoint."""
     run_dirs = [Path(r) for r in run_dirs]
     if not run_dirs:
         raise UserError("no runs to evaluate")
@@ -91,15 +114,35 @@ def retrieval_runs(run_dirs, lengths=None, scalings=("none",), data_dir=None, de
     if tasks_ == ["shakespeare"] or len(tasks_) > 1:
         raise UserError(f"these runs learned {' and '.join(tasks_)}: give runs of one task (train.py --task)")
     task = tasks_[0]
-    ckpts = [load_checkpoint(r / "ckpt.pt", "cpu") for r in run_dirs]
-    block = check_runs(ckpts)
+    block = check_runs(c["block_size"] for c in configs)
     lengths = sorted(set(lengths or [m * block for m in (1, 2, 4, 8)]))
-    data_dir = resolve_data_dir(ckpts, run_dirs, data_dir)
+    data_dir = resolve_data_dir((c["data_dir"] for c in configs), data_dir)
     filler = to_task_ids(load_tokens(data_dir, "val"), load_meta(data_dir)["chars"]) if task == "passkey" else None
     sets = {L: evaluation_set(task, L, filler) for L in lengths}  # not the sets training picked ckpt.pt by
+    digests = set_digests(sets)
+    stored = [stored_counts(r, digests) for r in run_dirs]
+    ckpts = {}
     groups = group_variants(configs)
     labels = variant_labels(configs, groups)
     n_cells = len(cell_labels(task))
+
+    def read(i, L, method, scaling, extra):
+        """Run i's [right, total] per cell at length L, or why it cannot read that length."""
+        if i not in ckpts:
+            if not (run_dirs[i] / "ckpt.pt").exists():
+                raise UserError(f"{run_dirs[i]} has no checkpoint (ckpt.pt) and was never read at length {L} with"
+                                f" {method!r}; retrain it, or leave that length or reading out")
+            ckpts[i] = load_checkpoint(run_dirs[i] / "ckpt.pt", "cpu")
+        # an ablation acts at every length; a scaling only past the training length
+        over = dict(extra) if scaling == "none" else {} if L <= block else {
+            "rope_scaling": scaling, "rope_scaling_factor": auto_factor(L, block), **extra}
+        model = build_model(ckpts[i], device, **over)
+        limit, reason = position_limit(model)
+        if limit is not None and L > limit:
+            return reason
+        with autocast(configs[i]["provenance"]["dtype"], device):
+            return counts(model, sets[L], task, n_cells, device).tolist()
+
     rows = []
     bar = tqdm(desc="retrieval", unit="pass", disable=not progress, dynamic_ncols=True)
     for key, idx in groups.items():
@@ -111,17 +154,15 @@ def retrieval_runs(run_dirs, lengths=None, scalings=("none",), data_dir=None, de
             for L in lengths:
                 per_seed = []
                 for i in idx:
-                    # an ablation acts at every length; a scaling only past the training length
-                    over = dict(extra) if scaling == "none" else {} if L <= block else {
-                        "rope_scaling": scaling, "rope_scaling_factor": auto_factor(L, block), **extra}
-                    model = build_model(ckpts[i], device, **over)
-                    limit, reason = position_limit(model)
-                    if limit is not None and L > limit:
-                        per_seed = reason
-                        break
-                    with autocast(configs[i]["provenance"]["dtype"], device):
-                        per_seed.append(counts(model, sets[L], task, n_cells, device).tolist())
+                    mine = stored[i].setdefault(method, {})
+                    if str(L) not in mine:
+                        mine[str(L)] = read(i, L, method, scaling, extra)
+                        write_json(run_dirs[i] / STORED, {"sets": digests, "counts": stored[i]})
                     bar.update(1)
+                    if isinstance(mine[str(L)], str):  # (n/a for one run of a variant is n/a for all)
+                        per_seed = mine[str(L)]
+                        break
+                    per_seed.append(mine[str(L)])
                 row["results"][str(L)] = per_seed
             rows.append(row)
     bar.close()

@@ -197,6 +197,28 @@ def test_a_task_run_writes_exact_match_and_refuses_an_unknown_task(data_dir, tmp
         TrainConfig(task="Passkey")
 
 
+def test_retrieval_stores_each_runs_counts_and_reads_them_back_without_a_checkpoint(data_dir, tmp_path):
+    from study.retrieval import STORED
+    from train import FINISHED_FILES
+    assert STORED in FINISHED_FILES  # retrained or continued, a run is read again
+    run("train.py", "--task", "copy", "--pos-encoding", "rope", "--data-dir", data_dir, "--out-dir", tmp_path / "runs",
+        *TINY_FLAGS)
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    flags = ["--rope-scaling", "ntk", "--data-dir", data_dir, "--no-progress"]
+    run("study.retrieval", run_dir, "--lengths", "16,32", *flags, "--plots-dir", tmp_path / "a")
+    stored = json.loads((run_dir / STORED).read_text())
+    assert {m: sorted(by_length) for m, by_length in stored["counts"].items()} == {"none": ["16", "32"],
+                                                                                  "ntk": ["16", "32"]}
+    (run_dir / "ckpt.pt").unlink()  # what a committed record holds: no checkpoint
+    run("study.retrieval", run_dir, "--lengths", "16,32", *flags, "--plots-dir", tmp_path / "b")
+    first, again = (json.loads((tmp_path / d / "retrieval.json").read_text()) for d in "ab")
+    assert again["rows"] == first["rows"] and first["rows"][0]["results"]["32"][0] == stored["counts"]["none"]["32"]
+    proc = run("study.retrieval", run_dir, "--lengths", "16,48", *flags, "--plots-dir", tmp_path / "c", check=False)
+    assert proc.returncode == 2 and proc.stderr == (
+        f"study.retrieval: error: {run_dir} has no checkpoint (ckpt.pt) and was never read at length 48 with 'none'; retrain it, or"
+        f" leave that length or reading out\n")
+
+
 def test_a_studys_task_runs_get_a_folder_of_their_own(tmp_path):
     proc = run("study.compare", "--task", "copy", "--pos-encodings", "rope,alibi", "--seeds", "1",
                "--out-dir", tmp_path, "--print-commands")
