@@ -20,7 +20,9 @@ Synthetic tasks where position decides: the model must find one thing in its con
 - copy: a random string of lower-case letters, a separator, the string again (the NoPE study's
   copy task, Kazemnejad et al. 2023). Training draws the string's length from 1..L/2 per example
   (upper-case noise before it fills the window), so that copying is learnt at every distance up to
-  L/2 + 1, not at one; evaluation copies the longest string, L/2 characters, at every length.
+  L/2 + 1, not at one. Evaluation copies strings of 8, 16, 32, ... letters, each up to L/2, at every
+  length L: past the training length a string no longer than training's (a longer context, distances
+  seen) is told apart from a longer one (distances never seen).
 
 An example of length L is L + 1 characters: the model reads the first L and predicts the next one
 at every position, and only the answer positions are scored (the five digits after "=", each
@@ -55,6 +57,7 @@ COPY_NOISE = np.array([STOI[c] for c in string.ascii_uppercase])  # before a str
 EVAL_SEED = 20231  # the evaluation set's own generator: the same examples for every run and seed
 EVAL_EXAMPLES = 100  # per cell
 DEPTHS = tuple(i / 10 for i in range(11))  # the passkey's evaluation depths
+COPY_SIZES = (8, 16, 32, 64, 128, 256)  # the copy's evaluation string lengths, those up to L / 2 at length L
 
 
 @dataclass
@@ -134,13 +137,16 @@ def recall(rng, n, length, keys=RECALL_KEYS, mixed=False):
     return Examples(tokens, unit, where, answers)
 
 
-def copy(rng, n, length, mixed=False):
-    """n copy examples of `length`: a random string of length / 2 letters, the separator, the string;
-    mixed: each string's length drawn from 1..length / 2, upper-case noise before it."""
+def copy(rng, n, length, mixed=False, size=None):
+    """n copy examples of `length`: a random string of `size` letters (default length / 2), the
+    separator, the string, upper-case noise before them; mixed: each string's length drawn from
+    1..length / 2."""
     if length < 2 or length % 2:
         raise UserError(f"a copy example needs an even length of at least 2, got {length}")
     half = length // 2
-    sizes = rng.integers(1, half + 1, n) if mixed else np.full(n, half)
+    if size is not None and not 1 <= size <= half:
+        raise UserError(f"a copy example of length {length} holds strings of 1 to {half} letters, got {size}")
+    sizes = rng.integers(1, half + 1, n) if mixed else np.full(n, size or half)
     tokens = torch.from_numpy(rng.choice(COPY_NOISE, (n, length + 1)))
     unit = torch.full((n, length), -1, dtype=torch.long)
     for i, m in enumerate(sizes):
@@ -149,6 +155,11 @@ def copy(rng, n, length, mixed=False):
         tokens[i, start:] = torch.cat([text, torch.tensor([COPY_SEPARATOR]), text])
         unit[i, start + m:] = 0  # the targets from the separator on: the string again
     return Examples(tokens, unit, torch.from_numpy(sizes.astype(np.float32))[:, None])
+
+
+def copy_sizes(length):
+    """The string lengths the copy is evaluated on at `length`: those of COPY_SIZES up to length / 2."""
+    return [m for m in COPY_SIZES if m <= length // 2] or [length // 2]
 
 
 TASKS = ("passkey", "recall", "copy")
@@ -171,13 +182,16 @@ STREAMS = ("eval", "val", "test", "train")  # the fixed example sets, each from 
 
 def evaluation_set(task, length, filler, examples=EVAL_EXAMPLES, stream="eval"):
     """Fixed examples of a task at one length, from their own seed, never the run's: the passkey at
-    each of the 11 depths, `examples` each; the others `examples` in all. "eval" is study.retrieval's
+    each of the 11 depths, the copy at each string length of copy_sizes, `examples` each; recall
+    `examples` in all. "eval" is study.retrieval's
     set (filler: the val split); "val" and "test" are the ones training scores and picks its
     checkpoint by (fillers: the val and the test split), so the retrieval set is none of them."""
     rng = np.random.default_rng([EVAL_SEED, TASKS.index(task), length, STREAMS.index(stream)])
-    if task != "passkey":
-        return [make(task, rng, examples, length)]
-    return [passkey(rng, examples, length, filler, depth) for depth in DEPTHS]
+    if task == "passkey":
+        return [passkey(rng, examples, length, filler, depth) for depth in DEPTHS]
+    if task == "copy":
+        return [copy(rng, examples, length, size=m) for m in copy_sizes(length)]
+    return [make(task, rng, examples, length)]
 
 
 def unit_correct(logits, examples):

@@ -514,7 +514,11 @@ def past_line(ax, row, block, **kw):
 
 
 def is_ablation(row):
-    key = method_of(row)
+    return is_ablation_key(method_of(row))
+
+
+def is_ablation_key(key):
+    """Whether a reading's key (methods_of) is one of the ablations, not a context-extension method."""
     return key.startswith(("log-scale", "clamp-")) or key.endswith("-no-temperature")
 
 

@@ -3,15 +3,18 @@ What task models (train.py --task) retrieve, at their training length and past i
 the tasks' fixed evaluation set (tasks.evaluation_set) at 1x, 2x, 4x and 8x the training length,
 per cell (the passkey's depth, the distance from a recall query back to its key), per seed, with
 95% Wilson intervals. RoPE runs are also read with the static context-extension methods of the
-length study (PI, NTK, YaRN; s = L / block size).
+length study (PI, NTK, YaRN; s = L / block size). Dynamic NTK is not a row of its own: read in one
+pass, as a model reads a prompt, it sets s from the whole length, which is NTK at s = L / block size.
 
   python -m study.retrieval out/shakespeare_char_cpu-passkey --plots-dir out/plots/passkey
   python -m study.retrieval RUN_DIR ... --rope-scaling none,ntk --lengths 64,128
   python -m study.retrieval RUN_DIR ... --ablations log-scale,clamp-32   # why RoPE breaks, on a task
 
 Writes <plots-dir>/retrieval.json, retrieval.md (accuracy by length: pooled over seeds with its
-Wilson interval, and each seed's) and retrieval.png (a heatmap per variant: cell x length, colour =
-exact match, the mean over seeds).
+Wilson interval, and each seed's), retrieval.png (a heatmap per variant: cell x length, colour =
+exact match, the mean over seeds), retrieval_seeds.png (seed by seed, the variants whose seeds
+disagree) and retrieval_readings.png (exact match against length, each variant read plainly
+beside RoPE's extension methods and the ablations). Each run's counts are also kept in its folder.
 """
 
 import time
@@ -28,15 +31,17 @@ from tqdm import tqdm  # noqa: E402
 from common import (UserError, autocast, build_model, comma_list, digest, load_checkpoint,  # noqa: E402
                     load_meta, load_tokens, pick_device, read_json, run_cli, write_json, write_text)
 from study.evaluate import (YARN_ALPHA, YARN_BETAS, ablations_of, add_ablations_flag, auto_factor,  # noqa: E402
-                            check_runs, methods_of, parse_lengths, position_limit, resolve_data_dir, row_label)
+                            check_runs, is_ablation_key, methods_of, parse_lengths, position_limit,
+                            resolve_data_dir, row_label)
 from study.flags import measure_parser  # noqa: E402
-from study.plot import redraw, save  # noqa: E402
+from study.plot import length_axis, redraw, save  # noqa: E402
 from study.runs import find_runs, group_variants, read_config, variant_labels  # noqa: E402
-from tasks import DEPTHS, evaluation_set, to_task_ids, unit_correct, wilson  # noqa: E402
+from tasks import COPY_SIZES, DEPTHS, evaluation_set, to_task_ids, unit_correct, wilson  # noqa: E402
 
-STATIC = ("none", "linear", "ntk", "yarn")  # dynamic NTK needs a pass per factor: the length study has it
+STATIC = ("none", "linear", "ntk", "yarn")  # (dynamic NTK read in one pass is NTK: see above)
 DISTANCE_EDGES = (0, 16, 32, 64, 128, 256, 512)  # recall: query-to-key distance bins, the last open-ended
 BATCH_TOKENS = 16384
+CELL_KIND = {"passkey": "depth", "recall": "distance from query to key", "copy": "string length"}
 
 
 def cell_labels(task):
@@ -45,17 +50,18 @@ def cell_labels(task):
     if task == "recall":
         return [f"distance {a}-{b - 1}" for a, b in zip(DISTANCE_EDGES, DISTANCE_EDGES[1:])] + \
             [f"distance {DISTANCE_EDGES[-1]}+"]
-    return ["all"]
+    return [f"string of {m}" for m in COPY_SIZES]
 
 
 def cell_of(task, where, k):
     """The cell of every unit, (N, units) ints: the passkey's depth is its set's (the k-th of the
-    evaluation set: at short lengths two depths can round to one position), recall's its distance."""
+    evaluation set: at short lengths two depths can round to one position), recall's its distance,
+    the copy's its string length (a length off COPY_SIZES: the next one up)."""
     if task == "passkey":
         return torch.full_like(where, k, dtype=torch.long)
     if task == "recall":
         return torch.bucketize(where.long(), torch.tensor(DISTANCE_EDGES[1:]), right=True)
-    return torch.zeros_like(where, dtype=torch.long)
+    return torch.bucketize(where.long(), torch.tensor(COPY_SIZES)).clamp(max=len(COPY_SIZES) - 1)
 
 
 @torch.inference_mode()
@@ -192,44 +198,167 @@ def format_table(results):
     return "\n".join(lines)
 
 
+def format_cell_table(results):
+    """Each variant read plainly, cell by cell: the mean over seeds and each seed's exact match (in %)."""
+    lengths = results["lengths"]
+    lines = ["| variant | cell | " + " | ".join(str(L) for L in lengths) + " |", "|---|---|" + "---|" * len(lengths)]
+    for row in (r for r in results["rows"] if r["method"] == "none"):
+        grids = {L: None if isinstance(row["results"][str(L)], str) else cell_accuracy(row["results"][str(L)])
+                 for L in lengths}
+        for c, name in enumerate(results["cells"]):
+            values = [None if g is None or np.isnan(g[:, c]).all() else g[:, c] for g in grids.values()]
+            if all(v is None for v in values):
+                continue
+            lines.append(f"| {row['label']} | {name} | " + " | ".join(
+                "" if v is None else f"{100 * v.mean():.0f} ({'/'.join(f'{100 * x:.0f}' for x in v)})"
+                for v in values) + " |")
+    return "\n".join(lines)
+
+
 def report(results):
     n = results["examples_per_cell"]
-    per = f"{n} examples at each of 11 depths" if results["task"] == "passkey" else f"{n} examples"
+    per = {"passkey": f"{n} examples at each of 11 depths", "recall": f"{n} examples",
+           "copy": f"{n} examples of each string length up to half the length"}[results["task"]]
     unit = {"passkey": "all five digits", "recall": "each query's value", "copy": "the whole string"}[results["task"]]
     return (f"# Retrieval: {results['task']}\n\n"
             f"Exact match ({unit} right, teacher-forced argmax) on the fixed evaluation set ({per} per length;"
             f" its own seed, none of the sets training scored): all seeds pooled with its 95% Wilson interval,"
             f" then each seed's (in %). The interval covers the sampling of examples, not the spread between"
             f" seeds: read the per-seed values for that. Models trained on {results['block_size']} characters."
-            f"\n\n{format_table(results)}\n")
+            f"\n\n{format_table(results)}\n\n## By {CELL_KIND[results['task']]}\n\n"
+            f"Each variant read plainly, cell by cell: exact match in %, the mean over seeds, then each seed's;"
+            f" blank where a length is n/a or holds no example of that cell.\n\n{format_cell_table(results)}\n")
 
 
-def plot_heatmaps(results, path):
-    """A heatmap per variant read plainly: cell (depth or distance) x length, colour = exact match."""
-    rows = [r for r in results["rows"] if r["method"] == "none"]
+def cell_accuracy(per_seed):
+    """(seeds, cells) exact match of one row at one length, NaN where a cell holds no unit."""
+    c = np.array(per_seed, dtype=float)  # (seeds, cells, [right, total])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(c[..., 1] > 0, c[..., 0] / c[..., 1], np.nan)
+
+
+def pooled(per_seed):
+    """Each seed's exact match over all its units at one length, (seeds,)."""
+    c = np.array(per_seed, dtype=float).sum(1)
+    return c[:, 0] / c[:, 1]
+
+
+SEEDS_DISAGREE = 0.25  # a variant gets a panel per seed when two seeds differ this much in some cell
+
+
+def disagreeing(row, lengths):
+    """Whether the row's seeds differ by SEEDS_DISAGREE or more in some cell at some length."""
+    grids = [cell_accuracy(row["results"][str(L)]) for L in lengths if not isinstance(row["results"][str(L)], str)]
+    return any(len(g) > 1 and np.nanmax(np.nanmax(g, 0) - np.nanmin(g, 0)) >= SEEDS_DISAGREE for g in grids)
+
+
+def heatmap(ax, results, row, seed=None):
+    """One panel: cell (depth, distance) x length, colour = exact match (the mean over seeds, or one
+    seed's); grey where a length is n/a or a cell holds no example."""
     lengths, cells = results["lengths"], results["cells"]
-    fig, axes = plt.subplots(1, len(rows), figsize=(2.2 + 1.1 * len(lengths) * len(rows), 4.8), dpi=120,
+    grid = np.full((len(cells), len(lengths)), np.nan)
+    for j, L in enumerate(lengths):
+        per_seed = row["results"][str(L)]
+        if not isinstance(per_seed, str):
+            acc = cell_accuracy(per_seed)
+            if seed is not None:
+                grid[:, j] = acc[seed]
+            else:  # (the mean of the seeds that hold the cell: nanmean warns about the cells none holds)
+                held = ~np.isnan(acc)
+                grid[:, j] = np.where(held.any(0), np.where(held, acc, 0).sum(0) / np.maximum(held.sum(0), 1), np.nan)
+    cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
+    image = ax.imshow(grid, vmin=0, vmax=1, cmap=cmap, aspect="auto", origin="lower")
+    ax.set_xticks(range(len(lengths)), [str(L) for L in lengths])
+    ax.set_yticks(range(len(cells)), cells if len(cells) > 1 else [""])
+    ax.set_xlabel("length (characters)")
+    return image
+
+
+def grid_figure(n, columns, height):
+    rows = -(-n // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.4 + 2.3 * columns, 0.8 + height * rows), dpi=120,
                              squeeze=False, sharey=True)
-    for ax, row in zip(axes[0], rows):
-        grid = np.full((len(cells), len(lengths)), np.nan)
-        for j, L in enumerate(lengths):
-            per_seed = row["results"][str(L)]
-            if isinstance(per_seed, str):
-                continue
-            c = np.array(per_seed, dtype=float)  # (seeds, cells, 2)
-            with np.errstate(invalid="ignore"):
-                grid[:, j] = np.nanmean(np.where(c[..., 1] > 0, c[..., 0] / np.maximum(c[..., 1], 1), np.nan), 0)
-        cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")  # n/a, or no unit in that cell
-        image = ax.imshow(grid, vmin=0, vmax=1, cmap=cmap, aspect="auto", origin="lower")
-        ax.set_xticks(range(len(lengths)), [str(L) for L in lengths])
-        ax.set_yticks(range(len(cells)), cells)
-        ax.set_title(row["label"], fontsize=9)
-        ax.set_xlabel("length")
-    fig.colorbar(image, ax=axes[0].tolist(), label="exact match (mean over seeds)", shrink=0.8)
-    fig.suptitle(f"{results['task']}: exact match by length (trained on {results['block_size']}); grey: n/a or"
-                 f" no example in that cell",
-                 fontsize=10)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, axes
+
+
+def plot_heatmaps(results, path, columns=5):
+    """A heatmap per variant read plainly, the mean over its seeds."""
+    rows = [r for r in results["rows"] if r["method"] == "none"]
+    tall = len(results["cells"]) > 1
+    fig, axes = grid_figure(len(rows), min(columns, len(rows)), 3.4 if tall else 1.6)
+    for ax, row in zip(axes.flat, rows):
+        image = heatmap(ax, results, row)
+        ax.set_title(f"{row['label']} ({len(row['runs'])} seeds)", fontsize=9)
+    fig.colorbar(image, ax=axes.ravel().tolist(), label="exact match (mean over seeds)", shrink=0.8)
+    fig.suptitle(f"{results['task']}: exact match by length, trained on {results['block_size']} characters"
+                 f" (grey: n/a, or no example in that cell)", fontsize=10)
     save(fig, path)
+
+
+def plot_seed_heatmaps(results, path):
+    """A row per variant whose seeds disagree (SEEDS_DISAGREE), a panel per seed; False if none does."""
+    rows = [r for r in results["rows"] if r["method"] == "none" and disagreeing(r, results["lengths"])]
+    if not rows:
+        return False
+    seeds = max(len(r["runs"]) for r in rows)
+    tall = len(results["cells"]) > 1
+    fig, axes = plt.subplots(len(rows), seeds, figsize=(2.4 + 2.3 * seeds, 0.8 + (3.4 if tall else 1.6) * len(rows)),
+                             dpi=120, squeeze=False, sharey=True)
+    for row, line in zip(rows, axes):
+        for k, ax in enumerate(line):
+            if k >= len(row["runs"]):
+                ax.set_visible(False)
+                continue
+            image = heatmap(ax, results, row, seed=k)
+            ax.set_title(f"{row['label']}: {Path(row['runs'][k]).name.rsplit('_', 1)[-1]}", fontsize=9)
+    fig.colorbar(image, ax=axes.ravel().tolist(), label="exact match", shrink=0.8)
+    fig.suptitle(f"{results['task']}: the variants whose seeds differ by {SEEDS_DISAGREE:.0%} or more in some cell,"
+                 f" seed by seed", fontsize=10)
+    save(fig, path)
+    return True
+
+
+def plot_readings(results, path, columns=4):
+    """Exact match against length for every variant read more than one way: the plain reading (black)
+    beside RoPE's extension methods, in one panel, and beside the ablations, in another; the line is
+    the mean over seeds, the dots each seed."""
+    block, lengths = results["block_size"], results["lengths"]
+    by_runs = {}
+    for row in results["rows"]:
+        by_runs.setdefault(tuple(row["runs"]), []).append(row)
+    panels = []
+    for rows in by_runs.values():
+        plain, others = rows[0], rows[1:]
+        for title, kind in (("extension methods", False), ("ablations", True)):
+            chosen = [r for r in others if is_ablation_key(r["method"]) == kind]
+            if chosen:
+                panels.append((f"{plain['label']}: {title}", [plain, *chosen]))
+    if not panels:
+        return False
+    fig, axes = grid_figure(len(panels), min(columns, len(panels)), 3.6)
+    colors = plt.get_cmap("tab10").colors
+    for ax, (title, rows) in zip(axes.flat, panels):
+        for k, row in enumerate(rows):
+            xs = [L for L in lengths if not isinstance(row["results"][str(L)], str)]
+            if not xs:
+                continue
+            color = "black" if k == 0 else colors[(k - 1) % len(colors)]
+            ys = [pooled(row["results"][str(L)]) for L in xs]
+            ax.plot(xs, [y.mean() for y in ys], color=color, marker="o", markersize=3,
+                    label="plain" if k == 0 else row["label"].split(" + ", 1)[-1])
+            for L, y in zip(xs, ys):
+                ax.scatter([L] * len(y), y, color=color, s=8, alpha=0.5)
+        length_axis(ax, lengths, [str(L) for L in lengths], block, "length (characters)")
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_ylabel("exact match")
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7, loc="lower left", frameon=False)
+    fig.suptitle(f"{results['task']}: exact match by length, each variant read plainly (black) and otherwise; line:"
+                 f" mean over seeds, dots: each seed (dashed: the training length {block})", fontsize=10)
+    save(fig, path)
+    return True
 
 
 def write_outputs(results, plots_dir):
@@ -240,9 +369,16 @@ def write_outputs(results, plots_dir):
 
 
 def draw_figures(results, plots_dir):
-    path = Path(plots_dir) / "retrieval.png"
-    plot_heatmaps(results, path)
-    return [path]
+    """retrieval.png, and where they have something to show retrieval_seeds.png and retrieval_readings.png."""
+    plots_dir = Path(plots_dir)
+    plot_heatmaps(results, plots_dir / "retrieval.png")
+    drawn = [plots_dir / "retrieval.png"]
+    for name, draw in (("retrieval_seeds.png", plot_seed_heatmaps), ("retrieval_readings.png", plot_readings)):
+        if draw(results, plots_dir / name):
+            drawn.append(plots_dir / name)
+        else:
+            (plots_dir / name).unlink(missing_ok=True)  # (a figure of an earlier run would outlive its data)
+    return drawn
 
 
 def main():

@@ -139,6 +139,22 @@ def test_copy_in_training_mixes_the_string_lengths():
         assert torch.nonzero(unit >= 0).flatten().tolist() == list(range(32 - m, 32))
 
 
+def test_copy_is_evaluated_at_every_string_length_up_to_half_the_length_each_in_its_cell():
+    from study.retrieval import cell_labels, cell_of
+    sets = tasks.evaluation_set("copy", 128, None)
+    assert [int(e.where[0, 0]) for e in sets] == [8, 16, 32, 64] and all(len(e.tokens) == 100 for e in sets)
+    for k, ex in enumerate(sets):
+        m = int(ex.where[0, 0])
+        for row in ex.tokens:
+            s = text(row)
+            assert len(s) == 129 and s[128 - m] == "=" and s[128 - 2 * m:128 - m] == s[129 - m:]
+            assert set(s[:128 - 2 * m]) <= set(string.ascii_uppercase)
+        assert cell_labels("copy")[int(cell_of("copy", ex.where, k)[0, 0])] == f"string of {m}"
+    assert tasks.copy_sizes(64) == [8, 16, 32] and tasks.copy_sizes(512)[-1] == 256 and tasks.copy_sizes(8) == [4]
+    with pytest.raises(tasks.UserError, match="holds strings of 1 to 8 letters, got 9"):
+        tasks.copy(np.random.default_rng(0), 1, 16, size=9)
+
+
 def test_only_the_answers_are_scored():
     ex = tasks.copy(np.random.default_rng(6), 4, 8)
     x, y = ex.inputs_and_targets()
@@ -212,7 +228,8 @@ def test_retrieval_stores_each_runs_counts_and_reads_them_back_without_a_checkpo
     (run_dir / "ckpt.pt").unlink()  # what a committed record holds: no checkpoint
     run("study.retrieval", run_dir, "--lengths", "16,32", *flags, "--plots-dir", tmp_path / "b")
     first, again = (json.loads((tmp_path / d / "retrieval.json").read_text()) for d in "ab")
-    assert again["rows"] == first["rows"] and first["rows"][0]["results"]["32"][0] == stored["counts"]["none"]["32"]
+    assert again["rows"] == first["rows"]
+    assert first["rows"][0]["results"]["32"][0] == stored["counts"]["none"]["32"]
     proc = run("study.retrieval", run_dir, "--lengths", "16,48", *flags, "--plots-dir", tmp_path / "c", check=False)
     assert proc.returncode == 2 and proc.stderr == (
         f"study.retrieval: error: {run_dir} has no checkpoint (ckpt.pt) and was never read at length 48 with 'none'; retrain it, or"
@@ -283,5 +300,6 @@ def test_a_run_s_fingerprint_covers_what_training_draws(data_dir, monkeypatch):
     before = tasks.TaskBatches("copy", data_dir, 16, 4, 1, "cpu").eval_text.fingerprint
     assert tasks.TaskBatches("copy", data_dir, 16, 4, 2, "cpu").eval_text.fingerprint == before  # any seed
     unmixed = tasks.copy
-    monkeypatch.setattr(tasks, "copy", lambda rng, n, length, mixed=False: unmixed(rng, n, length))
+    monkeypatch.setattr(tasks, "copy",
+                        lambda rng, n, length, mixed=False, size=None: unmixed(rng, n, length, size=size))
     assert tasks.TaskBatches("copy", data_dir, 16, 4, 1, "cpu").eval_text.fingerprint != before
