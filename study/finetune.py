@@ -19,6 +19,15 @@ A reference at another budget: RoPE trained from scratch at the new length with 
 unchanged model reading only its last block_size characters (evaluate.py's sliding window).
 
 Runs go to <out-dir>/<config>_finetune/. Writes <plots-dir>/finetune.md, finetune.png, finetune.json.
+
+With --task (and the task study's budget flags, so that its RoPE runs are the ones fine-tuned), the
+fine-tunes train on the task at the new length and are read by what they retrieve (study.retrieval)
+at the old length, the new one and twice that; --more-seeds goes to the methods with the highest
+exact match at the new length. Runs go to <out-dir>/<config>-<task>_finetune/; writes study.retrieval's
+retrieval.md, retrieval.png and retrieval.json into <plots-dir>.
+
+  python -m study.finetune --task passkey --batch-size 32 --max-iters 2000 --lr-decay-iters 2000 \\
+      --scratch-seeds '' --plots-dir out/plots/passkey/finetune
 """
 
 import re
@@ -39,6 +48,9 @@ from common import (UserError, announce_dtype, atomic_write, autocast, build_mod
 from study.analysis import paired, verdict  # noqa: E402
 from study.training import make_configs, parse_seeds, train_runs  # noqa: E402
 from study.evaluate import default_stride, loss_by_position, sliding_baseline, sliding_window_losses  # noqa: E402
+from study.retrieval import pooled, retrieval_runs  # noqa: E402
+from study.retrieval import report as retrieval_report  # noqa: E402
+from study.retrieval import write_outputs as write_retrieval_outputs  # noqa: E402
 from study.runs import run_dtype  # noqa: E402
 from train import add_config_flags, build_parser, config_from_args  # noqa: E402
 
@@ -69,7 +81,7 @@ def method_label(method):
 def finetune_configs(args, seeds, methods, factor, scratch_seeds):
     """(base RoPE configs, [(method, fine-tune config)], from-scratch configs at the new length)."""
     base = make_configs(args, [("rope", {})], seeds)
-    group = f"{Path(args.config).stem}_finetune"
+    group = f"{Path(base[0].run_name).parent}_finetune"  # (<config>-<task>_finetune for a task)
     block = base[0].block_size * factor
     tunes = [(m, config_from_args(args, pos_encoding="rope", seed=b.seed, block_size=block, **FINETUNE,
                                   **method_settings(m, factor), init_from=str(Path(b.out_dir) / b.run_name),
@@ -139,6 +151,38 @@ def measure(base, tunes, scratch, factor, device, progress=True):
     return {"block_size": block, "factor": factor, "finetune": FINETUNE, "columns": names,
             "rows": [{"key": k, "label": r["label"], "seeds": len(r["values"][0]),
                       "cells": [summarize(v) for v in r["values"]]} for k, r in rows.items()]}
+
+
+def task_results(base, tunes, scratch, factor, device, progress=True):
+    """Fine-tunes of task runs (train.py --task): what each retrieves at the old length, the new one and
+    twice that (study.retrieval), read as trained; rows labelled as measure() labels them."""
+    block = base[0].block_size
+    long = block * factor
+    labels = {**{run_of(c): f"RoPE trained on {block}, no fine-tune" for c in base},
+              **{run_of(c): f"fine-tuned at {long}: {method_label(m)}" for m, c in tunes},
+              **{run_of(c): f"RoPE trained from scratch at {long}" for c in scratch}}
+    keys = {**{run_of(c): "plain" for c in base}, **{run_of(c): m for m, c in tunes},
+            **{run_of(c): "scratch" for c in scratch}}
+    results = retrieval_runs(list(labels), [block, long, 2 * long], device=device, progress=progress,
+                             block_size=block)
+    for row in results["rows"]:
+        row["label"], row["key"] = labels[row["runs"][0]], keys[row["runs"][0]]
+    results.update(factor=factor, finetune=FINETUNE)
+    return results
+
+
+def run_of(cfg):
+    return str(Path(cfg.out_dir) / cfg.run_name)
+
+
+def ranked(results, methods, factor):
+    """The fine-tune methods, best first: by the val loss past the old length at the new one, or for a
+    task by the exact match at the new length."""
+    rows = [r for r in results["rows"] if r["key"] in methods]
+    if "task" not in results:
+        return [r["key"] for r in sorted(rows, key=lambda r: r["cells"][2]["mean"])]
+    at = str(results["block_size"] * factor)
+    return [r["key"] for r in sorted(rows, key=lambda r: -pooled(r["results"][at]).mean())]
 
 
 def differences(results, column=2):
@@ -219,20 +263,26 @@ def main():
     train_runs(base, args.overwrite)
     train_runs([cfg for _, cfg in tunes] + scratch, args.overwrite)
     device = pick_device(base[0].device)
-    results = measure(base, tunes, scratch, args.factor, device, base[0].progress)
-    if args.more_seeds.strip():  # the best methods by the loss past the old length at the new one
-        ranked = sorted((r for r in results["rows"] if r["key"] in methods), key=lambda r: r["cells"][2]["mean"])
-        best = [r["key"] for r in ranked[:args.best]]
-        print(f"the {len(best)} best at {args.factor}x past the training length: {', '.join(best)};"
+    task = base[0].task != "shakespeare"
+    read = task_results if task else measure
+    results = read(base, tunes, scratch, args.factor, device, base[0].progress)
+    if args.more_seeds.strip():
+        best = ranked(results, methods, args.factor)[:args.best]
+        print(f"the {len(best)} best at {args.factor}x the training length: {', '.join(best)};"
               f" {args.more_seeds} for them")
         more = parse_seeds(args.more_seeds, "--more-seeds")
         more_base, more_tunes, _ = finetune_configs(args, more, best, args.factor, [])
         train_runs(more_base, args.overwrite)
         train_runs([cfg for _, cfg in more_tunes], args.overwrite)
-        results = measure(base + more_base, tunes + more_tunes, scratch, args.factor, device, base[0].progress)
+        results = read(base + more_base, tunes + more_tunes, scratch, args.factor, device, base[0].progress)
         results["best"] = best
     results["wall_s"] = round(time.time() - t0, 1)
     plots = Path(args.plots_dir)
+    if task:  # what the fine-tuned models retrieve: study.retrieval's report, figures and JSON
+        print(retrieval_report(results))
+        for path in write_retrieval_outputs(results, plots):
+            print(f"wrote {path}")
+        return
     table = format_table(results) + "\n\n" + differences(results)
     command = command_line()
     write_text(plots / "finetune.md", f"# Short fine-tunes at {args.factor}x the training length\n\n{table}\n\n"

@@ -102,11 +102,12 @@ def stored_counts(run_dir, digests):
 
 
 def retrieval_runs(run_dirs, lengths=None, scalings=("none",), data_dir=None, device="cpu", progress=True,
-                   ablations=()):
+                   ablations=(), block_size=None):
     """Exact match of task runs at several lengths, each also read with the RoPE `scalings` and the
     `ablations` that apply to its encoding (study.evaluate's); a JSON-ready dict (see the module's doc).
     Each run's counts are stored in its folder (STORED), so a run read before, or whose record is all
-    that is left, is not read again and needs no checkpoint."""
+    that is left, is not read again and needs no checkpoint. block_size: the training length the
+    lengths are told against, for runs trained on several (study.finetune's); default: the runs' one."""
     run_dirs = [Path(r) for r in run_dirs]
     if not run_dirs:
         raise UserError("no runs to evaluate")
@@ -120,7 +121,7 @@ def retrieval_runs(run_dirs, lengths=None, scalings=("none",), data_dir=None, de
     if tasks_ == ["shakespeare"] or len(tasks_) > 1:
         raise UserError(f"these runs learned {' and '.join(tasks_)}: give runs of one task (train.py --task)")
     task = tasks_[0]
-    block = check_runs(c["block_size"] for c in configs)
+    block = block_size or check_runs(c["block_size"] for c in configs)
     lengths = sorted(set(lengths or [m * block for m in (1, 2, 4, 8)]))
     data_dir = resolve_data_dir((c["data_dir"] for c in configs), data_dir)
     filler = to_task_ids(load_tokens(data_dir, "val"), load_meta(data_dir)["chars"]) if task == "passkey" else None
@@ -128,7 +129,9 @@ def retrieval_runs(run_dirs, lengths=None, scalings=("none",), data_dir=None, de
     digests = set_digests(sets)
     stored = [stored_counts(r, digests) for r in run_dirs]
     ckpts = {}
-    groups = group_variants(configs)
+    # (what training scored a run on, its eval_text, depends on its block size: not what it is read on here)
+    groups = group_variants([{**c, "provenance": {k: v for k, v in c["provenance"].items() if k != "eval_text"}}
+                             for c in configs])
     labels = variant_labels(configs, groups)
     n_cells = len(cell_labels(task))
 

@@ -48,16 +48,20 @@ class Study:
         # (fine-tunes train one at a time; a lease trains a seed's variants at once)
         jobs_flag = ["--jobs", str(jobs)] if module in ("compare", "sweep") else []
         out = [[f"study.{module}", *flags, "--seeds", seeds or self.seeds, *jobs_flag, "--plots-dir", plots_dir]]
-        return out + [[f"study.{m}", *(plots_dir if a == "{plots_dir}" else a for a in rest)] for m, *rest in self.after]
+        return out + [[f"study.{m}", *(a.replace("{plots_dir}", plots_dir) for a in rest)] for m, *rest in self.after]
 
 
 def task_study(task, what, cells):
     """A study of tasks.py's `task`: every encoding trained on it from scratch at 64, then read to 512."""
     return Study(
         f"the {task} task ({what}): every encoding, the RoPE/NoPE hybrids and FIRE from L = 16 trained from scratch"
-        f" at 64, 3 seeds; exact match at 64 to 512 {cells}, RoPE also read with PI, NTK and YaRN, and the ablations",
-        f"plots/{task}", SEEDS, ("compare", CPU, "--task", task, "--pos-encodings", TASK_ENCODINGS, *TASK_BUDGET,
-                                 "--extrapolate", "--extrapolate-methods", "none,linear,ntk,yarn", "--ablations", ABLATIONS))
+        f" at 64, 3 seeds; exact match at 64 to 512 {cells}, RoPE also read with PI, NTK and YaRN, and the ablations;"
+        f" then RoPE fine-tuned at 256 for 200 steps with each method, 1 seed, 3 for the two best",
+        f"plots/{task}", SEEDS,
+        ("compare", CPU, "--task", task, "--pos-encodings", TASK_ENCODINGS, *TASK_BUDGET, "--extrapolate",
+         "--extrapolate-methods", "none,linear,ntk,yarn", "--ablations", ABLATIONS),
+        (("finetune", CPU, "--task", task, *TASK_BUDGET, "--seeds", "1337", "--more-seeds", "1338,1339",
+          "--scratch-seeds", "", "--plots-dir", "{plots_dir}/finetune"),))
 
 
 STUDIES = {

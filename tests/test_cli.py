@@ -314,5 +314,9 @@ def test_the_study_entry_point_lists_studies_and_keeps_a_quick_look_out_of_plots
     commands = run("study", "sweep", "--seeds", "1337", "--print-commands").stdout.splitlines()
     assert commands == ["python -m study.sweep config/shakespeare_char_cpu.toml --pos-encodings"
                         " all,sinusoidal:sinusoidal_scale=false --seeds 1337 --jobs 1 --plots-dir out/plots/sweep"]
+    from study.studies import STUDIES
+    finetune = STUDIES["passkey"].commands(plots_dir="out/plots/passkey")[1]  # the task's fine-tunes, after it
+    assert finetune[:4] == ["study.finetune", "config/shakespeare_char_cpu.toml", "--task", "passkey"]
+    assert finetune[-2:] == ["--plots-dir", "out/plots/passkey/finetune"]
     proc = run("study", "nope", check=False)
     assert proc.returncode == 2 and "invalid choice: 'nope'" in proc.stderr

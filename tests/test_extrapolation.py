@@ -13,6 +13,7 @@ from conftest import TINY, TINY_FLAGS, run
 from study.evaluate import dynamic_factor, evaluate_runs, loss_by_position, sliding_window_losses
 from model import GPT, GPTConfig, RotaryPositionalEncoding, apply_rotary_embeddings, precompute_theta_pos_frequencies
 from study.probes import attention_stats, copy_gain, copy_sequences, uniform_reference
+from study.retrieval import pooled
 
 BLOCK = TINY["block_size"]  # 16
 SMALL = dict(vocab_size=20, block_size=16, n_layer=2, n_head=2, n_embd=32)
@@ -286,3 +287,24 @@ def test_finetune_trains_from_the_base_runs_and_reports_every_row(data_dir, tmp_
     assert again.stdout.count("finished earlier, reusing it") == 4  # the base run, 2 fine-tunes, the scratch run
     proc = run("study.finetune", "config/shakespeare_char_cpu.toml", "--methods", "rope-pi", check=False)
     assert "unknown fine-tune method 'rope-pi'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_finetune_of_task_runs_reads_what_they_retrieve_and_gives_the_best_more_seeds(data_dir, tmp_path):
+    out, plots = tmp_path / "out", tmp_path / "plots"
+    proc = run("study.finetune", "config/shakespeare_char_cpu.toml", "--task", "copy", "--data-dir", data_dir,
+               "--out-dir", out, "--plots-dir", plots, *TINY_FLAGS, "--seeds", "1", "--methods", "none,linear",
+               "--factor", 2, "--scratch-seeds", "", "--more-seeds", "2", "--best", "1")
+    tune = json.loads((out / "shakespeare_char_cpu-copy_finetune" / "rope-ft2x-linear_seed1" / "config.json")
+                      .read_text())
+    assert tune["task"] == "copy" and tune["block_size"] == 2 * BLOCK and tune["max_iters"] == 200
+    assert tune["init_from"] == str(out / "shakespeare_char_cpu-copy" / "rope_seed1")  # the task's RoPE run
+    results = json.loads((plots / "retrieval.json").read_text())
+    assert results["task"] == "copy" and results["lengths"] == [BLOCK, 2 * BLOCK, 4 * BLOCK]
+    rows = {row["label"]: row for row in results["rows"]}
+    assert set(rows) == {"RoPE trained on 16, no fine-tune", "fine-tuned at 32: plain RoPE", "fine-tuned at 32: PI"}
+    (best,) = results["best"]
+    seed1 = {row["key"]: pooled(row["results"]["32"][:1])[0] for row in results["rows"] if row["key"] != "plain"}
+    assert seed1[best] == max(seed1.values())  # ranked by seed 1's exact match at the new length
+    assert {row["key"]: len(row["runs"]) for row in results["rows"]} == {
+        "plain": 2, best: 2, ({"none", "linear"} - {best}).pop(): 1}
+    assert "fine-tuned at 32: PI" in proc.stdout and (plots / "retrieval.png").read_bytes()[:4] == b"\x89PNG"
