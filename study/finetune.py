@@ -128,23 +128,29 @@ def measure(base, tunes, scratch, factor, device, progress=True):
         for j, (_, L, start) in enumerate(columns):
             row["values"][j][seed] = c[L][start:].mean().item()
 
+    def add_sliding(key, label, run_dir, seed, c, window):
+        """The run reading only its last `window` characters (inference only)."""
+        model = build_model(load_checkpoint(run_dir / "ckpt.pt"), device)
+        with autocast(run_dtype(run_dir), device):
+            sliding = sliding_window_losses(model, tokens, window, default_stride(window))
+        add(key, label, seed, {L: sliding_baseline(c[L], sliding, targets[L], window) for L in lengths})
+
     for cfg in base:
         run_dir = Path(cfg.out_dir) / cfg.run_name
         c = curves(run_dir, windows, device)
         add("plain", f"RoPE trained on {block}, no fine-tune", cfg.seed, c)
-        model = build_model(load_checkpoint(run_dir / "ckpt.pt"), device)
-        with autocast(run_dtype(run_dir), device):
-            sliding = sliding_window_losses(model, tokens, block, default_stride(block))
-        add("sliding", f"the same, sliding window of {block} (the baseline)", cfg.seed,
-            {L: sliding_baseline(c[L], sliding, targets[L], block) for L in lengths})
+        add_sliding("sliding", f"the same, sliding window of {block} (the baseline)", run_dir, cfg.seed, c, block)
         bar.update(1)
     for method, cfg in tunes:
         add(method, f"fine-tuned at {long}: {method_label(method)}", cfg.seed, curves(Path(cfg.out_dir) / cfg.run_name,
                                                                         windows, device))
         bar.update(1)
     for cfg in scratch:
-        add("scratch", f"RoPE trained from scratch at {long} ({factor}x the tokens of the others)",
-            cfg.seed, curves(Path(cfg.out_dir) / cfg.run_name, windows, device))
+        run_dir = Path(cfg.out_dir) / cfg.run_name
+        c = curves(run_dir, windows, device)
+        add("scratch", f"RoPE trained from scratch at {long} ({factor}x the tokens of the others)", cfg.seed, c)
+        # its own baseline past its training length (the same as it up to `long`)
+        add_sliding("scratch-sliding", f"the same, sliding window of {long}", run_dir, cfg.seed, c, long)
         bar.update(1)
     bar.close()
     names = [name.format(b=block, l=long, L=2 * long) for name, _, _ in columns]
@@ -192,7 +198,7 @@ def differences(results, column=2):
     lines = [f"| a − the sliding window, {results['columns'][column]} | per seed | mean [95% CI] | same sign |",
              "|---|---|---|---:|"]
     for r in results["rows"]:
-        if r["key"] in ("sliding", "plain", "scratch"):
+        if r["key"] in ("sliding", "plain", "scratch", "scratch-sliding"):
             continue
         d = paired(r["cells"][column]["runs"], base)
         ci = "" if d["ci"] is None else f" [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}] ({verdict(d)})"
@@ -218,7 +224,7 @@ def plot(results, path):
         x = [j + (k - (len(results["rows"]) - 1) / 2) * width for j in range(len(cols))]
         ax.bar(x, [c["mean"] for c in row["cells"]], width, yerr=[c["std"] or 0 for c in row["cells"]],
                capsize=2, label=f"{row['label']} ({row['seeds']} seed{'s' * (row['seeds'] > 1)})",
-               hatch="//" if row["key"] == "sliding" else None, edgecolor="black", linewidth=0.4)
+               hatch="//" if row["key"].endswith("sliding") else None, edgecolor="black", linewidth=0.4)
     ax.set_xticks(range(len(cols)), [c.replace(", ", "\n") for c in cols])
     lows = [c["mean"] for r in results["rows"] for c in r["cells"]]
     ax.set_ylim(min(lows) - 0.05, min(max(lows) + 0.05, min(lows) + 1.0))

@@ -277,9 +277,14 @@ def test_finetune_trains_from_the_base_runs_and_reports_every_row(data_dir, tmp_
     assert scratch["init_from"] == "" and scratch["max_iters"] == TINY["max_iters"]
     table = (plots / "finetune.md").read_text()
     for label in ("RoPE trained on 16, no fine-tune", "sliding window of 16", "fine-tuned at 32: plain RoPE",
-                  "fine-tuned at 32: YaRN β=8", "RoPE trained from scratch at 32", "a − the sliding window"):
+                  "fine-tuned at 32: YaRN β=8", "RoPE trained from scratch at 32", "a − the sliding window",
+                  "the same, sliding window of 32"):
         assert label in table and label in proc.stdout
     assert "at 32, positions >= 16" in table and "at 64, positions >= 32" in table
+    rows = {r["key"]: r for r in json.loads((plots / "finetune.json").read_text())["rows"]}
+    within = [[c["mean"] for c in rows[k]["cells"][:3]] for k in ("scratch", "scratch-sliding")]
+    assert within[0] == within[1]  # up to its own training length its sliding window reads as it does
+    assert rows["scratch-sliding"]["cells"][4]["mean"] != rows["scratch"]["cells"][4]["mean"]
     assert (plots / "finetune.png").read_bytes()[:4] == b"\x89PNG"
     again = run("study.finetune", "config/shakespeare_char_cpu.toml", "--data-dir", data_dir, "--out-dir", out,
                 "--plots-dir", plots, *TINY_FLAGS, "--seeds", "1", "--methods", "none,yarn-b8", "--factor", 2,
