@@ -8,21 +8,34 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, run
-from study.studies import ALL, MORE_SEEDS
+from study.studies import STUDIES
 
 CORPUS = Path(os.environ.get("SHAKESPEARE_INPUT", ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"))
 TIMING = ("wall time (s)", "ms/iter")  # measured, not computed: they differ from machine to machine
 
-# study: (its module, records folder, the seeds of its runs, the committed report, the module's other flags,
-# how many runs it reuses); the flags are the study's own (study/studies.py) without the length study,
-# which needs checkpoints (its figures redraw from their JSON: study.evaluate --from-json)
-STUDIES = {
-    "baseline": ("study.compare", "shakespeare_char_cpu", "1337,1338,1339", ROOT / "plots" / "results.md", [], 9),
-    "sweep": ("study.sweep", "shakespeare_char_cpu", "1337,1338,1339", ROOT / "plots" / "lr_sweep" / "results.md",
-              ["--pos-encodings", "all,sinusoidal:sinusoidal_scale=false"], 74),
-    "all": ("study.compare", "shakespeare_char_cpu", "1337,1338,1339", ROOT / "plots" / "all" / "results.md",
-            ["--pos-encodings", ALL, "--seeds-if-undecided", MORE_SEEDS], 37),
-}
+# study: (its records folder, how many runs it reuses); each is run as study/studies.py defines it, without
+# the length study, which needs checkpoints (its figures redraw from their JSON: study.evaluate --from-json)
+RECORDED = {"baseline": ("shakespeare_char_cpu", 9), "sweep": ("shakespeare_char_cpu", 74),
+            "all": ("shakespeare_char_cpu", 37), "rope": ("shakespeare_char_cpu", 7)}
+LENGTH_STUDY = {"--extrapolate": 0, "--extrapolate-methods": 1, "--ablations": 1}  # flag: values after it
+
+
+def without_length_study(flags):
+    """A study's flags less the length study's (LENGTH_STUDY: each flag and the values it takes)."""
+    out, it = [], iter(flags)
+    for flag in it:
+        if flag in LENGTH_STUDY:
+            for _ in range(LENGTH_STUDY[flag]):
+                next(it)
+        else:
+            out.append(flag)
+    return out
+
+
+def test_a_study_runs_from_its_records_without_the_length_study():
+    assert without_length_study(["--pos-encodings", "x", "--extrapolate", "--extrapolate-methods", "none,ntk",
+                                 "--ablations", "log-scale", "--seeds-if-undecided", "1"]) == [
+        "--pos-encodings", "x", "--seeds-if-undecided", "1"]
 
 
 def tables(markdown):
@@ -46,9 +59,12 @@ def test_tables_parse_rows_by_header_and_first_cell():
                             (("a", "c"), "x"): {"a": "x", "c": "3"}}
 
 
-@pytest.mark.parametrize("study", list(STUDIES))
+@pytest.mark.parametrize("study", list(RECORDED))
 def test_records_regenerate_the_committed_tables(study, tmp_path):
-    module, folder, seeds, report, flags, runs = STUDIES[study]
+    folder, runs = RECORDED[study]
+    module, config, *flags = STUDIES[study].main
+    module, flags, seeds = f"study.{module}", without_length_study(flags), STUDIES[study].seeds
+    report = ROOT / STUDIES[study].plots_dir / "results.md"
     records = ROOT / "records" / folder
     if not CORPUS.is_file():
         if os.environ.get("CI"):
@@ -56,7 +72,7 @@ def test_records_regenerate_the_committed_tables(study, tmp_path):
         pytest.skip(f"no corpus at {CORPUS} (set SHAKESPEARE_INPUT)")
     shutil.copytree(records, tmp_path / "out" / folder)  # the study may write beside them: not into the repo
     run("prepare_shakespeare.py", "--input", CORPUS, "--out-dir", tmp_path / "data")
-    proc = run(module, ROOT / "config" / f"{folder}.toml", "--seeds", seeds, *flags,
+    proc = run(module, ROOT / config, "--seeds", seeds, *flags,
                "--data-dir", tmp_path / "data", "--out-dir", tmp_path / "out", "--plots-dir", tmp_path / "plots")
     assert proc.stdout.count("finished earlier, reusing it") == runs and "training" not in proc.stdout
     regenerated, committed = tables((tmp_path / "plots" / "results.md").read_text()), tables(report.read_text())
