@@ -57,7 +57,7 @@ COPY_NOISE = np.array([STOI[c] for c in string.ascii_uppercase])  # before a str
 EVAL_SEED = 20231  # the evaluation set's own generator: the same examples for every run and seed
 EVAL_EXAMPLES = 100  # per cell
 DEPTHS = tuple(i / 10 for i in range(11))  # the passkey's evaluation depths
-COPY_SIZES = (8, 16, 32, 64, 128, 256)  # the copy's evaluation string lengths, those up to L / 2 at length L
+COPY_SHORTEST = 8  # the copy is evaluated on strings of 8, 16, 32, ... letters, each up to L / 2
 
 
 @dataclass
@@ -158,8 +158,13 @@ def copy(rng, n, length, mixed=False, size=None):
 
 
 def copy_sizes(length):
-    """The string lengths the copy is evaluated on at `length`: those of COPY_SIZES up to length / 2."""
-    return [m for m in COPY_SIZES if m <= length // 2] or [length // 2]
+    """The string lengths the copy is evaluated on at `length`: COPY_SHORTEST and its doublings up to
+    length / 2 (a length too short for any: length / 2 alone)."""
+    sizes, m = [], COPY_SHORTEST
+    while m <= length // 2:
+        sizes.append(m)
+        m *= 2
+    return sizes or [length // 2]
 
 
 TASKS = ("passkey", "recall", "copy")
@@ -221,7 +226,8 @@ class TaskBatches:
     from a numpy generator seeded by the run's seed (the same for every encoding), and fixed
     evaluation examples at the training length: val (the passkey at the 11 depths, filler from the
     val split), test (the same construction from its own seed, filler from the test split) and train (as
-    many examples made as the others are, recall's with all D pairs, filler from the train split). None
+    many examples made as the others are, recall's with all D pairs, the copy's strings of val's
+    lengths, filler from the train split). None
     of them is study.retrieval's set."""
 
     def __init__(self, task, data_dir, block_size, batch_size, seed, device):
@@ -235,9 +241,9 @@ class TaskBatches:
         self.rng = np.random.default_rng(seed)
         self.sets = {s: evaluation_set(task, block_size, self.filler.get(s), stream=s) for s in ("val", "test")}
         count = sum(len(e.tokens) for e in self.sets["val"])
-        self.sets["train"] = [make(task, np.random.default_rng([EVAL_SEED, TASKS.index(task), block_size,
-                                                                 STREAMS.index("train")]),
-                                   count, block_size, self.filler.get("train"))]
+        train_rng = np.random.default_rng([EVAL_SEED, TASKS.index(task), block_size, STREAMS.index("train")])
+        self.sets["train"] = (evaluation_set(task, block_size, None, stream="train") if task == "copy" else  # as val
+                              [make(task, train_rng, count, block_size, self.filler.get("train"))])
         # what provenance() fingerprints, as it does the Shakespeare runs' EvalText: the evaluation examples and
         # a sample of what training draws, so that a run trained from another generator is never reused
         drawn = make(task, np.random.default_rng([EVAL_SEED, TASKS.index(task), block_size, len(STREAMS)]), 64,

@@ -26,8 +26,8 @@ at the old length, the new one and twice that; --more-seeds goes to the methods 
 exact match at the new length. Runs go to <out-dir>/<config>-<task>_finetune/; writes study.retrieval's
 retrieval.md, retrieval.png and retrieval.json into <plots-dir>.
 
-  python -m study.finetune --task passkey --batch-size 32 --max-iters 2000 --lr-decay-iters 2000 \\
-      --scratch-seeds '' --plots-dir out/plots/passkey/finetune
+  python -m study.finetune config/shakespeare_char_cpu.toml --task passkey --batch-size 32 \\
+      --max-iters 2000 --lr-decay-iters 2000 --scratch-seeds '' --plots-dir out/plots/passkey/finetune
 """
 
 import re
@@ -173,7 +173,9 @@ def task_results(base, tunes, scratch, factor, device, progress=True):
                              block_size=block)
     for row in results["rows"]:
         row["label"], row["key"] = labels[row["runs"][0]], keys[row["runs"][0]]
-    results.update(factor=factor, finetune=FINETUNE)
+    results.update(factor=factor, finetune=FINETUNE,
+                   trained=f"RoPE trained on {block} characters, then fine-tuned {FINETUNE['max_iters']} steps at"
+                           f" {long} with each method (1 seed; more for the best, where --more-seeds gave them).")
     return results
 
 
@@ -187,8 +189,9 @@ def ranked(results, methods, factor):
     rows = [r for r in results["rows"] if r["key"] in methods]
     if "task" not in results:
         return [r["key"] for r in sorted(rows, key=lambda r: r["cells"][2]["mean"])]
-    at = str(results["block_size"] * factor)
-    return [r["key"] for r in sorted(rows, key=lambda r: -pooled(r["results"][at]).mean())]
+    long = results["block_size"] * factor  # (ties, frequent at 0% and 100%, go to the exact match at twice that)
+    return [r["key"] for r in sorted(rows, key=lambda r: (-pooled(r["results"][str(long)]).mean(),
+                                                          -pooled(r["results"][str(2 * long)]).mean()))]
 
 
 def differences(results, column=2):
@@ -249,7 +252,8 @@ def main():
                         help="the new length is the training length times this (default: 4)")
     parser.add_argument("--more-seeds", default="", metavar="SEEDS",
                         help="then these seeds too for the --best methods (ranked by the loss at the new length past"
-                             " the old one), e.g. 1338,1339 (default: none)")
+                             " the old one; with --task by the exact match at the new length), e.g. 1338,1339"
+                             " (default: none)")
     parser.add_argument("--best", type=positive(int), default=2, help="how many methods get --more-seeds (default: 2)")
     parser.add_argument("--scratch-seeds", default="1337",
                         help="seeds of RoPE trained from scratch at the new length, or '' for none (default: 1337)")

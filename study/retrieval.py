@@ -1,8 +1,8 @@
 """
 What task models (train.py --task) retrieve, at their training length and past it: exact match on
 the tasks' fixed evaluation set (tasks.evaluation_set) at 1x, 2x, 4x and 8x the training length,
-per cell (the passkey's depth, the distance from a recall query back to its key), per seed, with
-95% Wilson intervals. RoPE runs are also read with the static context-extension methods of the
+per cell (the passkey's depth, the distance from a recall query back to its key, the copy's string
+length), per seed, with 95% Wilson intervals. RoPE runs are also read with the static context-extension methods of the
 length study (PI, NTK, YaRN; s = L / block size). Dynamic NTK is not a row of its own: read in one
 pass, as a model reads a prompt, it sets s from the whole length, which is NTK at s = L / block size.
 
@@ -17,6 +17,7 @@ disagree) and retrieval_readings.png (exact match against length, each variant r
 beside RoPE's extension methods and the ablations). Each run's counts are also kept in its folder.
 """
 
+import textwrap
 import time
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from study.evaluate import (YARN_ALPHA, YARN_BETAS, ablations_of, add_ablations_
 from study.flags import measure_parser  # noqa: E402
 from study.plot import length_axis, redraw, save  # noqa: E402
 from study.runs import find_runs, group_variants, read_config, variant_labels  # noqa: E402
-from tasks import COPY_SIZES, DEPTHS, evaluation_set, to_task_ids, unit_correct, wilson  # noqa: E402
+from tasks import DEPTHS, copy_sizes, evaluation_set, to_task_ids, unit_correct, wilson  # noqa: E402
 
 STATIC = ("none", "linear", "ntk", "yarn")  # (dynamic NTK read in one pass is NTK: see above)
 DISTANCE_EDGES = (0, 16, 32, 64, 128, 256, 512)  # recall: query-to-key distance bins, the last open-ended
@@ -44,69 +45,93 @@ BATCH_TOKENS = 16384
 CELL_KIND = {"passkey": "depth", "recall": "distance from query to key", "copy": "string length"}
 
 
-def cell_labels(task):
+def copy_cell_sizes(lengths):
+    """The copy's string lengths over all `lengths` (tasks.copy_sizes), shortest first."""
+    return sorted({m for L in lengths for m in copy_sizes(L)})
+
+
+def cell_labels(task, lengths):
     if task == "passkey":
         return [f"depth {d:g}" for d in DEPTHS]
     if task == "recall":
         return [f"distance {a}-{b - 1}" for a, b in zip(DISTANCE_EDGES, DISTANCE_EDGES[1:])] + \
             [f"distance {DISTANCE_EDGES[-1]}+"]
-    return [f"string of {m}" for m in COPY_SIZES]
+    return [f"string of {m}" for m in copy_cell_sizes(lengths)]
 
 
-def cell_of(task, where, k):
-    """The cell of every unit, (N, units) ints: the passkey's depth is its set's (the k-th of the
-    evaluation set: at short lengths two depths can round to one position), recall's its distance,
-    the copy's its string length (a length off COPY_SIZES: the next one up)."""
+def cell_of(task, where, k, lengths):
+    """The cell of every unit, (N, units) ints, among cell_labels(task, lengths): the passkey's depth is
+    its set's (the k-th of the evaluation set: at short lengths two depths can round to one position),
+    recall's its distance, the copy's its string length."""
     if task == "passkey":
         return torch.full_like(where, k, dtype=torch.long)
     if task == "recall":
         return torch.bucketize(where.long(), torch.tensor(DISTANCE_EDGES[1:]), right=True)
-    return torch.bucketize(where.long(), torch.tensor(COPY_SIZES)).clamp(max=len(COPY_SIZES) - 1)
+    return torch.searchsorted(torch.tensor(copy_cell_sizes(lengths)), where.long())
 
 
 @torch.inference_mode()
-def counts(model, sets, task, n_cells, device, batch_tokens=BATCH_TOKENS):
-    """[right, total] per cell over the evaluation examples `sets` (a list of Examples)."""
-    out = np.zeros((n_cells, 2), dtype=np.int64)
+def counts(model, sets, task, lengths, device, batch_tokens=BATCH_TOKENS):
+    """{cell label: [right, total]} over the evaluation examples `sets` (a list of Examples), among the
+    cells of cell_labels(task, lengths)."""
+    labels = cell_labels(task, lengths)
+    out = np.zeros((len(labels), 2), dtype=np.int64)
     for k, examples in enumerate(sets):
         rows = max(1, batch_tokens // examples.tokens.shape[1])
         for i in range(0, len(examples.tokens), rows):
             part = examples[i:i + rows]
             x, y = part.inputs_and_targets()
             logits, _ = model(x.to(device), y.to(device))
-            right, cells = unit_correct(logits.float().cpu(), part), cell_of(task, part.where, k)
+            right, cells = unit_correct(logits.float().cpu(), part), cell_of(task, part.where, k, lengths)
             np.add.at(out, (cells.flatten().numpy(), 0), right.flatten().numpy().astype(np.int64))
             np.add.at(out, (cells.flatten().numpy(), 1), 1)
-    return out
+    return {label: c for label, c in zip(labels, out.tolist()) if c[1]}
 
 
 STORED = "retrieval.json"  # in a run's folder: its counts per reading and length, kept with its record
+STORED_VERSION = 1  # raised whenever the counting changes, so that no count of the old way is reused
 
 
-def set_digests(sets):
-    """{length: a fingerprint of its evaluation examples}: a stored count is reused only for the same examples."""
-    return {str(L): digest(*(t for e in examples for t in (e.tokens, e.targets(), e.unit)))
-            for L, examples in sets.items()}
+class StoredCounts:
+    """A task run's counts kept in its folder (STORED), one entry per reading and length, each with
+    what it depends on: the evaluation examples (their digest) and the reading's settings. An entry is
+    reused while these are the same and the run's checkpoint is (its summary's best step and val
+    loss); an unfinished run, whose checkpoint still changes, stores nothing."""
+
+    def __init__(self, run_dir):
+        self.path = Path(run_dir) / STORED
+        summary = Path(run_dir) / "summary.json"
+        self.checkpoint = None
+        if summary.exists():
+            done = read_json(summary, "retrain the run")
+            self.checkpoint = {"best_step": done.get("best_step"), "best_val_loss": done.get("best_val_loss")}
+        saved = read_json(self.path, "delete it to read the run again") if self.path.exists() else {}
+        same = self.checkpoint is not None and saved.get("version") == STORED_VERSION and \
+            saved.get("checkpoint") == self.checkpoint
+        self.entries = saved.get("entries", {}) if same else {}
+
+    def get(self, key, depends):
+        """The stored counts (or why n/a) of `key`, if they were counted under `depends`; else None."""
+        entry = self.entries.get(key)
+        return entry["counts"] if entry is not None and entry["depends"] == depends else None
+
+    def put(self, key, depends, counts, device):
+        self.entries[key] = {"depends": depends, "counts": counts, "device": device}
+        if self.checkpoint is not None:
+            write_json(self.path, {"version": STORED_VERSION, "checkpoint": self.checkpoint, "entries": self.entries})
 
 
-def stored_counts(run_dir, digests):
-    """A run's stored counts {reading: {length: [right, total] per cell, or why n/a}} at the lengths whose
-    evaluation examples are still the ones it was read on."""
-    path = Path(run_dir) / STORED
-    if not path.exists():
-        return {}
-    saved = read_json(path, "delete it to read the run again")
-    same = {L for L, d in saved.get("sets", {}).items() if digests.get(L) == d}
-    return {reading: {L: c for L, c in by_length.items() if L in same}
-            for reading, by_length in saved.get("counts", {}).items()}
+def examples_digest(examples):
+    """A fingerprint of one length's evaluation examples, their answers and cells."""
+    return digest(*(t for e in examples for t in (e.tokens, e.targets(), e.unit, e.where)))
 
 
 def retrieval_runs(run_dirs, lengths=None, scalings=("none",), data_dir=None, device="cpu", progress=True,
                    ablations=(), block_size=None):
     """Exact match of task runs at several lengths, each also read with the RoPE `scalings` and the
     `ablations` that apply to its encoding (study.evaluate's); a JSON-ready dict (see the module's doc).
-    Each run's counts are stored in its folder (STORED), so a run read before, or whose record is all
-    that is left, is not read again and needs no checkpoint. block_size: the training length the
+    Each run's counts are kept in its folder (StoredCounts), so a run read before, or whose record is
+    all that is left, is not read again and needs no checkpoint. block_size: the training length the
     lengths are told against, for runs trained on several (study.finetune's); default: the runs' one."""
     run_dirs = [Path(r) for r in run_dirs]
     if not run_dirs:
@@ -126,31 +151,30 @@ def retrieval_runs(run_dirs, lengths=None, scalings=("none",), data_dir=None, de
     data_dir = resolve_data_dir((c["data_dir"] for c in configs), data_dir)
     filler = to_task_ids(load_tokens(data_dir, "val"), load_meta(data_dir)["chars"]) if task == "passkey" else None
     sets = {L: evaluation_set(task, L, filler) for L in lengths}  # not the sets training picked ckpt.pt by
-    digests = set_digests(sets)
-    stored = [stored_counts(r, digests) for r in run_dirs]
-    ckpts = {}
-    # (what training scored a run on, its eval_text, depends on its block size: not what it is read on here)
-    groups = group_variants([{**c, "provenance": {k: v for k, v in c["provenance"].items() if k != "eval_text"}}
-                             for c in configs])
+    digests = {L: examples_digest(examples) for L, examples in sets.items()}
+    stored = [StoredCounts(r) for r in run_dirs]
+    cells = cell_labels(task, lengths)
+    ckpts, devices = {}, set()
+    # runs trained on several lengths (study.finetune's) were scored on different text in training (eval_text):
+    # it is not what they are read on here; runs of one length still must match in it
+    grouped = configs if block_size is None else \
+        [{**c, "provenance": {k: v for k, v in c["provenance"].items() if k != "eval_text"}} for c in configs]
+    groups = group_variants(grouped)
     labels = variant_labels(configs, groups)
-    n_cells = len(cell_labels(task))
 
-    def read(i, L, method, scaling, extra):
-        """Run i's [right, total] per cell at length L, or why it cannot read that length."""
+    def read(i, L, method, over):
+        """Run i's {cell: [right, total]} at length L read with the settings `over`, or why it cannot read it."""
         if i not in ckpts:
             if not (run_dirs[i] / "ckpt.pt").exists():
                 raise UserError(f"{run_dirs[i]} has no checkpoint (ckpt.pt) and was never read at length {L} with"
                                 f" {method!r}; retrain it, or leave that length or reading out")
             ckpts[i] = load_checkpoint(run_dirs[i] / "ckpt.pt", "cpu")
-        # an ablation acts at every length; a scaling only past the training length
-        over = dict(extra) if scaling == "none" else {} if L <= block else {
-            "rope_scaling": scaling, "rope_scaling_factor": auto_factor(L, block), **extra}
         model = build_model(ckpts[i], device, **over)
         limit, reason = position_limit(model)
         if limit is not None and L > limit:
             return reason
         with autocast(configs[i]["provenance"]["dtype"], device):
-            return counts(model, sets[L], task, n_cells, device).tolist()
+            return counts(model, sets[L], task, lengths, device)
 
     rows = []
     bar = tqdm(desc="retrieval", unit="pass", disable=not progress, dynamic_ncols=True)
@@ -161,76 +185,118 @@ def retrieval_runs(run_dirs, lengths=None, scalings=("none",), data_dir=None, de
             row = {"label": label, "encoding": encoding, "method": method,
                    "runs": [str(run_dirs[i]) for i in idx], "results": {}}
             for L in lengths:
+                # an ablation acts at every length; a scaling only past the training length
+                over = dict(extra) if scaling == "none" else {} if L <= block else {
+                    "rope_scaling": scaling, "rope_scaling_factor": auto_factor(L, block), **extra}
+                depends = {"examples": digests[L], "settings": over}
                 per_seed = []
                 for i in idx:
-                    mine = stored[i].setdefault(method, {})
-                    if str(L) not in mine:
-                        mine[str(L)] = read(i, L, method, scaling, extra)
-                        write_json(run_dirs[i] / STORED, {"sets": digests, "counts": stored[i]})
+                    got = stored[i].get(f"{method} at {L}", depends)
+                    if got is None:
+                        got = read(i, L, method, over)
+                        stored[i].put(f"{method} at {L}", depends, got, device)
+                    devices.add(stored[i].entries[f"{method} at {L}"]["device"])
                     bar.update(1)
-                    if isinstance(mine[str(L)], str):  # (n/a for one run of a variant is n/a for all)
-                        per_seed = mine[str(L)]
+                    if isinstance(got, str):  # (n/a for one run of a variant is n/a for all)
+                        per_seed = got
                         break
-                    per_seed.append(mine[str(L)])
+                    per_seed.append([got.get(c, [0, 0]) for c in cells])
                 row["results"][str(L)] = per_seed
             rows.append(row)
     bar.close()
-    return {"task": task, "block_size": block, "lengths": lengths, "cells": cell_labels(task),
+    return {"task": task, "block_size": block, "lengths": lengths, "cells": cells,
             "examples_per_cell": len(sets[lengths[0]][0].tokens), "rows": rows,
-            "device": device, "elapsed_s": round(time.time() - t0, 1)}
+            "device": ", ".join(sorted(devices)), "elapsed_s": round(time.time() - t0, 1)}
 
 
-def accuracy_cell(per_seed):
-    """'pooled % [Wilson 95%] (seed, seed, ...)' of one row at one length; n/a with the reason."""
+def headline_cells(results):
+    """The cells the headline pools at every length: those holding examples at the training length (all
+    of the passkey's depths; the copy's strings up to half the training length), so that each length
+    pools the same cells and a longer copy does not pass for a drop."""
+    at = str(results["block_size"]) if str(results["block_size"]) in map(str, results["lengths"]) \
+        else str(results["lengths"][0])
+    held = np.zeros(len(results["cells"]), dtype=bool)
+    for row in results["rows"]:
+        if not isinstance(row["results"][at], str):
+            held |= np.array(row["results"][at], dtype=float)[..., 1].sum(0) > 0
+    return held
+
+
+def pooled_counts(per_seed, cells):
+    """Each seed's [right, total] over the `cells` (a boolean mask) at one length, (seeds, 2)."""
+    return np.array(per_seed, dtype=float)[:, cells].sum(1)
+
+
+def pooled(per_seed, cells=None):
+    """Each seed's exact match over its units in `cells` (default: all) at one length, (seeds,)."""
+    c = np.array(per_seed, dtype=float)
+    c = pooled_counts(per_seed, np.ones(c.shape[1], dtype=bool) if cells is None else cells)
+    return c[:, 0] / c[:, 1]
+
+
+def accuracy_cell(per_seed, cells):
+    """'pooled % [Wilson 95%] (seed, seed, ...)' of one row at one length over `cells`; n/a with the reason."""
     if isinstance(per_seed, str):
         return "n/a"
-    seeds = [np.array(c).sum(0) for c in per_seed]  # [right, total] per seed
-    right, total = sum(s[0] for s in seeds), sum(s[1] for s in seeds)
+    seeds = pooled_counts(per_seed, cells)
+    right, total = seeds.sum(0)
     low, high = wilson(int(right), int(total))
-    each = "/".join(f"{100 * s[0] / s[1]:.0f}" for s in seeds)
+    each = "/".join(f"{100 * r / t:.0f}" for r, t in seeds)
     return f"{100 * right / total:.1f}% [{100 * low:.1f}, {100 * high:.1f}] ({each})"
 
 
 def format_table(results):
-    lengths, block = results["lengths"], results["block_size"]
+    lengths, block, cells = results["lengths"], results["block_size"], headline_cells(results)
     lines = ["| variant | " + " | ".join(f"{L} ({L / block:g}x)" for L in lengths) + " |",
              "|---|" + "---|" * len(lengths)]
     for row in results["rows"]:
-        lines.append(f"| {row['label']} | " + " | ".join(accuracy_cell(row["results"][str(L)]) for L in lengths)
-                     + " |")
+        lines.append(f"| {row['label']} | " + " | ".join(accuracy_cell(row["results"][str(L)], cells)
+                                                          for L in lengths) + " |")
     return "\n".join(lines)
 
 
 def format_cell_table(results):
     """Each variant read plainly, cell by cell: the mean over seeds and each seed's exact match (in %)."""
-    lengths = results["lengths"]
-    lines = ["| variant | cell | " + " | ".join(str(L) for L in lengths) + " |", "|---|---|" + "---|" * len(lengths)]
+    lengths, block = results["lengths"], results["block_size"]
+    lines = ["| variant | cell | " + " | ".join(f"{L} ({L / block:g}x)" for L in lengths) + " |",
+             "|---|---|" + "---|" * len(lengths)]
     for row in (r for r in results["rows"] if r["method"] == "none"):
-        grids = {L: None if isinstance(row["results"][str(L)], str) else cell_accuracy(row["results"][str(L)])
-                 for L in lengths}
+        grids = [row["results"][str(L)] if isinstance(row["results"][str(L)], str)
+                 else cell_accuracy(row["results"][str(L)]) for L in lengths]
         for c, name in enumerate(results["cells"]):
-            values = [None if g is None or np.isnan(g[:, c]).all() else g[:, c] for g in grids.values()]
-            if all(v is None for v in values):
-                continue
-            lines.append(f"| {row['label']} | {name} | " + " | ".join(
-                "" if v is None else f"{100 * v.mean():.0f} ({'/'.join(f'{100 * x:.0f}' for x in v)})"
-                for v in values) + " |")
+            values = ["n/a" if isinstance(g, str) else "–" if np.isnan(g[:, c]).all() else
+                      f"{100 * np.nanmean(g[:, c]):.0f} ({'/'.join(f'{100 * x:.0f}' for x in g[:, c])})"
+                      for g in grids]
+            if any(v not in ("n/a", "–") for v in values):
+                lines.append(f"| {row['label']} | {name} | " + " | ".join(values) + " |")
     return "\n".join(lines)
+
+
+def seed_names(results):
+    """'1337/1338/1339': the seeds of the runs in the order their values are listed (the first row's)."""
+    return "/".join(Path(r).name.rsplit("_seed", 1)[-1] for r in results["rows"][0]["runs"])
 
 
 def report(results):
     n = results["examples_per_cell"]
     per = {"passkey": f"{n} examples at each of 11 depths", "recall": f"{n} examples",
-           "copy": f"{n} examples of each string length up to half the length"}[results["task"]]
+           "copy": f"{n} examples of each string length (8, 16, 32, ... up to half the length)"}[results["task"]]
     unit = {"passkey": "all five digits", "recall": "each query's value", "copy": "the whole string"}[results["task"]]
+    pooled_over = {"passkey": "all depths", "recall": "the distances a query takes at the training length",
+                   "copy": "the strings the copy is evaluated on at the training length (those up to half of"
+                           " it), so that each length pools the same ones; the longer strings are in the table"
+                           " by string length"}[results["task"]]
+    trained = results.get("trained", f"Models trained on {results['block_size']} characters.")
     return (f"# Retrieval: {results['task']}\n\n"
             f"Exact match ({unit} right, teacher-forced argmax) on the fixed evaluation set ({per} per length;"
-            f" its own seed, none of the sets training scored): all seeds pooled with its 95% Wilson interval,"
-            f" then each seed's (in %). The interval covers the sampling of examples, not the spread between"
-            f" seeds: read the per-seed values for that. Models trained on {results['block_size']} characters."
+            f" its own seed, none of the sets training scored), pooled over {pooled_over}: all seeds pooled with"
+            f" its 95% Wilson interval, then each seed's (in %, seeds {seed_names(results)} where a variant has"
+            f" them all). The interval covers the sampling of examples, not the spread between seeds: read the"
+            f" per-seed values for that. {trained} Counted on {results['device']}."
             f"\n\n{format_table(results)}\n\n## By {CELL_KIND[results['task']]}\n\n"
             f"Each variant read plainly, cell by cell: exact match in %, the mean over seeds, then each seed's;"
-            f" blank where a length is n/a or holds no example of that cell.\n\n{format_cell_table(results)}\n")
+            f" n/a where the model cannot read that length, – where the length holds no example of that cell."
+            f"\n\n{format_cell_table(results)}\n")
 
 
 def cell_accuracy(per_seed):
@@ -240,24 +306,25 @@ def cell_accuracy(per_seed):
         return np.where(c[..., 1] > 0, c[..., 0] / c[..., 1], np.nan)
 
 
-def pooled(per_seed):
-    """Each seed's exact match over all its units at one length, (seeds,)."""
-    c = np.array(per_seed, dtype=float).sum(1)
-    return c[:, 0] / c[:, 1]
-
-
 SEEDS_DISAGREE = 0.25  # a variant gets a panel per seed when two seeds differ this much in some cell
 
 
 def disagreeing(row, lengths):
     """Whether the row's seeds differ by SEEDS_DISAGREE or more in some cell at some length."""
-    grids = [cell_accuracy(row["results"][str(L)]) for L in lengths if not isinstance(row["results"][str(L)], str)]
-    return any(len(g) > 1 and np.nanmax(np.nanmax(g, 0) - np.nanmin(g, 0)) >= SEEDS_DISAGREE for g in grids)
+    for L in lengths:
+        if isinstance(row["results"][str(L)], str):
+            continue
+        g = cell_accuracy(row["results"][str(L)])
+        g = g[:, ~np.isnan(g).all(0)]  # (the cells that length holds)
+        if len(g) > 1 and g.size and (np.nanmax(g, 0) - np.nanmin(g, 0) >= SEEDS_DISAGREE).any():
+            return True
+    return False
 
 
 def heatmap(ax, results, row, seed=None):
-    """One panel: cell (depth, distance) x length, colour = exact match (the mean over seeds, or one
-    seed's); grey where a length is n/a or a cell holds no example."""
+    """One panel: cell (depth, distance, string length) x length, colour = exact match (the mean over
+    seeds, or one seed's); grey where a length is n/a or a cell holds no example; the training length
+    marked by a dashed line after its column."""
     lengths, cells = results["lengths"], results["cells"]
     grid = np.full((len(cells), len(lengths)), np.nan)
     for j, L in enumerate(lengths):
@@ -266,59 +333,68 @@ def heatmap(ax, results, row, seed=None):
             acc = cell_accuracy(per_seed)
             if seed is not None:
                 grid[:, j] = acc[seed]
-            else:  # (the mean of the seeds that hold the cell: nanmean warns about the cells none holds)
-                held = ~np.isnan(acc)
-                grid[:, j] = np.where(held.any(0), np.where(held, acc, 0).sum(0) / np.maximum(held.sum(0), 1), np.nan)
+            else:  # (a cell holds examples for every seed or for none: nanmean would warn about the latter)
+                held = ~np.isnan(acc).all(0)
+                grid[held, j] = acc[:, held].mean(0)
     cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
     image = ax.imshow(grid, vmin=0, vmax=1, cmap=cmap, aspect="auto", origin="lower")
+    if results["block_size"] in lengths:
+        ax.axvline(lengths.index(results["block_size"]) + 0.5, color="white", linestyle="--", linewidth=1)
     ax.set_xticks(range(len(lengths)), [str(L) for L in lengths])
     ax.set_yticks(range(len(cells)), cells if len(cells) > 1 else [""])
     ax.set_xlabel("length (characters)")
     return image
 
 
-def grid_figure(n, columns, height):
-    rows = -(-n // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(2.4 + 2.3 * columns, 0.8 + height * rows), dpi=120,
-                             squeeze=False, sharey=True)
-    for ax in axes.flat[n:]:
-        ax.set_visible(False)
-    return fig, axes
+def panel_grid(rows, columns, panel_height):
+    """A figure of rows x columns panels sized for their titles, with y labels only on the left column."""
+    return plt.subplots(rows, columns, figsize=(1.2 + 2.6 * columns, 1.0 + panel_height * rows), dpi=120,
+                        squeeze=False, sharey=True, layout="constrained")
+
+
+def seeds_of(row):
+    return f"{len(row['runs'])} seed{'s' * (len(row['runs']) > 1)}"
 
 
 def plot_heatmaps(results, path, columns=5):
     """A heatmap per variant read plainly, the mean over its seeds."""
     rows = [r for r in results["rows"] if r["method"] == "none"]
-    tall = len(results["cells"]) > 1
-    fig, axes = grid_figure(len(rows), min(columns, len(rows)), 3.4 if tall else 1.6)
+    columns = min(columns, len(rows))
+    fig, axes = panel_grid(-(-len(rows) // columns), columns, 0.3 * len(results["cells"]) + 1.4)
+    for ax in axes.flat[len(rows):]:
+        ax.set_visible(False)
     for ax, row in zip(axes.flat, rows):
         image = heatmap(ax, results, row)
-        ax.set_title(f"{row['label']} ({len(row['runs'])} seeds)", fontsize=9)
-    fig.colorbar(image, ax=axes.ravel().tolist(), label="exact match (mean over seeds)", shrink=0.8)
+        ax.set_title(textwrap.fill(f"{row['label']} ({seeds_of(row)})", 30), fontsize=8)
+    fig.colorbar(image, ax=axes, label="exact match (mean over seeds)", shrink=0.6)
     fig.suptitle(f"{results['task']}: exact match by length, trained on {results['block_size']} characters"
-                 f" (grey: n/a, or no example in that cell)", fontsize=10)
+                 f" (dashed); grey: n/a, or no example in that cell", fontsize=10)
     save(fig, path)
 
 
+MAX_SEED_ROWS = 6  # retrieval_seeds.png shows at most this many variants, those whose seeds differ most
+
+
 def plot_seed_heatmaps(results, path):
-    """A row per variant whose seeds disagree (SEEDS_DISAGREE), a panel per seed; False if none does."""
+    """A row per variant whose seeds disagree (SEEDS_DISAGREE; the MAX_SEED_ROWS first), a panel per
+    seed; False if none does."""
     rows = [r for r in results["rows"] if r["method"] == "none" and disagreeing(r, results["lengths"])]
     if not rows:
         return False
-    seeds = max(len(r["runs"]) for r in rows)
-    tall = len(results["cells"]) > 1
-    fig, axes = plt.subplots(len(rows), seeds, figsize=(2.4 + 2.3 * seeds, 0.8 + (3.4 if tall else 1.6) * len(rows)),
-                             dpi=120, squeeze=False, sharey=True)
-    for row, line in zip(rows, axes):
+    shown, seeds = rows[:MAX_SEED_ROWS], max(len(r["runs"]) for r in rows)
+    fig, axes = panel_grid(len(shown), seeds, 0.3 * len(results["cells"]) + 1.4)
+    for row, line in zip(shown, axes):
         for k, ax in enumerate(line):
             if k >= len(row["runs"]):
                 ax.set_visible(False)
                 continue
             image = heatmap(ax, results, row, seed=k)
-            ax.set_title(f"{row['label']}: {Path(row['runs'][k]).name.rsplit('_', 1)[-1]}", fontsize=9)
-    fig.colorbar(image, ax=axes.ravel().tolist(), label="exact match", shrink=0.8)
-    fig.suptitle(f"{results['task']}: the variants whose seeds differ by {SEEDS_DISAGREE:.0%} or more in some cell,"
-                 f" seed by seed", fontsize=10)
+            ax.set_title(textwrap.fill(f"{row['label']}, seed {Path(row['runs'][k]).name.rsplit('_seed', 1)[-1]}",
+                                       34), fontsize=8)
+    fig.colorbar(image, ax=axes, label="exact match", shrink=0.6)
+    more = f" ({len(rows) - len(shown)} more not shown)" if len(rows) > len(shown) else ""
+    fig.suptitle(f"{results['task']}: seed by seed, the variants whose seeds differ by {SEEDS_DISAGREE:.0%} or more"
+                 f" in some cell{more}", fontsize=10)
     save(fig, path)
     return True
 
@@ -326,8 +402,8 @@ def plot_seed_heatmaps(results, path):
 def plot_readings(results, path, columns=4):
     """Exact match against length for every variant read more than one way: the plain reading (black)
     beside RoPE's extension methods, in one panel, and beside the ablations, in another; the line is
-    the mean over seeds, the dots each seed."""
-    block, lengths = results["block_size"], results["lengths"]
+    the mean over seeds, the dots each seed (pooled over the headline's cells)."""
+    block, lengths, cells = results["block_size"], results["lengths"], headline_cells(results)
     by_runs = {}
     for row in results["rows"]:
         by_runs.setdefault(tuple(row["runs"]), []).append(row)
@@ -340,7 +416,10 @@ def plot_readings(results, path, columns=4):
                 panels.append((f"{plain['label']}: {title}", [plain, *chosen]))
     if not panels:
         return False
-    fig, axes = grid_figure(len(panels), min(columns, len(panels)), 3.6)
+    columns = min(columns, len(panels))
+    fig, axes = panel_grid(-(-len(panels) // columns), columns, 3.4)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
     colors = plt.get_cmap("tab10").colors
     for ax, (title, rows) in zip(axes.flat, panels):
         for k, row in enumerate(rows):
@@ -348,18 +427,20 @@ def plot_readings(results, path, columns=4):
             if not xs:
                 continue
             color = "black" if k == 0 else colors[(k - 1) % len(colors)]
-            ys = [pooled(row["results"][str(L)]) for L in xs]
+            ys = [pooled(row["results"][str(L)], cells) for L in xs]
             ax.plot(xs, [y.mean() for y in ys], color=color, marker="o", markersize=3,
                     label="plain" if k == 0 else row["label"].split(" + ", 1)[-1])
+            shift = 2 ** (0.04 * (k - (len(rows) - 1) / 2))  # (each reading's seed dots a little apart)
             for L, y in zip(xs, ys):
-                ax.scatter([L] * len(y), y, color=color, s=8, alpha=0.5)
+                ax.scatter([L * shift] * len(y), y, color=color, s=8, alpha=0.5)
         length_axis(ax, lengths, [str(L) for L in lengths], block, "length (characters)")
+        ax.set_xlim(lengths[0] / 1.25, lengths[-1] * 1.25)
         ax.set_ylim(-0.03, 1.03)
         ax.set_ylabel("exact match")
-        ax.set_title(title, fontsize=9)
+        ax.set_title(textwrap.fill(title, 40), fontsize=8)
         ax.legend(fontsize=7, loc="lower left", frameon=False)
     fig.suptitle(f"{results['task']}: exact match by length, each variant read plainly (black) and otherwise; line:"
-                 f" mean over seeds, dots: each seed (dashed: the training length {block})", fontsize=10)
+                 f" mean over seeds, dots: each seed; dashed: the training length {block}", fontsize=10)
     save(fig, path)
     return True
 

@@ -39,7 +39,8 @@ class Study:
     plots_dir: str  # where its report goes
     seeds: str  # the seeds its main command trains
     main: tuple  # the module that trains and reports, and its flags (without --seeds, --plots-dir)
-    after: tuple = field(default=())  # more commands that add figures to plots_dir: (module, flags...)
+    after: tuple = field(default=())  # more commands that add to plots_dir: (module, flags...), where a flag
+    # may be {plots_dir} (or start with it), {first_seed} or {more_seeds} (the seeds after the first)
 
     def commands(self, seeds=None, jobs=1, plots_dir=None):
         """The commands, each a list of arguments after `python -m`."""
@@ -48,7 +49,11 @@ class Study:
         # (fine-tunes train one at a time; a lease trains a seed's variants at once)
         jobs_flag = ["--jobs", str(jobs)] if module in ("compare", "sweep") else []
         out = [[f"study.{module}", *flags, "--seeds", seeds or self.seeds, *jobs_flag, "--plots-dir", plots_dir]]
-        return out + [[f"study.{m}", *(a.replace("{plots_dir}", plots_dir) for a in rest)] for m, *rest in self.after]
+        first, *more = (seeds or self.seeds).split(",")
+        fill = {"{plots_dir}": plots_dir, "{first_seed}": first, "{more_seeds}": ",".join(more)}
+        for m, *rest in self.after:
+            out.append([f"study.{m}", *(fill.get(a, a.replace("{plots_dir}", plots_dir)) for a in rest)])
+        return out
 
 
 def task_study(task, what, cells):
@@ -60,7 +65,7 @@ def task_study(task, what, cells):
         f"plots/{task}", SEEDS,
         ("compare", CPU, "--task", task, "--pos-encodings", TASK_ENCODINGS, *TASK_BUDGET, "--extrapolate",
          "--extrapolate-methods", "none,linear,ntk,yarn", "--ablations", ABLATIONS),
-        (("finetune", CPU, "--task", task, *TASK_BUDGET, "--seeds", "1337", "--more-seeds", "1338,1339",
+        (("finetune", CPU, "--task", task, *TASK_BUDGET, "--seeds", "{first_seed}", "--more-seeds", "{more_seeds}",
           "--scratch-seeds", "", "--plots-dir", "{plots_dir}/finetune"),))
 
 

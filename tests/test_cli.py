@@ -318,5 +318,9 @@ def test_the_study_entry_point_lists_studies_and_keeps_a_quick_look_out_of_plots
     finetune = STUDIES["passkey"].commands(plots_dir="out/plots/passkey")[1]  # the task's fine-tunes, after it
     assert finetune[:4] == ["study.finetune", "config/shakespeare_char_cpu.toml", "--task", "passkey"]
     assert finetune[-2:] == ["--plots-dir", "out/plots/passkey/finetune"]
+    seeds = finetune[finetune.index("--seeds"):finetune.index("--more-seeds") + 2]
+    assert seeds == ["--seeds", "1337", "--more-seeds", "1338,1339"]
+    quick = STUDIES["passkey"].commands("7", plots_dir="out/plots/passkey")[1]  # a quick look: its seed, no more
+    assert quick[quick.index("--seeds"):quick.index("--more-seeds") + 2] == ["--seeds", "7", "--more-seeds", ""]
     proc = run("study", "nope", check=False)
     assert proc.returncode == 2 and "invalid choice: 'nope'" in proc.stderr

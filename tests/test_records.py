@@ -1,6 +1,7 @@
 """The committed run records (records/<config>/<run>/: config.json, metrics.csv, summary.json,
 samples.json) regenerate the committed tables with no training and no checkpoint."""
 
+import argparse
 import os
 import shutil
 from pathlib import Path
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, run
+from study.compare import add_length_flags
 from study.studies import STUDIES
 
 CORPUS = Path(os.environ.get("SHAKESPEARE_INPUT", ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"))
@@ -17,7 +19,17 @@ TIMING = ("wall time (s)", "ms/iter")  # measured, not computed: they differ fro
 # the length study, which needs checkpoints (its figures redraw from their JSON: study.evaluate --from-json)
 RECORDED = {"baseline": ("shakespeare_char_cpu", 9), "sweep": ("shakespeare_char_cpu", 74),
             "all": ("shakespeare_char_cpu", 37), "rope": ("shakespeare_char_cpu", 7)}
-LENGTH_STUDY = {"--extrapolate": 0, "--extrapolate-methods": 1, "--ablations": 1}  # flag: values after it
+
+
+def length_study_flags():
+    """{flag: how many values follow it} of the length study (study.compare's add_length_flags)."""
+    parser = argparse.ArgumentParser()
+    add_length_flags(parser)
+    return {flag: 0 if action.nargs == 0 else 1 for action in parser._actions for flag in action.option_strings
+            if flag not in ("-h", "--help")}
+
+
+LENGTH_STUDY = length_study_flags()
 
 
 def without_length_study(flags):
@@ -32,7 +44,7 @@ def without_length_study(flags):
     return out
 
 
-def test_a_study_runs_from_its_records_without_the_length_study():
+def test_the_length_study_s_flags_and_their_values_are_left_out():
     assert without_length_study(["--pos-encodings", "x", "--extrapolate", "--extrapolate-methods", "none,ntk",
                                  "--ablations", "log-scale", "--seeds-if-undecided", "1"]) == [
         "--pos-encodings", "x", "--seeds-if-undecided", "1"]

@@ -149,8 +149,13 @@ def test_copy_is_evaluated_at_every_string_length_up_to_half_the_length_each_in_
             s = text(row)
             assert len(s) == 129 and s[128 - m] == "=" and s[128 - 2 * m:128 - m] == s[129 - m:]
             assert set(s[:128 - 2 * m]) <= set(string.ascii_uppercase)
-        assert cell_labels("copy")[int(cell_of("copy", ex.where, k)[0, 0])] == f"string of {m}"
-    assert tasks.copy_sizes(64) == [8, 16, 32] and tasks.copy_sizes(512)[-1] == 256 and tasks.copy_sizes(8) == [4]
+        lengths = [64, 128]  # the cells of a study read at 64 and 128: strings of 8, 16, 32 and 64
+        assert cell_labels("copy", lengths)[int(cell_of("copy", ex.where, k, lengths)[0, 0])] == f"string of {m}"
+    assert cell_labels("copy", [8, 2048]) == ["string of 4", *(f"string of {8 * 2 ** i}" for i in range(8))]
+    assert tasks.copy_sizes(64) == [8, 16, 32] and tasks.copy_sizes(2048)[-1] == 1024 and tasks.copy_sizes(8) == [4]
+    sets = tasks.TaskBatches("copy", None, 64, 4, 1, "cpu").sets  # (the copy needs no filler)
+    for split in ("train", "val", "test"):  # train loss and exact match on the strings val scores
+        assert [int(e.where[0, 0]) for e in sets[split]] == [8, 16, 32]
     with pytest.raises(tasks.UserError, match="holds strings of 1 to 8 letters, got 9"):
         tasks.copy(np.random.default_rng(0), 1, 16, size=9)
 
@@ -213,27 +218,41 @@ def test_a_task_run_writes_exact_match_and_refuses_an_unknown_task(data_dir, tmp
         TrainConfig(task="Passkey")
 
 
-def test_retrieval_stores_each_runs_counts_and_reads_them_back_without_a_checkpoint(data_dir, tmp_path):
+def test_retrieval_keeps_each_runs_counts_and_reads_them_back_without_a_checkpoint(data_dir, tmp_path):
     from study.retrieval import STORED
-    from train import FINISHED_FILES
-    assert STORED in FINISHED_FILES  # retrained or continued, a run is read again
-    run("train.py", "--task", "copy", "--pos-encoding", "rope", "--data-dir", data_dir, "--out-dir", tmp_path / "runs",
-        *TINY_FLAGS)
-    (run_dir,) = (tmp_path / "runs").iterdir()
     flags = ["--rope-scaling", "ntk", "--data-dir", data_dir, "--no-progress"]
-    run("study.retrieval", run_dir, "--lengths", "16,32", *flags, "--plots-dir", tmp_path / "a")
+    train = ["train.py", "--task", "copy", "--pos-encoding", "rope", "--data-dir", data_dir,
+             "--out-dir", tmp_path / "runs", *TINY_FLAGS]
+    run(*train)
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    run("study.retrieval", run_dir, "--lengths", "16", *flags, "--plots-dir", tmp_path / "a")
+    run("study.retrieval", run_dir, "--lengths", "32", *flags, "--plots-dir", tmp_path / "b")  # kept beside 16's
     stored = json.loads((run_dir / STORED).read_text())
-    assert {m: sorted(by_length) for m, by_length in stored["counts"].items()} == {"none": ["16", "32"],
-                                                                                  "ntk": ["16", "32"]}
-    (run_dir / "ckpt.pt").unlink()  # what a committed record holds: no checkpoint
-    run("study.retrieval", run_dir, "--lengths", "16,32", *flags, "--plots-dir", tmp_path / "b")
-    first, again = (json.loads((tmp_path / d / "retrieval.json").read_text()) for d in "ab")
-    assert again["rows"] == first["rows"]
-    assert first["rows"][0]["results"]["32"][0] == stored["counts"]["none"]["32"]
-    proc = run("study.retrieval", run_dir, "--lengths", "16,48", *flags, "--plots-dir", tmp_path / "c", check=False)
+    assert sorted(stored["entries"]) == ["none at 16", "none at 32", "ntk at 16", "ntk at 32"]
+    ntk = stored["entries"]["ntk at 32"]["depends"]["settings"]
+    assert ntk == {"rope_scaling": "ntk", "rope_scaling_factor": 2.0}  # s = 32 / 16: what the count rests on
+    (run_dir / "ckpt.pt").rename(tmp_path / "ckpt.pt")  # what a committed record holds: no checkpoint
+    run("study.retrieval", run_dir, "--lengths", "16,32", *flags, "--plots-dir", tmp_path / "c")
+    both = json.loads((tmp_path / "c" / "retrieval.json").read_text())
+    alone = {L: json.loads((tmp_path / d / "retrieval.json").read_text()) for L, d in (("16", "a"), ("32", "b"))}
+    def by_cell(results, L):  # each row's seeds' {cell: [right, total]} at L, the cells it holds
+        return [[{c: n for c, n in zip(results["cells"], seed) if n[1]} for seed in r["results"][L]]
+                for r in results["rows"]]
+
+    for L in ("16", "32"):
+        assert by_cell(both, L) == by_cell(alone[L], L)
+    assert both["rows"][0]["results"]["32"][0] == [stored["entries"]["none at 32"]["counts"].get(c, [0, 0])
+                                                   for c in both["cells"]]
+    proc = run("study.retrieval", run_dir, "--lengths", "16,48", *flags, "--plots-dir", tmp_path / "d", check=False)
     assert proc.returncode == 2 and proc.stderr == (
-        f"study.retrieval: error: {run_dir} has no checkpoint (ckpt.pt) and was never read at length 48 with 'none'; retrain it, or"
-        f" leave that length or reading out\n")
+        f"study.retrieval: error: {run_dir} has no checkpoint (ckpt.pt) and was never read at length 48 with"
+        f" 'none'; retrain it, or leave that length or reading out\n")
+    (tmp_path / "ckpt.pt").rename(run_dir / "ckpt.pt")
+    run(*train, "--overwrite")  # retrained: another checkpoint, so its counts are gone
+    assert not (run_dir / STORED).exists()
+    (run_dir / "summary.json").unlink()  # as a run still training: its checkpoint changes, nothing is kept
+    run("study.retrieval", run_dir, "--lengths", "16", *flags, "--plots-dir", tmp_path / "e")
+    assert not (run_dir / STORED).exists()
 
 
 def test_a_studys_task_runs_get_a_folder_of_their_own(tmp_path):
@@ -271,10 +290,10 @@ def test_retrieval_scores_each_cell_of_each_seed_and_past_the_training_length(da
 def test_recall_units_are_binned_by_their_distance_back_to_the_key():
     from study.retrieval import cell_labels, cell_of
     where = torch.tensor([[0.0, 15.0, 16.0, 63.0, 64.0, 511.0, 512.0, 2000.0]])
-    assert cell_of("recall", where, 0).tolist() == [[0, 0, 1, 2, 3, 5, 6, 6]]
-    assert [cell_labels("recall")[i] for i in (0, 5, 6)] == ["distance 0-15", "distance 256-511", "distance 512+"]
-    assert len(cell_labels("recall")) == 7
-    assert cell_of("passkey", torch.zeros(3, 1), 4).flatten().tolist() == [4, 4, 4]  # the set's depth
+    assert cell_of("recall", where, 0, [64]).tolist() == [[0, 0, 1, 2, 3, 5, 6, 6]]
+    labels = cell_labels("recall", [64])
+    assert [labels[i] for i in (0, 5, 6)] == ["distance 0-15", "distance 256-511", "distance 512+"] and len(labels) == 7
+    assert cell_of("passkey", torch.zeros(3, 1), 4, [64]).flatten().tolist() == [4, 4, 4]  # the set's depth
 
 
 def test_a_task_study_reports_exact_match_and_no_samples(data_dir, tmp_path):
