@@ -188,9 +188,9 @@ STREAMS = ("eval", "val", "test", "train")  # the fixed example sets, each from 
 def evaluation_set(task, length, filler, examples=EVAL_EXAMPLES, stream="eval"):
     """Fixed examples of a task at one length, from their own seed, never the run's: the passkey at
     each of the 11 depths, the copy at each string length of copy_sizes, `examples` each; recall
-    `examples` in all. "eval" is study.retrieval's
-    set (filler: the val split); "val" and "test" are the ones training scores and picks its
-    checkpoint by (fillers: the val and the test split), so the retrieval set is none of them."""
+    `examples` in all. "eval" is study.retrieval's set (filler: the val split); "val" and "test" are
+    the ones training scores and picks its checkpoint by (fillers: the val and the test split), so
+    the retrieval set is none of them."""
     rng = np.random.default_rng([EVAL_SEED, TASKS.index(task), length, STREAMS.index(stream)])
     if task == "passkey":
         return [passkey(rng, examples, length, filler, depth) for depth in DEPTHS]
@@ -227,8 +227,7 @@ class TaskBatches:
     evaluation examples at the training length: val (the passkey at the 11 depths, filler from the
     val split), test (the same construction from its own seed, filler from the test split) and train (as
     many examples made as the others are, recall's with all D pairs, the copy's strings of val's
-    lengths, filler from the train split). None
-    of them is study.retrieval's set."""
+    lengths, filler from the train split). None of them is study.retrieval's set."""
 
     def __init__(self, task, data_dir, block_size, batch_size, seed, device):
         if task not in TASKS:
@@ -240,10 +239,12 @@ class TaskBatches:
             self.filler = {s: to_task_ids(load_tokens(data_dir, s), chars) for s in ("train", "val", "test")}
         self.rng = np.random.default_rng(seed)
         self.sets = {s: evaluation_set(task, block_size, self.filler.get(s), stream=s) for s in ("val", "test")}
-        count = sum(len(e.tokens) for e in self.sets["val"])
-        train_rng = np.random.default_rng([EVAL_SEED, TASKS.index(task), block_size, STREAMS.index("train")])
-        self.sets["train"] = (evaluation_set(task, block_size, None, stream="train") if task == "copy" else  # as val
-                              [make(task, train_rng, count, block_size, self.filler.get("train"))])
+        if task == "copy":  # the strings of val's lengths
+            self.sets["train"] = evaluation_set(task, block_size, None, stream="train")
+        else:
+            rng = np.random.default_rng([EVAL_SEED, TASKS.index(task), block_size, STREAMS.index("train")])
+            count = sum(len(e.tokens) for e in self.sets["val"])
+            self.sets["train"] = [make(task, rng, count, block_size, self.filler.get("train"))]
         # what provenance() fingerprints, as it does the Shakespeare runs' EvalText: the evaluation examples and
         # a sample of what training draws, so that a run trained from another generator is never reused
         drawn = make(task, np.random.default_rng([EVAL_SEED, TASKS.index(task), block_size, len(STREAMS)]), 64,

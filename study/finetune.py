@@ -164,23 +164,18 @@ def task_results(base, tunes, scratch, factor, device, progress=True):
     twice that (study.retrieval), read as trained; rows labelled as measure() labels them."""
     block = base[0].block_size
     long = block * factor
-    labels = {**{run_of(c): f"RoPE trained on {block}, no fine-tune" for c in base},
-              **{run_of(c): f"fine-tuned at {long}: {method_label(m)}" for m, c in tunes},
-              **{run_of(c): f"RoPE trained from scratch at {long}" for c in scratch}}
-    keys = {**{run_of(c): "plain" for c in base}, **{run_of(c): m for m, c in tunes},
-            **{run_of(c): "scratch" for c in scratch}}
-    results = retrieval_runs(list(labels), [block, long, 2 * long], device=device, progress=progress,
+    named = [*(("plain", f"RoPE trained on {block}, no fine-tune", c) for c in base),
+             *((m, f"fine-tuned at {long}: {method_label(m)}", c) for m, c in tunes),
+             *(("scratch", f"RoPE trained from scratch at {long}", c) for c in scratch)]
+    by_run = {str(Path(c.out_dir) / c.run_name): (key, label) for key, label, c in named}
+    results = retrieval_runs(list(by_run), [block, long, 2 * long], device=device, progress=progress,
                              block_size=block)
     for row in results["rows"]:
-        row["label"], row["key"] = labels[row["runs"][0]], keys[row["runs"][0]]
+        row["key"], row["label"] = by_run[row["runs"][0]]
     results.update(factor=factor, finetune=FINETUNE,
                    trained=f"RoPE trained on {block} characters, then fine-tuned {FINETUNE['max_iters']} steps at"
                            f" {long} with each method (1 seed; more for the best, where --more-seeds gave them).")
     return results
-
-
-def run_of(cfg):
-    return str(Path(cfg.out_dir) / cfg.run_name)
 
 
 def ranked(results, methods, factor):

@@ -2,9 +2,10 @@
 What task models (train.py --task) retrieve, at their training length and past it: exact match on
 the tasks' fixed evaluation set (tasks.evaluation_set) at 1x, 2x, 4x and 8x the training length,
 per cell (the passkey's depth, the distance from a recall query back to its key, the copy's string
-length), per seed, with 95% Wilson intervals. RoPE runs are also read with the static context-extension methods of the
-length study (PI, NTK, YaRN; s = L / block size). Dynamic NTK is not a row of its own: read in one
-pass, as a model reads a prompt, it sets s from the whole length, which is NTK at s = L / block size.
+length), per seed, with 95% Wilson intervals. RoPE runs are also read with the static
+context-extension methods of the length study (PI, NTK, YaRN; s = L / block size). Dynamic NTK is
+not a row of its own: read in one pass, as a model reads a prompt, it sets s from the whole length,
+which is NTK at s = L / block size.
 
   python -m study.retrieval out/shakespeare_char_cpu-passkey --plots-dir out/plots/passkey
   python -m study.retrieval RUN_DIR ... --rope-scaling none,ntk --lengths 64,128
@@ -189,13 +190,13 @@ def retrieval_runs(run_dirs, lengths=None, scalings=("none",), data_dir=None, de
                 over = dict(extra) if scaling == "none" else {} if L <= block else {
                     "rope_scaling": scaling, "rope_scaling_factor": auto_factor(L, block), **extra}
                 depends = {"examples": digests[L], "settings": over}
-                per_seed = []
+                entry, per_seed = f"{method} at {L}", []
                 for i in idx:
-                    got = stored[i].get(f"{method} at {L}", depends)
+                    got = stored[i].get(entry, depends)
                     if got is None:
                         got = read(i, L, method, over)
-                        stored[i].put(f"{method} at {L}", depends, got, device)
-                    devices.add(stored[i].entries[f"{method} at {L}"]["device"])
+                        stored[i].put(entry, depends, got, device)
+                    devices.add(stored[i].entries[entry]["device"])
                     bar.update(1)
                     if isinstance(got, str):  # (n/a for one run of a variant is n/a for all)
                         per_seed = got
@@ -213,8 +214,7 @@ def headline_cells(results):
     """The cells the headline pools at every length: those holding examples at the training length (all
     of the passkey's depths; the copy's strings up to half the training length), so that each length
     pools the same cells and a longer copy does not pass for a drop."""
-    at = str(results["block_size"]) if str(results["block_size"]) in map(str, results["lengths"]) \
-        else str(results["lengths"][0])
+    at = str(results["block_size"] if results["block_size"] in results["lengths"] else results["lengths"][0])
     held = np.zeros(len(results["cells"]), dtype=bool)
     for row in results["rows"]:
         if not isinstance(row["results"][at], str):
@@ -229,8 +229,7 @@ def pooled_counts(per_seed, cells):
 
 def pooled(per_seed, cells=None):
     """Each seed's exact match over its units in `cells` (default: all) at one length, (seeds,)."""
-    c = np.array(per_seed, dtype=float)
-    c = pooled_counts(per_seed, np.ones(c.shape[1], dtype=bool) if cells is None else cells)
+    c = pooled_counts(per_seed, slice(None) if cells is None else cells)
     return c[:, 0] / c[:, 1]
 
 
@@ -272,9 +271,14 @@ def format_cell_table(results):
     return "\n".join(lines)
 
 
+def seed_of(run_dir):
+    """A run's seed, from its name (<variant>_seed<seed>)."""
+    return Path(run_dir).name.rsplit("_seed", 1)[-1]
+
+
 def seed_names(results):
     """'1337/1338/1339': the seeds of the runs in the order their values are listed (the first row's)."""
-    return "/".join(Path(r).name.rsplit("_seed", 1)[-1] for r in results["rows"][0]["runs"])
+    return "/".join(seed_of(r) for r in results["rows"][0]["runs"])
 
 
 def report(results):
@@ -372,7 +376,7 @@ def plot_heatmaps(results, path, columns=5):
     save(fig, path)
 
 
-MAX_SEED_ROWS = 6  # retrieval_seeds.png shows at most this many variants, those whose seeds differ most
+MAX_SEED_ROWS = 6  # retrieval_seeds.png shows at most this many variants, the first in the table's order
 
 
 def plot_seed_heatmaps(results, path):
@@ -389,8 +393,7 @@ def plot_seed_heatmaps(results, path):
                 ax.set_visible(False)
                 continue
             image = heatmap(ax, results, row, seed=k)
-            ax.set_title(textwrap.fill(f"{row['label']}, seed {Path(row['runs'][k]).name.rsplit('_seed', 1)[-1]}",
-                                       34), fontsize=8)
+            ax.set_title(textwrap.fill(f"{row['label']}, seed {seed_of(row['runs'][k])}", 34), fontsize=8)
     fig.colorbar(image, ax=axes, label="exact match", shrink=0.6)
     more = f" ({len(rows) - len(shown)} more not shown)" if len(rows) > len(shown) else ""
     fig.suptitle(f"{results['task']}: seed by seed, the variants whose seeds differ by {SEEDS_DISAGREE:.0%} or more"
