@@ -25,11 +25,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from common import (ArgumentParser, UserError, atomic_write, build_model, load_checkpoint, positive,  # noqa: E402
-                    run_cli, write_json)
+                    read_json, run_cli, write_json)
 from study.runs import LABELS, read_config  # noqa: E402
 from study.flags import add_plots_dir_flag  # noqa: E402
 
-DEFAULT_RUNS = [f"out/shakespeare_char_cpu/{enc}_seed1337" for enc in ("alibi", "t5", "fire")]
+BIASED = ("alibi", "t5", "fire")  # the encodings that add a bias to the scores
+DEFAULT_RUNS = [f"out/shakespeare_char_cpu/{enc}_seed1337" for enc in BIASED]
 
 
 @torch.inference_mode()
@@ -90,6 +91,17 @@ def plot_biases(rows, path):
     plt.close(fig)
 
 
+def best_runs(sweep_json):
+    """The run at each variant's best rate in a study.sweep lr_sweep.json, for the encodings with a bias."""
+    rows = read_json(sweep_json, "rerun the sweep (python -m study.sweep) to write it")
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and "runs" in r for r in rows):
+        raise UserError(f"{sweep_json} is not an lr_sweep.json that names its runs (rerun the sweep to write one)")
+    runs = [r["runs"][f"{r['best_rate']:g}"] for r in rows if r["encoding"] in BIASED]
+    if not runs:
+        raise UserError(f"{sweep_json} has no {', '.join(BIASED)} variant")
+    return runs
+
+
 def main():
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="*", default=DEFAULT_RUNS,
@@ -97,9 +109,12 @@ def main():
                              " alibi, t5 and fire runs)")
     parser.add_argument("--max-distance", type=positive(int), default=511,
                         help="the query's position: distances 0 .. this are drawn (default: 511, 8x the CPU block)")
+    parser.add_argument("--best-of", metavar="LR_SWEEP_JSON", default=None,
+                        help="instead of the runs: the sweep seed's run at the best rate of each variant in this"
+                             " lr_sweep.json (study.sweep) whose encoding biases the scores")
     add_plots_dir_flag(parser, "learned_bias.png")
     args = parser.parse_args()
-    rows = read_biases(args.runs, args.max_distance)
+    rows = read_biases(best_runs(args.best_of) if args.best_of else args.runs, args.max_distance)
     path = Path(args.plots_dir) / "learned_bias.png"
     plot_biases(rows, path)
     write_json(path.with_suffix(".json"), rows)

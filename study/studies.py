@@ -19,11 +19,11 @@ BASES = ",".join(f"{ROPE_LR}:rope_theta={b}" for b in (100, 1000, 100000))
 BREAK = "rope,rope:rope_fraction=0.25,none,t5,rope:nope_every=2,rope:nope_every=4,fire:fire_L=16"
 ABLATIONS = "log-scale,clamp-32,clamp-63,yarn-no-temperature"
 # What the ablations can say, fixed before their numbers exist (loss past 64 against each model's own
-# sliding window, per seed):
+# sliding window, per seed; "repairs" and the clamp judged are pinned in study/ablations.py):
 # - "unseen rotation angles" is supported if the clamp (which never shows a pair an angle beyond w)
 #   repairs RoPE and 25% p-RoPE while log scaling does not;
 # - "attention spread over more keys than training showed" is supported if log scaling (which sharpens
-#   attention as the context grows) repairs RoPE, 25% p-RoPE and none;
+#   attention as the context grows) repairs RoPE, 25% p-RoPE and none, and the clamp does not;
 # - both repairing, or neither, or a repair in some seeds only, leaves it undecided.
 
 # The tasks (tasks.py): the CPU model at batch 32 and lr 1e-3, one budget per task for every encoding, chosen
@@ -103,7 +103,9 @@ STUDIES = {
         " starting at 16; each swept on seed 1337, then 3 seeds at its best rate",
         "plots/rope_break", SEEDS,
         ("sweep", CPU, "--pos-encodings", BREAK, "--extrapolate", "--extrapolate-methods", "none,yarn",
-         "--ablations", ABLATIONS)),
+         "--ablations", ABLATIONS),
+        (("ablations", "--plots-dir", "{plots_dir}"),
+         ("plot_bias", "--best-of", "{plots_dir}/lr_sweep.json", "--plots-dir", "{plots_dir}"))),
     "passkey": task_study("passkey", "five digits hidden at a depth of Shakespeare text, said after '='",
                           "by depth"),
     "copy": task_study("copy", "a random string of letters, a separator, the string again", "by length"),

@@ -131,6 +131,7 @@ def sweep_table(args, variants, sweep, seed):
         color, dash = styles[key_of[v]]
         rows.append({"label": labels[key_of[v]], "encoding": variants[v][0], "settings": variants[v][1],
                      "final_val_loss": losses, "best_rate": best, "seed": seed, "color": color, "linestyle": dash,
+                     "runs": {f"{r:g}": str(Path(cfg.out_dir) / cfg.run_name) for r, cfg in sorted(sweep[v].items())},
                      "describe": describe_model([configs[v]]) + f", {firsts[v].max_iters} steps"})
     return rows
 

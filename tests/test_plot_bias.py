@@ -5,9 +5,10 @@ import json
 import pytest
 import torch
 
+from common import UserError, write_json
 from conftest import TINY_FLAGS, run
 from model import GPT, GPTConfig, alibi_slopes, t5_bucket
-from study.plot_bias import bias_by_distance
+from study.plot_bias import best_runs, bias_by_distance
 
 SMALL = dict(vocab_size=20, block_size=16, n_layer=1, n_head=2, n_embd=32)
 
@@ -42,3 +43,17 @@ def test_command_line_writes_the_plot_and_fires_learned_constants(data_dir, tmp_
     assert len(rows[0]["bias"]) == 2 and len(rows[0]["bias"][0]) == 64
     assert rows[1]["c"] != pytest.approx(0.1, abs=1e-7)  # trained: c moved off its starting value
     assert len(rows[1]["bias_at_block"][0]) == 16 and "L = " in proc.stdout
+
+
+def test_best_of_a_sweep_takes_each_biased_variants_run_at_its_best_rate(tmp_path):
+    rows = [{"encoding": "rope", "best_rate": 0.004, "runs": {"0.004": "out/x/rope-lr=0.004_seed1337"}},
+            {"encoding": "fire", "best_rate": 0.002, "runs": {"0.001": "out/x/fire-fire_L=16_seed1337",
+                                                              "0.002": "out/x/fire-fire_L=16-lr=0.002_seed1337"}}]
+    write_json(tmp_path / "lr_sweep.json", rows)
+    assert best_runs(tmp_path / "lr_sweep.json") == ["out/x/fire-fire_L=16-lr=0.002_seed1337"]
+    write_json(tmp_path / "lr_sweep.json", rows[:1])
+    with pytest.raises(UserError, match="has no alibi, t5, fire variant"):
+        best_runs(tmp_path / "lr_sweep.json")
+    write_json(tmp_path / "lr_sweep.json", [{"encoding": "fire", "best_rate": 0.002}])  # a sweep before "runs"
+    with pytest.raises(UserError, match="is not an lr_sweep.json that names its runs"):
+        best_runs(tmp_path / "lr_sweep.json")
