@@ -86,6 +86,7 @@ LINESTYLES = {"linear": (0, (5, 1)), "ntk": (0, (1, 1)), "dynamic-ntk": (0, (3, 
 MARKERS = {"none": "o", "linear": "s", "ntk": "^", "dynamic-ntk": "v", "sliding": "x", "log": "d", "clamp": "<"}
 YARN_MARKERS = ("D", "P", "*", "h")  # one per --yarn-beta
 DEFAULT_MULTIPLES = (1, 2, 4, 8)
+PANELS_PER_ROW = 4  # the length figure wraps: a study with many variants read with the ablations has many panels
 BATCH_TOKENS = 16384  # tokens per forward pass: 32 windows at 512, attention scores ~130 MB per layer
 
 
@@ -555,8 +556,13 @@ def plot_extrapolation(results, path):
     block, lengths = results["block_size"], results["lengths"]
     sliding = {variant_of(r): r for r in results["rows"] if r["rope_scaling"] == "sliding"}
     panels, styles = panels_of(results), row_styles(results)
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 5.2), dpi=120, squeeze=False)
-    for ax, (title, kind, rows) in zip(axes[0], panels):
+    cols = min(len(panels), PANELS_PER_ROW)
+    rows_of_panels = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows_of_panels, cols, figsize=(6.2 * cols, 7.5 * rows_of_panels - 2.3), dpi=120,
+                             squeeze=False, gridspec_kw={"hspace": 0.85})  # (room for the legends below a row)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (title, kind, rows) in zip(axes.flat, panels):
         for row in rows:
             if kind == "methods":
                 dash = ":" if row["rope_scaling"] == "sliding" else "--" if method_of(row).endswith("temperature") else "-"

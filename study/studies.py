@@ -16,7 +16,7 @@ ROPE_LR = "rope:learning_rate=0.004:min_lr=0.0004"  # RoPE at its best rate in t
 FRACTIONS = ",".join(f"{ROPE_LR}:rope_fraction={p}" for p in (0.25, 0.5, 0.75))
 BASES = ",".join(f"{ROPE_LR}:rope_theta={b}" for b in (100, 1000, 100000))
 # Why RoPE breaks past 64: the encodings read with the ablations, and the designs current models use instead
-BREAK = "rope,rope:rope_fraction=0.25,none,t5,rope:nope_every=2,rope:nope_every=4,fire:fire_L=16"
+BREAK = "rope,rope:rope_fraction=0.25,none,t5,fire,rope:nope_every=2,rope:nope_every=4,fire:fire_L=16"
 ABLATIONS = "log-scale,clamp-32,clamp-63,yarn-no-temperature"
 # What the ablations can say, fixed before their numbers exist (loss past 64 against each model's own
 # sliding window, per seed; "repairs" and the clamp judged are pinned in study/ablations.py):
@@ -108,7 +108,7 @@ STUDIES = {
     "rope_break": Study(
         "why RoPE breaks past its training length: RoPE, 25% p-RoPE, none and T5 read with log scaling, a"
         " distance clamp at 32 and 63 and YaRN without temperature, beside RoPE/NoPE hybrids and FIRE with L"
-        " starting at 16; each swept on seed 1337, then 3 seeds at its best rate",
+        " starting at 16 (and at 512); each swept on seed 1337, then 3 seeds at its best rate",
         "plots/rope_break", SEEDS,
         ("sweep", CPU, "--pos-encodings", BREAK, "--extrapolate", "--extrapolate-methods", "none,yarn",
          "--ablations", ABLATIONS),
