@@ -13,7 +13,7 @@ What a cell says. At positions >= block_size of windows of length L, a run read 
 more context than in training), and read with an ablation `ablated`. The plain reading's excess
 over the window is what breaks; the share of it an ablation closes is
 
-    closed = (plain - ablated) / (plain - window)
+    share closed = (plain - ablated) / (plain - window)
 
 (100%: the ablation reads as well as the window; above 100%: better; below 0: worse than plain).
 """
@@ -23,157 +23,173 @@ import re
 from pathlib import Path
 
 from common import ArgumentParser, UserError, command_line, read_json, run_cli, write_text
-from study.evaluate import method_of, variant_of
+from study.evaluate import is_ablation_key, method_label, method_of, variant_of
 from study.flags import add_plots_dir_flag
+from study.runs import seed_of
 
-# Fixed before the runs. In one seed an ablation *repairs* a run when it closes at least half of the
-# plain reading's excess over the sliding window at every length past training (2x, 4x and 8x). It
-# repairs a variant when it repairs every seed; some seeds only leaves that variant undecided.
-REPAIR = 0.5
-# The clamp that tests "unseen rotation angles" is w = 63: every distance beyond the training length
-# is read as the longest one training showed, and reads inside the training length are unchanged.
-# w = 32 also changes the reads inside it (distances 33-63), so it is reported, not judged.
-JUDGED_CLAMP = "clamp-63"
-ROLES = ("RoPE", "25% p-RoPE", "none", "T5")  # the variants the predictions name
-PREDICTIONS = (
-    ("unseen rotation angles",
-     "the clamp (w = 63) repairs RoPE and 25% p-RoPE, and log scaling repairs neither"),
-    ("attention spread over more keys than training showed",
-     "log scaling repairs RoPE, 25% p-RoPE and none, and the clamp (w = 63) repairs neither RoPE nor 25% p-RoPE"),
-)
-UNDECIDED = "both, neither, or a repair in some seeds only: undecided"
-COLUMNS = {"log-scale": "log scaling", "clamp-63": "clamp at 63", "clamp-32": "clamp at 32",
-           "yarn-b32-no-temperature": "YaRN β=32, no temperature", "yarn-b8-no-temperature": "YaRN β=8, no temperature",
-           "yarn-b32": "YaRN β=32", "yarn-b8": "YaRN β=8"}
-
-
-def role_of(row):
-    """Which of ROLES a plain row reads (by its run names, which carry every setting that differs), or None."""
-    name = variant_of(row)
-    if row["encoding"] == "rope":
-        if "rope_fraction=0.25" in name and "nope_every" not in name and "rope_theta" not in name:
-            return "25% p-RoPE"
-        if not re.search(r"rope_fraction|nope_every|rope_theta", name):
-            return "RoPE"
-        return None
-    return {"none": "none", "t5": "T5"}.get(row["encoding"])
+# Fixed before any Shakespeare run was read with an ablation (after the passkey study's exploratory
+# reading, where the two clamps disagree). A plain reading is *broken* at a length when it loses at
+# least MIN_EXCESS more than its sliding window there. In one seed an ablation *repairs* a run when it
+# closes at least REPAIR of the excess at every length where the run is broken, and loses at most
+# MIN_EXCESS more than the window where it is not; a seed broken at no length has nothing to repair (not
+# judged). An ablation repairs a variant when it repairs every seed, and fails it when it repairs none;
+# anything between leaves the prediction that needs it undecided.
+REPAIR, MIN_EXCESS = 0.5, 0.01
+# The clamp that tests "unseen rotation angles" is w = 63: every distance beyond the training length is
+# read as the longest one training showed, and reads inside it are unchanged. w = 32 also changes the reads
+# inside 64 (distances 33-63), so it is reported, not judged. The predictions are for a training length of 64.
+JUDGED_CLAMP, JUDGED_BLOCK = "clamp-63", 64
+ROLES = {"rope": "RoPE", "rope-rope_fraction=0.25": "25% p-RoPE", "none": "none", "t5": "T5"}  # by run name
+JUDGED = ("RoPE", "25% p-RoPE", "none")  # the variants the predictions name (T5 is reported beside them)
+PREDICTIONS = {
+    "unseen rotation angles":
+        "the clamp (w = 63) repairs RoPE and 25% p-RoPE, and log scaling repairs neither",
+    "attention spread over more keys than training showed":
+        "log scaling repairs RoPE, 25% p-RoPE and none, and the clamp (w = 63) repairs neither RoPE nor 25% p-RoPE"
+        " (both repairing is undecided)",
+}
 
 
-def seed_of(run):
-    match = re.search(r"_seed(\d+)$", str(run).rstrip("/"))
-    return match.group(1) if match else str(run)
+def role_of(name):
+    """Which of ROLES a variant's run name is, whatever its learning rate (else None)."""
+    parts = re.split(r"-(?=[a-z_]+=)", name)  # "rope-rope_fraction=0.25-lr=0.004" -> its settings
+    return ROLES.get("-".join(p for p in parts if not p.startswith(("lr=", "min_lr="))))
 
 
 def per_seed(results):
-    """{variant: {"label", "role", "seeds", "readings": {key: {length: [loss past block per run]}}}},
-    for every variant read with at least one ablation; readings hold "none" (plain) and "sliding"."""
-    block = results["block_size"]
-    variants = {}
+    """{variant: {"label", "role", "seeds", "labels": {key: column label}, "readings": {key: {length:
+    [loss past block per run]}}}} for every variant read with an ablation; readings hold "none" (plain)
+    and "sliding", the others in the order of the rows."""
+    block, variants = results["block_size"], {}
     for row in results["rows"]:
-        v = variants.setdefault(variant_of(row), {"readings": {}})
-        if method_of(row) == "none":
-            v.update(label=row["label"], role=role_of(row), seeds=[seed_of(r) for r in row["runs"]])
-        v["readings"][method_of(row)] = {r["length"]: r["run_past"] for r in row["results"]
-                                         if r["length"] > block and r.get("run_past")}
-    return {name: v for name, v in variants.items()
-            if "label" in v and "sliding" in v["readings"] and set(v["readings"]) - {"none", "sliding"}}
-
-
-def closed(plain, ablated, window):
-    """The share of the plain reading's excess over the window that the ablation closes (None: no excess)."""
-    return None if plain <= window else (plain - ablated) / (plain - window)
-
-
-def repairs(variant, key):
-    """For each seed, whether `key` repairs it (None where the variant was not read with it)."""
-    readings = variant["readings"]
-    if key not in readings:
-        return None
-    plain, window = readings["none"], readings["sliding"]
-    out = []
-    for i in range(len(variant["seeds"])):
-        shares = [closed(plain[L][i], readings[key][L][i], window[L][i]) for L in plain]
-        out.append(all(s is None or s >= REPAIR for s in shares))
+        v = variants.setdefault(variant_of(row), {"readings": {}, "labels": {}, "runs": row["runs"]})
+        if [seed_of(r) for r in row["runs"]] != [seed_of(r) for r in v["runs"]]:
+            raise UserError(f"{row['name']} lists other seeds than the other readings of {variant_of(row)}")
+        key = method_of(row)
+        if key == "none":
+            v.update(label=row["label"], role=role_of(variant_of(row)), seeds=[seed_of(r) for r in row["runs"]])
+        elif key != "sliding":
+            v["labels"][key] = method_label(row)
+        v["readings"][key] = {r["length"]: r["run_past"] for r in row["results"]
+                              if r["length"] > block and r.get("run_past") is not None}
+    out = {name: v for name, v in variants.items()
+           if "label" in v and "sliding" in v["readings"] and any(map(is_ablation_key, v["readings"]))}
+    roles = [v["role"] for v in out.values() if v["role"]]
+    for role in {r for r in roles if roles.count(r) > 1}:
+        raise UserError(f"more than one variant is {role} ({', '.join(n for n, v in out.items() if v['role'] == role)});"
+                        f" read one of them")
     return out
 
 
-def verdict(variants):
-    """(name of the explanation the outcome supports, or None, and one line per prediction)."""
+def share_closed(plain, ablated, window):
+    return (plain - ablated) / (plain - window)
+
+
+def repairs(variant, key):
+    """For each seed: True (`key` repairs it), False (it does not), None (nothing to repair, or a length
+    not read); None instead of the list where the variant was not read with `key`."""
+    readings = variant["readings"]
+    if key not in readings:
+        return None
+    plain, window, ablated = readings["none"], readings["sliding"], readings[key]
+    out = []
+    for i in range(len(variant["seeds"])):
+        if not plain or any(L not in window or L not in ablated for L in plain):
+            out.append(None)
+            continue
+        broken = [L for L in plain if plain[L][i] - window[L][i] >= MIN_EXCESS]
+        out.append(None if not broken else
+                   all(share_closed(plain[L][i], ablated[L][i], window[L][i]) >= REPAIR for L in broken)
+                   and all(ablated[L][i] - window[L][i] <= MIN_EXCESS for L in plain if L not in broken))
+    return out
+
+
+def verdict(variants, block):
+    """(the explanation the outcome supports, or None; one markdown line per prediction)."""
+    if block != JUDGED_BLOCK:
+        return None, [f"- not judged: the predictions are for models trained on {JUDGED_BLOCK} characters"]
     by_role = {v["role"]: v for v in variants.values() if v["role"]}
-    missing = [r for r in ROLES if r not in by_role]
-    if missing:
-        return None, [f"not judged: no {', '.join(missing)} among the runs read with the ablations"]
+    missing = [r for r in JUDGED if r not in by_role]
+    unread = [f"{r} with {k}" for r in JUDGED if r in by_role for k in ("log-scale", JUDGED_CLAMP)
+              if (r, k) != ("none", JUDGED_CLAMP) and repairs(by_role[r], k) is None]
+    if missing or unread:
+        return None, [f"- not judged: no {', '.join(missing)} among the variants read with the ablations" if missing
+                      else f"- not judged: not read: {', '.join(unread)}"]
 
     def every(role, key):
-        r = repairs(by_role[role], key)
-        return r is not None and all(r)
+        return all(r is True for r in repairs(by_role[role], key))
 
     def none_of(role, key):
-        r = repairs(by_role[role], key)
-        return r is not None and not any(r)
+        return all(r is False for r in repairs(by_role[role], key))
 
-    angles = all(every(r, JUDGED_CLAMP) and none_of(r, "log-scale") for r in ("RoPE", "25% p-RoPE"))
-    spread = (all(every(r, "log-scale") for r in ("RoPE", "25% p-RoPE", "none"))
-              and all(none_of(r, JUDGED_CLAMP) for r in ("RoPE", "25% p-RoPE")))
-    supported = PREDICTIONS[0][0] if angles else PREDICTIONS[1][0] if spread else None  # (never both)
-    lines = [f"- **{name}** is supported if {rule}: "
-             + ("**supported**." if name == supported else "not supported.") for name, rule in PREDICTIONS]
-    lines.append(f"- Otherwise ({UNDECIDED}): " + ("**undecided**." if supported is None else "not the case."))
+    angles = all(every(role, JUDGED_CLAMP) and none_of(role, "log-scale") for role in ("RoPE", "25% p-RoPE"))
+    spread = (all(every(role, "log-scale") for role in JUDGED)
+              and all(none_of(role, JUDGED_CLAMP) for role in ("RoPE", "25% p-RoPE")))
+    names = list(PREDICTIONS)
+    supported = names[0] if angles else names[1] if spread else None  # (the two exclude each other)
+    lines = [f"- **{name}** is supported if {rule}: " + ("**supported**." if name == supported else "not supported.")
+             for name, rule in PREDICTIONS.items()]
+    lines.append("- Otherwise (neither, or a repair in some seeds only): "
+                 + ("**undecided**." if supported is None else "not the case."))
     return supported, lines
 
 
-def fmt_share(share):
-    return "no excess" if share is None else f"{share:.0%}"
+def cell(plain, ablated, window):
+    if plain - window < MIN_EXCESS:
+        return f"no break ({ablated - window:+.3f})"
+    return f"{round(share_closed(plain, ablated, window), 2) + 0:.0%}"  # (+ 0: no "-0%")
 
 
 def variant_table(v):
     """Markdown: one row per seed and length; the plain excess, then each reading's share closed."""
-    readings = v["readings"]
-    keys = [k for k in COLUMNS if k in readings]
-    lines = ["| seed | L | plain − window | " + " | ".join(COLUMNS[k] for k in keys) + " |",
+    readings, keys = v["readings"], list(v["labels"])
+    lines = ["| seed | L | plain − window | " + " | ".join(v["labels"][k] for k in keys) + " |",
              "|---|---:|---:|" + "---:|" * len(keys)]
     for i, seed in enumerate(v["seeds"]):
-        for L in readings["none"]:
+        for L in (L for L in readings["none"] if L in readings["sliding"]):
             plain, window = readings["none"][L][i], readings["sliding"][L][i]
-            cells = [fmt_share(closed(plain, readings[k][L][i], window)) for k in keys]
+            cells = [cell(plain, readings[k][L][i], window) if L in readings[k] else "n/a" for k in keys]
             lines.append(f"| {seed} | {L} | {plain - window:+.4f} | " + " | ".join(cells) + " |")
-    judged = [k for k in keys if k in ("log-scale", JUDGED_CLAMP)]
-    summary = [f"{COLUMNS[k]} repairs {sum(repairs(v, k))} of {len(v['seeds'])} seeds" for k in judged]
+    summary = []
+    for key in (k for k in keys if k in ("log-scale", JUDGED_CLAMP)):
+        r = repairs(v, key)
+        summary.append(f"{v['labels'][key]} repairs {r.count(True)} of {len(r)} seeds"
+                       + (f" ({r.count(None)} with nothing to repair)" if None in r else ""))
     return "\n".join(lines) + ("\n\n" + "; ".join(summary) + "." if summary else "")
 
 
 def report(results, command):
     """ablations.md's text."""
-    variants = per_seed(results)
-    block = results["block_size"]
-    _, lines = verdict(variants)
+    variants, block = per_seed(results), results["block_size"]
+    if not variants:
+        raise UserError("the results hold no variant read with an ablation beside its sliding window; read the runs"
+                        " with --ablations")
+    _, lines = verdict(variants, block)
     out = [
         "# Why RoPE breaks past its training length: the ablations, seed by seed",
         "",
-        f"Models trained on {block} characters, read on the val split at every length past that; each cell is"
-        f" the share of the plain reading's excess loss (positions ≥ {block}, over the same model's own sliding"
-        f" window of {block}) that the ablation closes: 100% reads as well as the window, 0% as plainly,"
-        f" below 0 worse. Written from extrapolation.json by `{command}`.",
+        f"Models trained on {block} characters, read on the val split at every length past that. Each cell is the"
+        f" share of the plain reading's excess loss (positions ≥ {block}, over the same model's own sliding window"
+        f" of {block}) that the reading closes: 100% reads as well as the window, 0% as plainly, below 0 worse;"
+        f" \"no break\" where the plain reading is within {MIN_EXCESS} nats of the window (then the reading's own"
+        f" excess). Written from extrapolation.json by `{command}`.",
         "",
-        "## The predictions (fixed before the runs) and the outcome",
+        "## The predictions and the outcome",
         "",
-        f"An ablation repairs a seed when it closes at least {REPAIR:.0%} of the excess at every length past"
-        f" {block}, and a variant when it repairs every seed. The clamp judged is w = 63 (ReRoPE: no distance"
-        f" beyond those training showed, reads inside {block} unchanged); w = 32 also changes reads inside"
-        f" {block} and is reported only.",
+        f"Fixed before any of these runs was read with an ablation (after the passkey study's exploratory reading,"
+        f" where the two clamps disagree; [study/ablations.py](../../study/ablations.py)). The plain reading is"
+        f" broken at a length when it loses at least {MIN_EXCESS} nats more than its window. An ablation repairs"
+        f" a seed when it closes at least {REPAIR:.0%} of the excess at every length where the seed is broken, and"
+        f" stays within {MIN_EXCESS} of the window where it is not; it repairs a variant when it repairs every"
+        f" seed. The clamp judged is w = 63 (ReRoPE: no distance beyond those training showed, reads inside"
+        f" {block} unchanged); w = 32 also changes reads inside {block} and is reported, not judged.",
         "",
         *lines,
     ]
     for v in variants.values():
-        role = f" ({v['role']} in the predictions)" if v["role"] else " (not in the predictions)"
-        out += ["", f"## {v['label']}{role}", "", variant_table(v)]
+        named = " (named in the predictions)" if v["role"] in JUDGED else ""
+        out += ["", f"## {v['label']}{named}", "", variant_table(v)]
     return "\n".join(out) + "\n"
-
-
-def write(results, plots_dir, command):
-    path, text = Path(plots_dir) / "ablations.md", report(results, command)
-    write_text(path, text)
-    return path, text
 
 
 def main():
@@ -184,9 +200,13 @@ def main():
     args = parser.parse_args()
     source = Path(args.results or Path(args.plots_dir) / "extrapolation.json")
     results = read_json(source, "run study.evaluate (or the study) with --ablations first")
-    if not isinstance(results, dict) or "rows" not in results:
-        raise UserError(f"{source} is not the extrapolation.json that study.evaluate writes")
-    path, text = write(results, args.plots_dir, command_line())
+    try:
+        text = report(results, command_line())
+    except (KeyError, TypeError, IndexError, AttributeError) as e:
+        raise UserError(f"{source} is not the extrapolation.json that study.evaluate writes ({type(e).__name__}:"
+                        f" {e})") from None
+    path = Path(args.plots_dir) / "ablations.md"
+    write_text(path, text)
     print(text)
     print(f"wrote {path}")
 

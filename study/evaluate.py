@@ -54,6 +54,7 @@ CPU config's rope, learned and none at 3 seeds and 1x-8x, 140 s on 2 cores (meas
 """
 
 import argparse
+import math
 import re
 import statistics
 import time
@@ -557,9 +558,10 @@ def plot_extrapolation(results, path):
     sliding = {variant_of(r): r for r in results["rows"] if r["rope_scaling"] == "sliding"}
     panels, styles = panels_of(results), row_styles(results)
     cols = min(len(panels), PANELS_PER_ROW)
-    rows_of_panels = -(-len(panels) // cols)
+    rows_of_panels = math.ceil(len(panels) / cols)
+    # one row is 5.2 inches high; each further row 7.5, room for the legends below the row above it
     fig, axes = plt.subplots(rows_of_panels, cols, figsize=(6.2 * cols, 7.5 * rows_of_panels - 2.3), dpi=120,
-                             squeeze=False, gridspec_kw={"hspace": 0.85})  # (room for the legends below a row)
+                             squeeze=False, gridspec_kw={"hspace": 0.85})
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
     for ax, (title, kind, rows) in zip(axes.flat, panels):

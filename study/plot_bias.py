@@ -94,9 +94,11 @@ def plot_biases(rows, path):
 def best_runs(sweep_json):
     """The run at each variant's best rate in a study.sweep lr_sweep.json, for the encodings with a bias."""
     rows = read_json(sweep_json, "rerun the sweep (python -m study.sweep) to write it")
-    if not isinstance(rows, list) or not all(isinstance(r, dict) and "runs" in r for r in rows):
-        raise UserError(f"{sweep_json} is not an lr_sweep.json that names its runs (rerun the sweep to write one)")
-    runs = [r["runs"][f"{r['best_rate']:g}"] for r in rows if r["encoding"] in BIASED]
+    try:
+        runs = [r["runs"][f"{r['best_rate']:g}"] for r in rows if r["encoding"] in BIASED]
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f"{sweep_json} is not an lr_sweep.json that names its runs at their best rates (rerun the"
+                        f" sweep to write one)") from None
     if not runs:
         raise UserError(f"{sweep_json} has no {', '.join(BIASED)} variant")
     return runs
@@ -111,9 +113,12 @@ def main():
                         help="the query's position: distances 0 .. this are drawn (default: 511, 8x the CPU block)")
     parser.add_argument("--best-of", metavar="LR_SWEEP_JSON", default=None,
                         help="instead of the runs: the sweep seed's run at the best rate of each variant in this"
-                             " lr_sweep.json (study.sweep) whose encoding biases the scores")
+                             " lr_sweep.json (study.sweep) whose encoding biases the scores (its run paths are"
+                             " relative to where the sweep ran)")
     add_plots_dir_flag(parser, "learned_bias.png")
     args = parser.parse_args()
+    if args.best_of and args.runs != DEFAULT_RUNS:
+        raise UserError("give run directories or --best-of, not both")
     rows = read_biases(best_runs(args.best_of) if args.best_of else args.runs, args.max_distance)
     path = Path(args.plots_dir) / "learned_bias.png"
     plot_biases(rows, path)

@@ -37,7 +37,7 @@ from study.evaluate import (YARN_ALPHA, YARN_BETAS, ablations_of, add_ablations_
                             resolve_data_dir, row_label)
 from study.flags import measure_parser  # noqa: E402
 from study.plot import length_axis, redraw, save  # noqa: E402
-from study.runs import find_runs, group_variants, read_config, variant_labels  # noqa: E402
+from study.runs import find_runs, group_variants, read_config, seed_of, variant_labels  # noqa: E402
 from tasks import DEPTHS, copy_sizes, evaluation_set, to_task_ids, unit_correct, wilson  # noqa: E402
 
 STATIC = ("none", "linear", "ntk", "yarn")  # (dynamic NTK read in one pass is NTK: see above)
@@ -269,11 +269,6 @@ def format_cell_table(results):
             if any(v not in ("n/a", "–") for v in values):
                 lines.append(f"| {row['label']} | {name} | " + " | ".join(values) + " |")
     return "\n".join(lines)
-
-
-def seed_of(run_dir):
-    """A run's seed, from its name (<variant>_seed<seed>)."""
-    return Path(run_dir).name.rsplit("_seed", 1)[-1]
 
 
 def seed_names(results):

@@ -108,6 +108,11 @@ def variant_name(encoding, overrides):
     return "-".join([encoding, *parts])
 
 
+def seed_of(run_dir):
+    """A run's seed, from its name (<variant>_seed<seed>)."""
+    return Path(run_dir).name.rsplit("_seed", 1)[-1]
+
+
 # --- variants of finished runs ---------------------------------------------------
 
 

@@ -54,6 +54,11 @@ def test_best_of_a_sweep_takes_each_biased_variants_run_at_its_best_rate(tmp_pat
     write_json(tmp_path / "lr_sweep.json", rows[:1])
     with pytest.raises(UserError, match="has no alibi, t5, fire variant"):
         best_runs(tmp_path / "lr_sweep.json")
-    write_json(tmp_path / "lr_sweep.json", [{"encoding": "fire", "best_rate": 0.002}])  # a sweep before "runs"
-    with pytest.raises(UserError, match="is not an lr_sweep.json that names its runs"):
-        best_runs(tmp_path / "lr_sweep.json")
+    for bad in ([{"encoding": "fire", "best_rate": 0.002}],  # a sweep that did not name its runs
+                [{**rows[1], "best_rate": 0.004}],  # its best rate not among them
+                [{"best_rate": 0.002}], {"rows": []}):
+        write_json(tmp_path / "lr_sweep.json", bad)
+        with pytest.raises(UserError, match="is not an lr_sweep.json that names its runs"):
+            best_runs(tmp_path / "lr_sweep.json")
+    proc = run("study.plot_bias", "out/x/t5_seed1337", "--best-of", tmp_path / "lr_sweep.json", check=False)
+    assert proc.returncode == 2 and "give run directories or --best-of, not both" in proc.stderr
