@@ -57,6 +57,7 @@ import argparse
 import math
 import re
 import statistics
+import textwrap
 import time
 from pathlib import Path
 
@@ -585,7 +586,7 @@ def plot_extrapolation(results, path):
                     "eval window length L (characters)")
         ax.set_xlim(lengths[1] / 1.3, lengths[-1] * 1.3)
         ax.set_ylabel(f"val loss at positions >= {block} (nats/char)")
-        ax.set_title(title, fontsize=10)
+        ax.set_title(textwrap.fill(title, 60), fontsize=10)  # (a long variant label would run into the next panel)
         legend_below(ax, last=(dotted,))
     fig.suptitle(f"Past the training length: models trained on {block} characters, val loss of the positions"
                  f" >= {block} of windows of length L; mean ± std over seeds", fontsize=10)

@@ -2,6 +2,7 @@
 samples.json) regenerate the committed tables with no training and no checkpoint."""
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, run
+from study.ablations import report
 from study.compare import add_length_flags
 from study.studies import STUDIES
 
@@ -21,7 +23,7 @@ TIMING = ("wall time (s)", "ms/iter")  # measured, not computed: they differ fro
 # JSON: study.evaluate --from-json), except a task study's, whose records keep the counts it reads
 RECORDED = {"baseline": ("shakespeare_char_cpu", 9), "sweep": ("shakespeare_char_cpu", 74),
             "all": ("shakespeare_char_cpu", 37), "rope": ("shakespeare_char_cpu", 7),
-            "passkey": ("shakespeare_char_cpu-passkey", 10, "1337")}
+            "rope_break": ("shakespeare_char_cpu", 73), "passkey": ("shakespeare_char_cpu-passkey", 10, "1337")}
 
 
 def length_study_flags():
@@ -104,3 +106,13 @@ def test_records_regenerate_the_committed_tables(study, tmp_path):
         for column, cell in row.items():
             if column not in TIMING:
                 assert cell == committed[key][column], (key, column)
+
+
+def test_the_ablation_verdicts_regenerate_from_the_committed_length_study():
+    """A study's ablations.md is written from the extrapolation.json beside it, which needs no checkpoint."""
+    studies = {name: s for name, s in STUDIES.items() if any(step[0] == "ablations" for step in s.after)}
+    assert studies
+    for name, study in studies.items():
+        plots = ROOT / study.plots_dir
+        results = json.loads((plots / "extrapolation.json").read_text())
+        assert report(results, f"python -m study {name}") == (plots / "ablations.md").read_text(), name
