@@ -62,12 +62,13 @@ def per_seed(results):
     and "sliding", the others in the order of the rows."""
     block, variants = results["block_size"], {}
     for row in results["rows"]:
-        v = variants.setdefault(variant_of(row), {"readings": {}, "labels": {}, "runs": row["runs"]})
-        if [seed_of(r) for r in row["runs"]] != [seed_of(r) for r in v["runs"]]:
+        seeds = [seed_of(r) for r in row["runs"]]
+        v = variants.setdefault(variant_of(row), {"readings": {}, "labels": {}, "seeds": seeds})
+        if seeds != v["seeds"]:
             raise UserError(f"{row['name']} lists other seeds than the other readings of {variant_of(row)}")
         key = method_of(row)
         if key == "none":
-            v.update(label=row["label"], role=role_of(variant_of(row)), seeds=[seed_of(r) for r in row["runs"]])
+            v.update(label=row["label"], role=role_of(variant_of(row)))
         elif key != "sliding":
             v["labels"][key] = method_label(row)
         v["readings"][key] = {r["length"]: r["run_past"] for r in row["results"]

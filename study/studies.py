@@ -18,13 +18,8 @@ BASES = ",".join(f"{ROPE_LR}:rope_theta={b}" for b in (100, 1000, 100000))
 # Why RoPE breaks past 64: the encodings read with the ablations, and the designs current models use instead
 BREAK = "rope,rope:rope_fraction=0.25,none,t5,fire,rope:nope_every=2,rope:nope_every=4,fire:fire_L=16"
 ABLATIONS = "log-scale,clamp-32,clamp-63,yarn-no-temperature"
-# What the ablations can say, fixed before their numbers exist (loss past 64 against each model's own
-# sliding window, per seed; "repairs" and the clamp judged are pinned in study/ablations.py):
-# - "unseen rotation angles" is supported if the clamp (which never shows a pair an angle beyond w)
-#   repairs RoPE and 25% p-RoPE while log scaling does not;
-# - "attention spread over more keys than training showed" is supported if log scaling (which sharpens
-#   attention as the context grows) repairs RoPE, 25% p-RoPE and none, and the clamp does not;
-# - both repairing, or neither, or a repair in some seeds only, leaves it undecided.
+# What the ablations can say, fixed before their numbers existed, and what "repairs" means: study/ablations.py
+# (PREDICTIONS, REPAIR, JUDGED_CLAMP), which judges them
 
 # The tasks (tasks.py): the CPU model at batch 32 and lr 1e-3, one number of steps per task for every encoding,
 # raised until RoPE and one of ALiBi, T5, FIRE copy >= 95% at 64 (the positive control) with room to hold over
