@@ -324,3 +324,9 @@ def test_the_study_entry_point_lists_studies_and_keeps_a_quick_look_out_of_plots
     assert quick[quick.index("--seeds"):quick.index("--more-seeds") + 2] == ["--seeds", "7", "--more-seeds", ""]
     proc = run("study", "nope", check=False)
     assert proc.returncode == 2 and "invalid choice: 'nope'" in proc.stderr
+
+
+@pytest.mark.parametrize("command", ["train.py", "study.compare"])
+def test_help_prints_every_setting_including_one_whose_text_has_a_percent_sign(command):
+    text = run(command, "--help").stdout  # argparse %-formats help texts: a bare % would crash it
+    assert "(i + 1) % nope_every == 0" in " ".join(text.split()) and "--fire-L" in text
