@@ -31,6 +31,8 @@ LABELS = {"rope": "RoPE", "learned": "learned", "none": "none", "sinusoidal": "s
 PER_SEED = ("seed", "run_name", "out_dir", "data_dir", "progress", "device", "compile", "dtype", "provenance",
             "init_from")
 SHORT = {"learning_rate": "lr"}  # in run names and labels
+DEFAULTS = config_json(TrainConfig())
+ENCODING_OPTIONS = {o for cls in POS_ENCODINGS.values() for o in cls.options}  # rope_theta, fire_L, ...
 
 
 def format_value(value):
@@ -187,7 +189,10 @@ def group_variants(configs):
 
 def variant_labels(configs, groups):
     """{variant key: label}: the encoding's name plus the settings in which its variant differs
-    from the others (each setting compared only among encodings that read it)."""
+    from the others (each setting compared only among encodings that read it). An encoding's own
+    option is named only where it is not train.py's default: plain RoPE beside a hybrid is "RoPE",
+    not "RoPE in every layer". A training setting (the rate, the steps) is named on every variant
+    when it differs, as its default is the config file's, which a run does not record."""
     firsts = {key: configs[idx[0]] for key, idx in groups.items()}
     keys = sorted({k for c in firsts.values() for k in c} - set(PER_SEED) - {"pos_encoding"})
     labels = {}
@@ -196,6 +201,8 @@ def variant_labels(configs, groups):
         for k in keys:
             readers = [c for c in firsts.values() if k not in options_not_read(c["pos_encoding"])]
             if k in options_not_read(enc) or len({json.dumps(c.get(k)) for c in readers}) < 2:
+                continue
+            if k in ENCODING_OPTIONS and config[k] == DEFAULTS[k]:
                 continue
             if shown(config, k):
                 parts.append(describe(k, config[k]))

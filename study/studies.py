@@ -10,13 +10,14 @@ from dataclasses import dataclass, field
 
 CPU, MID, GPU = "config/shakespeare_char_cpu.toml", "config/shakespeare_char_mid.toml", "config/shakespeare_char.toml"
 SEEDS, MORE_SEEDS = "1337,1338,1339", "1340,1341"  # three seeds; two more where three do not rank a pair
-SWEEP = "all,sinusoidal:sinusoidal_scale=false"  # the seven encodings and sinusoidal without its sqrt(d)
+DESIGNS = "rope:nope_every=2,rope:nope_every=4,fire:fire_L=16"  # the RoPE/NoPE hybrids and FIRE from L = 16
+SWEEP = "all,sinusoidal:sinusoidal_scale=false," + DESIGNS  # and the seven encodings, sinusoidal without sqrt(d)
 ALL = SWEEP + ",rope:rope_fraction=0.5"
 ROPE_LR = "rope:learning_rate=0.004:min_lr=0.0004"  # RoPE at its best rate in the sweep
 FRACTIONS = ",".join(f"{ROPE_LR}:rope_fraction={p}" for p in (0.25, 0.5, 0.75))
 BASES = ",".join(f"{ROPE_LR}:rope_theta={b}" for b in (100, 1000, 100000))
 # Why RoPE breaks past 64: the encodings read with the ablations, and the designs current models use instead
-BREAK = "rope,rope:rope_fraction=0.25,none,t5,fire,rope:nope_every=2,rope:nope_every=4,fire:fire_L=16"
+BREAK = "rope,rope:rope_fraction=0.25,none,t5,fire," + DESIGNS
 ABLATIONS = "log-scale,clamp-32,clamp-63,yarn-no-temperature"
 # What the ablations can say, fixed before their numbers existed, and what "repairs" means: study/ablations.py
 # (PREDICTIONS, REPAIR, JUDGED_CLAMP), which judges them
@@ -28,7 +29,7 @@ ABLATIONS = "log-scale,clamp-32,clamp-63,yarn-no-temperature"
 # 64, and at 4000 steps T5 96% (its 32-character strings 87%, too near 95% to count on for three seeds) while
 # ALiBi copies no string of 32 at either budget: so the copy trains 6000 steps, whose control the study's own
 # runs test (records/pilots/ holds the 2000- and 4000-step runs with their counts)
-TASK_ENCODINGS = "all,rope:nope_every=2,rope:nope_every=4,fire:fire_L=16"
+TASK_ENCODINGS = "all," + DESIGNS
 TASK_STEPS = {"passkey": 2000, "copy": 6000}
 
 
@@ -78,8 +79,9 @@ STUDIES = {
         "RoPE, learned and none on the CPU config, 3 seeds, and how each reads past its training length",
         "plots", SEEDS, ("compare", CPU, "--extrapolate")),
     "all": Study(
-        "all seven encodings, sinusoidal without its sqrt(d) scale and RoPE rotating half its pairs, 3 seeds"
-        " (5 where 3 do not rank a pair), the length study, and the biases T5 and FIRE learned",
+        "all seven encodings, sinusoidal without its sqrt(d) scale, the RoPE/NoPE hybrids, FIRE from L = 16 and"
+        " RoPE rotating half its pairs, 3 seeds (5 where 3 do not rank a pair), the length study, and the biases"
+        " T5 and FIRE learned",
         "plots/all", SEEDS,
         ("compare", CPU, "--pos-encodings", ALL, "--seeds-if-undecided", MORE_SEEDS, "--extrapolate"),
         (("plot_bias", "--plots-dir", "{plots_dir}"),)),

@@ -59,7 +59,19 @@ def test_variants_are_grouped_and_labelled_by_what_tells_them_apart(tmp_path):
     assert list(groups.values()) == [[0, 1], [4], [5], [2], [3]]  # encodings in the plots' order
     assert list(variant_labels(configs, groups).values()) == [
         "RoPE, lr 0.001", "learned, lr 0.002", "learned, lr 0.001", "sinusoidal, lr 0.001, no √d scale",
-        "sinusoidal, lr 0.001, √d scale"]
+        "sinusoidal, lr 0.001"]  # an encoding's option at its default is not named; the rate is
+
+
+def test_an_encoding_s_options_are_named_only_where_they_leave_the_default():
+    configs = [{**CONFIG, "pos_encoding": "rope"}, {**CONFIG, "pos_encoding": "rope", "nope_every": 2},
+               {**CONFIG, "pos_encoding": "rope", "rope_fraction": 0.25}, {**CONFIG, "pos_encoding": "fire"},
+               {**CONFIG, "pos_encoding": "fire", "fire_L": 16.0, "learning_rate": 0.008, "min_lr": 0.0008}]
+    assert list(variant_labels(configs, group_variants(configs)).values()) == [
+        "RoPE, lr 0.001", "RoPE, lr 0.001, RoPE/NoPE hybrid, NoPE every 2 layers",
+        "RoPE, lr 0.001, 25% of pairs rotate", "FIRE, lr 0.001", "FIRE, L starts at 16, lr 0.008"]
+    same_rate = configs[:3]
+    assert list(variant_labels(same_rate, group_variants(same_rate)).values()) == [
+        "RoPE", "RoPE, RoPE/NoPE hybrid, NoPE every 2 layers", "RoPE, 25% of pairs rotate"]
     # lr_decay_iters is not named where the rate is constant (min_lr = learning_rate), which ignores it
     flat = [{**CONFIG, "min_lr": 0.001, "lr_decay_iters": 2000}, {**CONFIG, "min_lr": 0.001, "lr_decay_iters": 0,
                                                                    "n_embd": 256, "seed": 2}]
@@ -172,8 +184,8 @@ def test_pairs_include_variants_of_one_encoding_once_and_only_with_shared_seeds(
             finished(tmp_path, "rope", 1, 1.0), finished(tmp_path, "learned", 3, 1.9)]  # learned: no shared seed
     study = Study(runs)
     labels = [(study.labels[a], study.labels[b]) for a, b in study.pairs()]
-    assert labels == [("RoPE", "sinusoidal, √d scale"), ("RoPE", "sinusoidal, no √d scale"),
-                      ("sinusoidal, √d scale", "sinusoidal, no √d scale")]
+    assert labels == [("RoPE", "sinusoidal"), ("RoPE", "sinusoidal, no √d scale"),
+                      ("sinusoidal", "sinusoidal, no √d scale")]
 
 
 def test_a_variant_with_one_seed_twice_is_refused(tmp_path):

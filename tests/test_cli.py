@@ -309,11 +309,12 @@ def test_the_study_entry_point_lists_studies_and_keeps_a_quick_look_out_of_plots
         assert f"  {name} " in listing
     assert run("study", "baseline", "--print-commands").stdout.splitlines()[-1] == "python -m study baseline"
     quick = run("study", "all", "--seeds", "1337", "--print-commands").stdout.splitlines()
-    assert quick[-1] == "python -m study all --seeds 1337"  # after the runs not finished here (9 at most)
-    assert 1 <= len(quick) <= 10 and all(line.startswith("python train.py ") for line in quick[:-1])
+    assert quick[-1] == "python -m study all --seeds 1337"  # after the runs not finished here (12 at most)
+    assert 1 <= len(quick) <= 13 and all(line.startswith("python train.py ") for line in quick[:-1])
     commands = run("study", "sweep", "--seeds", "1337", "--print-commands").stdout.splitlines()
     assert commands == ["python -m study.sweep config/shakespeare_char_cpu.toml --pos-encodings"
-                        " all,sinusoidal:sinusoidal_scale=false --seeds 1337 --jobs 1 --plots-dir out/plots/sweep"]
+                        " all,sinusoidal:sinusoidal_scale=false,rope:nope_every=2,rope:nope_every=4,fire:fire_L=16"
+                        " --seeds 1337 --jobs 1 --plots-dir out/plots/sweep"]
     from study.studies import STUDIES
     finetune = STUDIES["passkey"].commands(plots_dir="out/plots/passkey")[1]  # the task's fine-tunes, after it
     assert finetune[:4] == ["study.finetune", "config/shakespeare_char_cpu.toml", "--task", "passkey"]
