@@ -1,5 +1,5 @@
 # make experiment      venv + data + rope/learned/none on the CPU config, 3 seeds, length study -> plots/
-# make experiment-all  all seven encodings and two variants, 3-5 seeds, length study   -> plots/all/
+# make experiment-all  all seven encodings and five variants, 3-5 seeds, length study  -> plots/all/
 # make sweep           each encoding's learning rate, then 3 seeds at its best rate     -> plots/lr_sweep/
 # make rope-study      p-RoPE fractions and RoPE bases at RoPE's best rate, 1 seed       -> plots/rope_study/
 # make finetune        RoPE fine-tuned at 4x its length by PI, NTK, YaRN, plain          -> plots/finetune/
