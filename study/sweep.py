@@ -32,12 +32,12 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no window
 import matplotlib.pyplot as plt  # noqa: E402
 
-from common import UserError, atomic_write, comma_list, read_json, run_cli, write_json  # noqa: E402
+from common import UserError, comma_list, read_json, run_cli, write_json  # noqa: E402
 from study.compare import add_length_flags, length_options, measure_lengths  # noqa: E402
 from study.report import Study, write_report  # noqa: E402
 from study.samples import collect_samples  # noqa: E402
 from study.training import add_study_flags, make_configs, parse_seeds, train_runs  # noqa: E402
-from study.plot import describe_model, plot_runs, variant_styles  # noqa: E402
+from study.plot import describe_model, legend_outside, plot_runs, save, variant_styles  # noqa: E402
 from study.runs import group_variants, parse_variants, read_config, variant_labels, variant_name  # noqa: E402
 from train import FIELD_TYPES, Diverged, add_config_flags, build_parser, config_from_args  # noqa: E402
 
@@ -108,10 +108,8 @@ def plot_sweep(table, path):
     ax.set_title(f"Learning-rate sweep, one seed ({table[0]['seed']}); circles: each variant's best rate\n"
                  f"{table[0]['describe']}", fontsize=10)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png"))
-    plt.close(fig)
+    legend_outside(ax)  # (inside, a dozen variants' legend covers curves)
+    save(fig, path)
 
 
 def sweep_table(args, variants, sweep, seed):
