@@ -200,7 +200,7 @@ def add_config_flags(parser, exclude=()):
         if f.name in exclude:
             continue
         flag = "--" + f.name.replace("_", "-")
-        text = f.metadata["help"].replace("%", "%%")  # argparse %-formats help: "(i + 1) % k" crashed --help
+        text = f.metadata["help"].replace("%", "%%")  # argparse %-formats help: "(i + 1) % k" would crash --help
         kwargs = dict(default=argparse.SUPPRESS, help=text if "default" in text else f"{text} (default: {f.default!r})")
         if f.type is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)

@@ -137,7 +137,7 @@ def read_config(run_dir):
     """A run's config.json, with the default of every setting added to train.py after the run,
     so that old and new runs of one variant still compare equal."""
     saved = read_json(Path(run_dir) / "config.json", "is this a run directory written by train.py?")
-    return {**config_json(TrainConfig()), **saved, "provenance": saved_provenance(saved, run_dir)}
+    return {**DEFAULTS, **saved, "provenance": saved_provenance(saved, run_dir)}
 
 
 def run_dtype(run_dir):
