@@ -65,14 +65,19 @@ def aggregate(metrics, key, x="step"):
     return np.stack([m[x][:n] for m in metrics]).mean(0), values.mean(0), values.min(0), values.max(0)
 
 
-# Figures with many variants get a panel per family of encodings, about eight lines at most each.
-FAMILIES = (("relative: the score depends on i - j", ("rope", "alibi", "t5", "fire")),
+# Figures with many variants get a panel per family of encodings, four variants or so each.
+FAMILIES = (("RoPE and its variants: query and key rotated by position", ("rope",)),
+            ("biases added to the score, a function of i - j", ("alibi", "t5", "fire")),
             ("absolute, or no position", ("learned", "sinusoidal", "none")))
+MAX_LINES = 6  # a loss-curve figure with more variants than this gets a panel per family
 
 
 def by_family(items, encoding):
-    """[(family title, its items)] for the families present; encoding(item) names an item's encoding."""
+    """[(family title, its items)] for the families present, in FAMILIES' order; encoding(item) names an
+    item's encoding (one no family lists goes to a last panel: a new encoding is drawn, not dropped)."""
+    known = {e for _, members in FAMILIES for e in members}
     panels = [(title, [x for x in items if encoding(x) in members]) for title, members in FAMILIES]
+    panels.append(("other encodings", [x for x in items if encoding(x) not in known]))
     return [(title, xs) for title, xs in panels if xs]
 
 
@@ -124,10 +129,11 @@ def redraw(path, json_name, module, keys, tables, draw, plots_dir):
         print(f"wrote {written}")
 
 
-def legend_outside(ax, seeds_band=False):
-    """The legend to the right of the axes, where it covers no curve."""
-    title = "line: mean over seeds; band: min-max" if seeds_band else None
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), title=title, title_fontsize=8)
+def legend_outside(ax, seeds_band=False, family=None):
+    """The legend to the right of the axes, where it covers no curve; titled by the panel's family."""
+    lines = ([family] if family else []) + (["line: mean over seeds; band: min-max"] if seeds_band else [])
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), title="\n".join(lines) or None,
+              title_fontsize=8, alignment="left")
 
 
 def legend_below(ax, last=()):
@@ -145,41 +151,67 @@ def save(fig, path):
     plt.close(fig)
 
 
+def panels_of(items, encoding):
+    """[(panel title or None, items)]: one panel, or one per family when there are more than MAX_LINES
+    items (a dozen lines in one panel cannot be told apart); encoding(item) names an item's encoding."""
+    return [(None, list(items))] if len(items) <= MAX_LINES else by_family(items, encoding)
+
+
+def panel_axes(panels, title, xlabel, pad=6, height=4.8):
+    """A figure with a row per panel of panels_of (shared axes), `title` over the first row (`pad`
+    points above it) and the x label under the last; the figure and [(axes, items, family title)]."""
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7.5, height if len(panels) == 1 else 1.2 + 3.4 * len(panels)),
+                             dpi=120, sharex=True, sharey=True, squeeze=False)
+    for ax in axes[:, 0]:
+        ax.grid(alpha=0.3, which="both")
+    axes[0, 0].set_title(title, fontsize=10, pad=pad)
+    axes[-1, 0].set_xlabel(xlabel)
+    return fig, [(ax, items, family) for ax, (family, items) in zip(axes[:, 0], panels)]
+
+
+def variant_axes(runs, title, xlabel, pad=6):
+    """panel_axes for the variants of runs, the models' shape under the title."""
+    configs, _, groups, _, _ = runs
+    panels = panels_of(list(groups), lambda key: configs[groups[key][0]]["pos_encoding"])
+    return panel_axes(panels, f"{title}\n{describe_model(configs)}", xlabel, pad)
+
+
 def plot_split(runs, split, path, x="step", start=None):
     """One line per variant (mean over its seeds, min-max band), loss against steps or, with
     x="train_s", against the seconds spent in training steps (evaluation excluded); from step
     `start` on, if given, with the y axis fitted to that part (a turn of a few hundredths is
-    invisible on the scale of the first steps' fall)."""
+    invisible on the scale of the first steps' fall). Many variants: a panel per family."""
     configs, metrics, groups, labels, styles = runs
-    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
-    for key, idx in groups.items():
-        xs, mean, low, high = aggregate([metrics[i] for i in idx], f"{split}_loss", x)
-        color, dash = styles[key]
-        label = labels[key] + (f" ({len(idx)} seeds)" if len(idx) > 1 else "")
-        if split == "val":  # where the val curve bottoms out: overfitting starts after it
-            best = int(np.argmin(mean))
-            label += f": min {mean[best]:.4f} at {x_name(x)} {xs[best]:,.0f}"
-            ax.plot(xs[best], mean[best], marker="*", markersize=13, color=color, markeredgecolor="black",
-                    linestyle="none")
-        ax.plot(xs, mean, color=color, linestyle=dash, label=label, marker="o", markersize=3)
-        if len(idx) > 1:
-            ax.fill_between(xs, low, high, color=color, alpha=0.15, linewidth=0)
-    if split == "val":
-        ax.plot([], [], marker="*", markersize=11, color="white", markeredgecolor="black", linestyle="none",
-                label="star: each curve's minimum")
-    ax.set_xlabel("step" if x == "step" else "seconds of training (mean over seeds; evaluation excluded)")
-    epoch_tokens = tokens_per_epoch(configs)
-    if x == "step" and epoch_tokens:  # data passes on top: what overfitting depends on
-        per_step = epoch_tokens[1] / epoch_tokens[0]
-        top = ax.secondary_xaxis("top", functions=(lambda s: s * per_step, lambda e: e / per_step))
-        top.set_xlabel("epochs (passes over the train split)", fontsize=8)
-    ax.set_ylabel(f"{split} loss (cross-entropy, nats/char)")
     what = "the whole val split" if split == "val" else "a fixed sample of train windows"
     zoom = "" if start is None else f", from step {start:,.0f} on"
-    ax.set_title(f"{split} loss by positional encoding, on {what}{zoom}\n{describe_model(configs)}",
-                 fontsize=10, pad=6 + 16 * (x == "step" and epoch_tokens is not None))
-    ax.grid(alpha=0.3)
-    legend_outside(ax, seeds_band=any(len(idx) > 1 for idx in groups.values()))
+    epoch_tokens = tokens_per_epoch(configs)
+    fig, panels = variant_axes(runs, f"{split} loss by positional encoding, on {what}{zoom}",
+                             "step" if x == "step" else "seconds of training (mean over seeds; evaluation excluded)",
+                             pad=6 + 16 * (x == "step" and epoch_tokens is not None))
+    for ax, keys, family in panels:
+        for key in keys:
+            idx = groups[key]
+            xs, mean, low, high = aggregate([metrics[i] for i in idx], f"{split}_loss", x)
+            color, dash = styles[key]
+            label = labels[key] + (f" ({len(idx)} seeds)" if len(idx) > 1 else "")
+            if split == "val":  # where the val curve bottoms out: overfitting starts after it
+                best = int(np.argmin(mean))
+                label += f": min {mean[best]:.4f} at {x_name(x)} {xs[best]:,.0f}"
+                ax.plot(xs[best], mean[best], marker="*", markersize=13, color=color, markeredgecolor="black",
+                        linestyle="none")
+            ax.plot(xs, mean, color=color, linestyle=dash, label=label, marker="o", markersize=3)
+            if len(idx) > 1:
+                ax.fill_between(xs, low, high, color=color, alpha=0.15, linewidth=0)
+        if split == "val":
+            ax.plot([], [], marker="*", markersize=11, color="white", markeredgecolor="black", linestyle="none",
+                    label="star: each curve's minimum")
+        ax.set_ylabel(f"{split} loss (nats/char)")
+        legend_outside(ax, any(len(groups[key]) > 1 for key in keys), family)
+    if x == "step" and epoch_tokens:  # data passes on top: what overfitting depends on
+        per_step = epoch_tokens[1] / epoch_tokens[0]
+        top = panels[0][0].secondary_xaxis("top", functions=(lambda s: s * per_step, lambda e: e / per_step))
+        top.set_xlabel("epochs (passes over the train split)", fontsize=8)
+    ax = panels[0][0]  # (the axes are shared: limits set on one hold for all)
     if start is None:  # the first evaluation (~ln(vocab)) dwarfs the rest; zoom on the interesting range
         lowest = [m[f"{split}_loss"].min() for m in metrics]
         second = [m[f"{split}_loss"][min(1, len(m["step"]) - 1)] for m in metrics]
@@ -197,20 +229,19 @@ def plot_fit(runs, path):
     equal fit of the train split instead of equal steps. A variant that only fits faster lies on
     the others' line, further along; one that generalises better lies below it."""
     configs, metrics, groups, labels, styles = runs
-    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
-    for key, idx in groups.items():
-        _, train, _, _ = aggregate([metrics[i] for i in idx], "train_loss")
-        _, val, _, _ = aggregate([metrics[i] for i in idx], "val_loss")
-        color, dash = styles[key]
-        label = labels[key] + (f" (mean of {len(idx)} seeds)" if len(idx) > 1 else "")
-        ax.plot(train[1:], val[1:], color=color, linestyle=dash, label=label, marker="o", markersize=3)
-    ax.invert_xaxis()  # training moves to the right, as in the other plots
-    ax.set_xlabel("train loss (on a fixed sample of train windows; training moves right)")
-    ax.set_ylabel("val loss (cross-entropy, nats/char)")
-    ax.set_title(f"val loss against train loss, by positional encoding: equal fit instead of equal steps\n"
-                 f"{describe_model(configs)}", fontsize=10)
-    ax.grid(alpha=0.3)
-    legend_outside(ax)
+    fig, panels = variant_axes(runs, "val loss against train loss, by positional encoding: equal fit instead of"
+                                   " equal steps", "train loss (on a fixed sample of train windows; training moves right)")
+    for ax, keys, family in panels:
+        for key in keys:
+            idx = groups[key]
+            _, train, _, _ = aggregate([metrics[i] for i in idx], "train_loss")
+            _, val, _, _ = aggregate([metrics[i] for i in idx], "val_loss")
+            color, dash = styles[key]
+            label = labels[key] + (f" (mean of {len(idx)} seeds)" if len(idx) > 1 else "")
+            ax.plot(train[1:], val[1:], color=color, linestyle=dash, label=label, marker="o", markersize=3)
+        ax.set_ylabel("val loss (nats/char)")
+        legend_outside(ax, family=family)
+    panels[0][0].invert_xaxis()  # training moves to the right, as in the other plots
     save(fig, path)
 
 

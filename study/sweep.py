@@ -37,7 +37,7 @@ from study.compare import add_length_flags, length_options, measure_lengths  # n
 from study.report import Study, write_report  # noqa: E402
 from study.samples import collect_samples  # noqa: E402
 from study.training import add_study_flags, make_configs, parse_seeds, train_runs  # noqa: E402
-from study.plot import describe_model, legend_outside, plot_runs, save, variant_styles  # noqa: E402
+from study.plot import describe_model, legend_outside, panel_axes, panels_of, plot_runs, save, variant_styles  # noqa: E402
 from study.runs import group_variants, parse_variants, read_config, variant_labels, variant_name  # noqa: E402
 from train import FIELD_TYPES, Diverged, add_config_flags, build_parser, config_from_args  # noqa: E402
 
@@ -94,21 +94,22 @@ def run_sweep(args, variants, rates, seed):
 
 
 def plot_sweep(table, path):
-    """Final val loss against learning rate, one line per variant; its best rate circled."""
-    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
-    for row in table:
-        rates = sorted((r for r, loss in row["final_val_loss"].items() if math.isfinite(loss)), key=float)
-        losses = [row["final_val_loss"][r] for r in rates]  # a diverged rate has no point
-        x = [float(r) for r in rates]
-        ax.plot(x, losses, color=row["color"], linestyle=row["linestyle"], marker="o", markersize=4, label=row["label"])
-        ax.plot([row["best_rate"]], [min(losses)], "o", markersize=11, markerfacecolor="none", color=row["color"])
-    ax.set_xscale("log")
-    ax.set_xlabel("peak learning rate (log scale; min_lr = rate / 10, cosine decay)")
-    ax.set_ylabel("final val loss (nats/char, whole val split)")
-    ax.set_title(f"Learning-rate sweep, one seed ({table[0]['seed']}); circles: each variant's best rate\n"
-                 f"{table[0]['describe']}", fontsize=10)
-    ax.grid(alpha=0.3, which="both")
-    legend_outside(ax)  # (inside, a dozen variants' legend covers curves)
+    """Final val loss against learning rate, one line per variant (a panel per family when there are
+    many); its best rate circled."""
+    fig, panels = panel_axes(panels_of(table, lambda row: row["encoding"]),
+                             f"Learning-rate sweep, one seed ({table[0]['seed']}); circles: each variant's best rate\n"
+                             f"{table[0]['describe']}", "peak learning rate (log scale; min_lr = rate / 10, cosine decay)")
+    for ax, rows, family in panels:
+        for row in rows:
+            rates = sorted((r for r, loss in row["final_val_loss"].items() if math.isfinite(loss)), key=float)
+            losses = [row["final_val_loss"][r] for r in rates]  # a diverged rate has no point
+            x = [float(r) for r in rates]
+            ax.plot(x, losses, color=row["color"], linestyle=row["linestyle"], marker="o", markersize=4,
+                    label=row["label"])
+            ax.plot([row["best_rate"]], [min(losses)], "o", markersize=11, markerfacecolor="none", color=row["color"])
+        ax.set_xscale("log")
+        ax.set_ylabel("final val loss (nats/char, whole val split)")
+        legend_outside(ax, family=family)  # (inside, a dozen variants' legend covers curves)
     save(fig, path)
 
 

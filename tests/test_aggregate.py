@@ -308,3 +308,16 @@ def test_the_hybrid_and_fire_at_this_scale_are_labelled_by_what_they_change():
     assert describe("nope_every", 2) == "RoPE/NoPE hybrid, NoPE every 2 layers"
     assert describe("nope_every", 0) == "RoPE in every layer"
     assert describe("fire_L", 16.0) == "L starts at 16"
+
+
+def test_many_variants_get_a_panel_per_family_and_an_unknown_encoding_its_own():
+    from model import POS_ENCODINGS
+    from study.plot import FAMILIES, MAX_LINES, panels_of
+    few = ["rope", "learned", "alibi"]
+    assert panels_of(few, str) == [(None, few)]  # few lines: one panel
+    many = ["none", "rope", "alibi", "learned", "rope", "fire", "t5", "sinusoidal"]
+    assert len(many) > MAX_LINES
+    assert [(title.split()[0], items) for title, items in panels_of(many, str)] == [
+        ("RoPE", ["rope", "rope"]), ("biases", ["alibi", "fire", "t5"]), ("absolute,", ["none", "learned", "sinusoidal"])]
+    assert panels_of(many + ["xpos"], str)[-1] == ("other encodings", ["xpos"])  # drawn, not dropped
+    assert {e for _, members in FAMILIES for e in members} == set(POS_ENCODINGS)  # every registered one has its family
