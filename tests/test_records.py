@@ -23,7 +23,7 @@ TIMING = ("wall time (s)", "ms/iter")  # measured, not computed: they differ fro
 # JSON: study.evaluate --from-json), except a task study's, whose records keep the counts it reads
 RECORDED = {"baseline": ("shakespeare_char_cpu", 9), "sweep": ("shakespeare_char_cpu", 102),
             "all": ("shakespeare_char_cpu", 56), "rope": ("shakespeare_char_cpu", 7),
-            "rope_break": ("shakespeare_char_cpu", 73), "passkey": ("shakespeare_char_cpu-passkey", 10, "1337")}
+            "rope_break": ("shakespeare_char_cpu", 73), "passkey": ("shakespeare_char_cpu-passkey", 30)}
 
 
 def length_study_flags():
