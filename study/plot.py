@@ -10,7 +10,7 @@ against train loss: equal fit instead of equal steps) and, when some run's val l
 out before its last evaluation, val_loss_turn.png (the val curves from half the step of the
 earliest minimum on). Runs that differ only in the seed are drawn as their mean with a shaded
 min-max band; runs that differ in more (a learning rate, say) are separate lines, labelled by
-what differs (runs.py).
+what differs (runs.py). More than six variants get a panel per family of encodings (FAMILIES).
 """
 
 import argparse
@@ -157,10 +157,10 @@ def panels_of(items, encoding):
     return [(None, list(items))] if len(items) <= MAX_LINES else by_family(items, encoding)
 
 
-def panel_axes(panels, title, xlabel, pad=6, height=4.8):
+def panel_axes(panels, title, xlabel, pad=6):
     """A figure with a row per panel of panels_of (shared axes), `title` over the first row (`pad`
     points above it) and the x label under the last; the figure and [(axes, items, family title)]."""
-    fig, axes = plt.subplots(len(panels), 1, figsize=(7.5, height if len(panels) == 1 else 1.2 + 3.4 * len(panels)),
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7.5, 4.8 if len(panels) == 1 else 1.2 + 3.4 * len(panels)),
                              dpi=120, sharex=True, sharey=True, squeeze=False)
     for ax in axes[:, 0]:
         ax.grid(alpha=0.3, which="both")
