@@ -27,19 +27,14 @@ import math
 import time
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no window
-import matplotlib.pyplot as plt  # noqa: E402
-
-from common import UserError, comma_list, read_json, run_cli, write_json  # noqa: E402
-from study.compare import add_length_flags, length_options, measure_lengths  # noqa: E402
-from study.report import Study, write_report  # noqa: E402
-from study.samples import collect_samples  # noqa: E402
-from study.training import add_study_flags, make_configs, parse_seeds, train_runs  # noqa: E402
-from study.plot import describe_model, legend_outside, panel_axes, panels_of, plot_runs, save, variant_styles  # noqa: E402
-from study.runs import group_variants, parse_variants, read_config, variant_labels, variant_name  # noqa: E402
-from train import FIELD_TYPES, Diverged, add_config_flags, build_parser, config_from_args  # noqa: E402
+from common import UserError, comma_list, read_json, run_cli, write_json
+from study.compare import add_length_flags, length_options, measure_lengths
+from study.report import Study, write_report
+from study.samples import collect_samples
+from study.training import add_study_flags, make_configs, parse_seeds, train_runs
+from study.plot import describe_model, legend_outside, panel_axes, panels_of, plot_runs, save, variant_styles
+from study.runs import group_variants, parse_variants, read_config, variant_labels, variant_name
+from train import FIELD_TYPES, Diverged, add_config_flags, build_parser, config_from_args
 
 RATES = "3e-4,6e-4,1e-3,2e-3,4e-3"
 VARIANTS = "all,sinusoidal:sinusoidal_scale=false"

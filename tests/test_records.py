@@ -18,7 +18,7 @@ from study.studies import STUDIES
 CORPUS = Path(os.environ.get("SHAKESPEARE_INPUT", ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"))
 TIMING = ("wall time (s)", "ms/iter")  # measured, not computed: they differ from machine to machine
 
-# study: (its records folder, how many runs it reuses[, its seeds where not yet the study's]); each is run as
+# study: (its records folder, how many runs it reuses); each is run as
 # study/studies.py defines it, without the length study, which needs checkpoints (its figures redraw from their
 # JSON: study.evaluate --from-json), except a task study's, whose records keep the counts it reads
 RECORDED = {"baseline": ("shakespeare_char_cpu", 9), "sweep": ("shakespeare_char_cpu", 102),
@@ -78,11 +78,10 @@ def test_tables_parse_rows_by_header_and_first_cell():
 
 @pytest.mark.parametrize("study", list(RECORDED))
 def test_records_regenerate_the_committed_tables(study, tmp_path):
-    folder, runs, *seeds = RECORDED[study]
+    folder, runs = RECORDED[study]
     module, config, *flags = STUDIES[study].main
     task = "--task" in flags  # (a task study's length study reads the counts its records keep: it stays)
-    module, flags, seeds = f"study.{module}", flags if task else without_length_study(flags), \
-        seeds[0] if seeds else STUDIES[study].seeds
+    module, flags, seeds = f"study.{module}", flags if task else without_length_study(flags), STUDIES[study].seeds
     report = ROOT / STUDIES[study].plots_dir / "results.md"
     records = ROOT / "records" / folder
     if not CORPUS.is_file():
