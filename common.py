@@ -210,8 +210,8 @@ def positive(kind):
 
 def load_tokens(data_dir, split):
     """A split's token ids as an int64 tensor (tiny Shakespeare is 2 MB: keep it in memory)."""
+    expected = load_meta(data_dir)[f"{split}_tokens"]  # (first: it names a missing file in one line)
     tokens = np.fromfile(Path(data_dir) / f"{split}.bin", dtype=np.uint16)
-    expected = load_meta(data_dir)[f"{split}_tokens"]
     if len(tokens) != expected:  # e.g. an interrupted prepare_shakespeare.py
         raise UserError(f"{data_dir}/{split}.bin has {len(tokens)} tokens, meta.json says {expected};"
                         f" run `python prepare_shakespeare.py` again")

@@ -168,8 +168,8 @@ def task_results(base, tunes, scratch, factor, device, progress=True):
              *((m, f"fine-tuned at {long}: {method_label(m)}", c) for m, c in tunes),
              *(("scratch", f"RoPE trained from scratch at {long}", c) for c in scratch)]
     by_run = {str(Path(c.out_dir) / c.run_name): (key, label) for key, label, c in named}
-    results = retrieval_runs(list(by_run), [block, long, 2 * long], device=device, progress=progress,
-                             block_size=block)
+    results = retrieval_runs(list(by_run), [block, long, 2 * long], data_dir=base[0].data_dir, device=device,
+                             progress=progress, block_size=block)  # (--data-dir, not the one the runs recorded)
     for row in results["rows"]:
         row["key"], row["label"] = by_run[row["runs"][0]]
     results.update(factor=factor, finetune=FINETUNE,

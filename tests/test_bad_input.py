@@ -1,7 +1,11 @@
 """Every script answers bad input with one line on stderr, exit code 2, no traceback, no damage."""
 
+import shutil
+
 import pytest
 import torch
+
+from common import UserError, load_tokens
 
 from conftest import TINY_FLAGS, make_corpus, run
 
@@ -48,6 +52,13 @@ def test_train_config_file_problems(tmp_path):
 def test_train_without_prepared_data(tmp_path):
     proc = run("train.py", "--data-dir", tmp_path, "--out-dir", tmp_path, check=False)
     assert_one_line_error(proc, "prepared data not found", "prepare_shakespeare.py")
+
+
+def test_a_missing_split_is_named_in_one_line(data_dir, tmp_path):
+    shutil.copytree(data_dir, tmp_path / "data")
+    (tmp_path / "data" / "val.bin").unlink()
+    with pytest.raises(UserError, match=r"prepared data not found \(.*val\.bin\); run `python prepare_shakespeare"):
+        load_tokens(tmp_path / "data", "train")  # (every split is checked, not only the one read)
 
 
 def test_resume_after_the_data_was_prepared_from_another_text(tmp_path):

@@ -107,6 +107,28 @@ def test_records_regenerate_the_committed_tables(study, tmp_path):
                 assert cell == committed[key][column], (key, column)
 
 
+# task study: how many runs its fine-tunes reuse (the trained runs and the fine-tunes), from records/<config>-<task>
+# and records/<config>-<task>_finetune, whose retrieval.json keep the counts the fine-tunes' table is read from
+FINETUNES_RECORDED = {"passkey": 12}
+
+
+@pytest.mark.parametrize("study", list(FINETUNES_RECORDED))
+def test_task_fine_tunes_regenerate_their_committed_table(study, tmp_path):
+    (module, *flags), = [c for c in STUDIES[study].commands(plots_dir="plots") if c[0] == "study.finetune"]
+    folder = RECORDED[study][0]
+    if not CORPUS.is_file():
+        pytest.skip(f"no corpus at {CORPUS} (set SHAKESPEARE_INPUT)")
+    for name in (folder, f"{folder}_finetune"):
+        shutil.copytree(ROOT / "records" / name, tmp_path / "out" / name)
+    run("prepare_shakespeare.py", "--input", CORPUS, "--out-dir", tmp_path / "data")
+    flags = [str(ROOT / f) if f.startswith("config/") else f for f in flags]
+    # (run where the records' init_from, out/<config>-<task>/rope_seedN, points: in tmp_path)
+    proc = run(module, *flags, "--data-dir", "data", "--out-dir", "out", cwd=tmp_path)
+    assert proc.stdout.count("finished earlier, reusing it") == FINETUNES_RECORDED[study]
+    committed = ROOT / STUDIES[study].plots_dir / "finetune" / "retrieval.md"
+    assert (tmp_path / "plots" / "finetune" / "retrieval.md").read_text() == committed.read_text()
+
+
 def test_the_ablation_verdicts_regenerate_from_the_committed_length_study():
     """A study's ablations.md is written from the extrapolation.json beside it, which needs no checkpoint."""
     studies = {name: s for name, s in STUDIES.items() if any(step[0] == "ablations" for step in s.after)}
