@@ -18,6 +18,16 @@ from study.studies import STUDIES
 CORPUS = Path(os.environ.get("SHAKESPEARE_INPUT", ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"))
 TIMING = ("wall time (s)", "ms/iter")  # measured, not computed: they differ from machine to machine
 
+
+def prepare_data(tmp_path):
+    """The corpus prepared into tmp_path/data; skipped without a corpus, failed under CI (which sets one)."""
+    if not CORPUS.is_file():
+        if os.environ.get("CI"):
+            pytest.fail(f"no corpus at {CORPUS} (CI sets SHAKESPEARE_INPUT)")
+        pytest.skip(f"no corpus at {CORPUS} (set SHAKESPEARE_INPUT)")
+    run("prepare_shakespeare.py", "--input", CORPUS, "--out-dir", tmp_path / "data")
+
+
 # study: (its records folder, how many runs it reuses); each is run as
 # study/studies.py defines it, without the length study, which needs checkpoints (its figures redraw from their
 # JSON: study.evaluate --from-json), except a task study's, whose records keep the counts it reads
@@ -84,12 +94,8 @@ def test_records_regenerate_the_committed_tables(study, tmp_path):
     module, flags, seeds = f"study.{module}", flags if task else without_length_study(flags), STUDIES[study].seeds
     report = ROOT / STUDIES[study].plots_dir / "results.md"
     records = ROOT / "records" / folder
-    if not CORPUS.is_file():
-        if os.environ.get("CI"):
-            pytest.fail(f"no corpus at {CORPUS} (CI sets SHAKESPEARE_INPUT)")
-        pytest.skip(f"no corpus at {CORPUS} (set SHAKESPEARE_INPUT)")
+    prepare_data(tmp_path)
     shutil.copytree(records, tmp_path / "out" / folder)  # the study may write beside them: not into the repo
-    run("prepare_shakespeare.py", "--input", CORPUS, "--out-dir", tmp_path / "data")
     proc = run(module, ROOT / config, "--seeds", seeds, *flags,
                "--data-dir", tmp_path / "data", "--out-dir", tmp_path / "out", "--plots-dir", tmp_path / "plots")
     assert proc.stdout.count("finished earlier, reusing it") == runs
@@ -116,11 +122,9 @@ FINETUNES_RECORDED = {"passkey": 12}
 def test_task_fine_tunes_regenerate_their_committed_table(study, tmp_path):
     (module, *flags), = [c for c in STUDIES[study].commands(plots_dir="plots") if c[0] == "study.finetune"]
     folder = RECORDED[study][0]
-    if not CORPUS.is_file():
-        pytest.skip(f"no corpus at {CORPUS} (set SHAKESPEARE_INPUT)")
+    prepare_data(tmp_path)
     for name in (folder, f"{folder}_finetune"):
         shutil.copytree(ROOT / "records" / name, tmp_path / "out" / name)
-    run("prepare_shakespeare.py", "--input", CORPUS, "--out-dir", tmp_path / "data")
     flags = [str(ROOT / f) if f.startswith("config/") else f for f in flags]
     # (run where the records' init_from, out/<config>-<task>/rope_seedN, points: in tmp_path)
     proc = run(module, *flags, "--data-dir", "data", "--out-dir", "out", cwd=tmp_path)
