@@ -17,9 +17,8 @@ Synthetic tasks where position decides: the model must find one thing in its con
   Longer examples spread the same D queries over more noise, so they stand farther from their keys.
   Trained at batch 32 and lr 1e-3 (seed 1337, records/pilots/recall-10000-steps), every encoding
   sits at chance for thousands of steps before the lookup forms, some far longer than others: RoPE
-  from step 4250, FIRE from 5000, T5 from 6000, ALiBi from 7000 (45% at 10,000). The task studies
-  use copy as their second task, whose control passes in 3 seeds at 6000 steps (study/studies.py);
-  recall's is measured in one seed only.
+  from step 4250, FIRE from 5000, T5 from 6000, ALiBi from 7000 (45% at 10,000). So the recall
+  study trains 10,000 steps (study/studies.py), and its own runs test the control in 3 seeds.
 - copy: a random string of lower-case letters, a separator, the string again (the NoPE study's
   copy task, Kazemnejad et al. 2023). Training draws the string's length from 1..L/2 per example
   (upper-case noise before it fills the window), so that copying is learnt at every distance up to
