@@ -7,8 +7,6 @@
 # make experiment-gpu  rope/learned/none at nanoGPT's GPU setting, seed by seed in 520 s -> plots/shakespeare_char/
 # make passkey         every encoding trained on the passkey task, 3 seeds, read to 512   -> plots/passkey/
 #                      (30 runs of about 5 minutes on 2 cores, then the readings and fine-tunes)
-# make recall          every encoding trained on associative recall, 3 seeds, read to 512 -> plots/recall/
-#                      (30 runs of about 21 minutes on 2 cores, then the readings and fine-tunes)
 # make copy            every encoding trained on the copy task, 3 seeds, read to 512      -> plots/copy/
 #                      (30 runs of 15-20 minutes on 2 cores, then the readings and fine-tunes)
 # make rope-break      why RoPE breaks: ablations, RoPE/NoPE hybrids, FIRE from L = 16    -> plots/rope_break/
@@ -27,7 +25,7 @@ SEEDS      ?=
 JOBS       ?= 1
 STUDY      := $(PY) -m study --jobs $(JOBS) $(if $(SEEDS),--seeds $(SEEDS))
 
-.PHONY: experiment experiment-all experiment-mid experiment-gpu rope-study finetune sweep passkey recall copy rope-break
+.PHONY: experiment experiment-all experiment-mid experiment-gpu rope-study finetune sweep passkey copy rope-break
 .PHONY: test bench data clean
 
 $(VENV)/.installed: requirements.txt
@@ -64,9 +62,6 @@ sweep: $(VENV)/.installed $(DATA)
 
 passkey: $(VENV)/.installed $(DATA)
 	$(STUDY) passkey
-
-recall: $(VENV)/.installed $(DATA)
-	$(STUDY) recall
 
 copy: $(VENV)/.installed $(DATA)
 	$(STUDY) copy

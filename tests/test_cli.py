@@ -305,7 +305,7 @@ def test_printed_train_commands_are_the_runs_the_study_then_reuses(tmp_path):
 
 def test_the_study_entry_point_lists_studies_and_keeps_a_quick_look_out_of_plots():
     listing = run("study", "--help", fresh=True).stdout  # python -m study, a new interpreter
-    for name in ("baseline", "all", "sweep", "rope", "finetune", "mid", "rope_break", "passkey", "recall", "copy", "gpu"):
+    for name in ("baseline", "all", "sweep", "rope", "finetune", "mid", "rope_break", "passkey", "copy", "gpu"):
         assert f"  {name} " in listing
     assert run("study", "baseline", "--print-commands").stdout.splitlines()[-1] == "python -m study baseline"
     quick = run("study", "all", "--seeds", "1337", "--print-commands").stdout.splitlines()

@@ -141,3 +141,14 @@ def test_the_ablation_verdicts_regenerate_from_the_committed_length_study():
         plots = ROOT / study.plots_dir
         results = json.loads((plots / "extrapolation.json").read_text())
         assert report(results, f"python -m study {name}") == (plots / "ablations.md").read_text(), name
+
+
+def test_the_recall_pilots_records_give_the_control_their_readme_quotes(tmp_path):
+    """Recall is not studied because its control fails at 10,000 steps: the records say so, not only the prose."""
+    shutil.copytree(ROOT / "records" / "pilots" / "recall-10000-steps", tmp_path / "recall")
+    printed = tables(run("study.retrieval", tmp_path / "recall", "--plots-dir", tmp_path / "plots").stdout)
+    at_64 = {first: row["64 (1x)"].split("(")[-1].rstrip(")") for (header, first), row in printed.items()
+             if header[:2] == ("variant", "64 (1x)")}
+    assert at_64 == {"RoPE": "100/100/69", "FIRE": "100/99/12", "T5 bias": "96", "ALiBi": "44"}
+    readme = " ".join((ROOT / "records" / "pilots" / "README.md").read_text().split())
+    assert "RoPE recalls 100/100/69% and FIRE 100/99/12% (T5 96.5% and ALiBi 44.0%" in readme
