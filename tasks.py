@@ -15,11 +15,11 @@ Synthetic tasks where position decides: the model must find one thing in its con
   among D. (A pilot that did show the values scored 34% by elimination alone; with values that
   repeat, guessing the most frequent one scores 30%.) D = 8; training draws D from 1..8 per example.
   Longer examples spread the same D queries over more noise, so they stand farther from their keys.
-  Trained 10,000 steps at batch 32 and lr 1e-3 (records/pilots/recall-10000-steps), every run sits
-  at chance for thousands of steps before the lookup forms, and when it forms depends on the seed as
-  much as on the encoding: RoPE from step 4250, 2000 and 9250 (seeds 1337/1338/1339), FIRE from
-  5000, 5000 and never. So recall misses the positive control at this budget (exact match at 64:
-  RoPE 100/100/69%, FIRE 100/99/12%), and the task studies' second task is the copy, whose control
+  Trained 10,000 steps at batch 32 and lr 1e-3 (records/pilots/recall-10000-steps), a run sits at
+  chance until the lookup forms, at a step that varies between seeds at least as much as between
+  encodings: RoPE at step 4250, 2000 and 9250 (seeds 1337/1338/1339), FIRE at 5000, 5000 and not
+  by step 10,000. So recall misses the positive control at this budget (exact match at 64: RoPE
+  100/100/69%, FIRE 100/99/12%), and the task studies' second task is the copy, whose control
   passes in 3 seeds at 6000 steps (study/studies.py).
 - copy: a random string of lower-case letters, a separator, the string again (the NoPE study's
   copy task, Kazemnejad et al. 2023). Training draws the string's length from 1..L/2 per example

@@ -29,7 +29,7 @@ ABLATIONS = "log-scale,clamp-32,clamp-63,yarn-no-temperature"
 # 64, and at 4000 steps T5 96% (its 32-character strings 87%, too near 95% to count on for three seeds) while
 # ALiBi copies no string of 32 at either budget: so the copy trains 6000 steps, whose control the study's own
 # runs test (records/pilots/ holds the 2000- and 4000-step runs with their counts). Recall is not a second task:
-# at 10,000 steps its lookup forms at a step that varies with the seed, or not at all (exact match at 64: RoPE
+# at 10,000 steps its lookup forms at a step that varies with the seed, or not within them (exact match at 64: RoPE
 # 100/100/69%, FIRE 100/99/12%; records/pilots/recall-10000-steps)
 TASK_ENCODINGS = "all," + DESIGNS
 TASK_STEPS = {"passkey": 2000, "copy": 6000}

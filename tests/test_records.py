@@ -2,6 +2,7 @@
 samples.json) regenerate the committed tables with no training and no checkpoint."""
 
 import argparse
+import csv
 import json
 import os
 import re
@@ -145,10 +146,26 @@ def test_the_ablation_verdicts_regenerate_from_the_committed_length_study():
 
 def test_the_recall_pilots_records_give_the_control_their_readme_quotes(tmp_path):
     """Recall is not studied because its control fails at 10,000 steps: the records say so, not only the prose."""
-    shutil.copytree(ROOT / "records" / "pilots" / "recall-10000-steps", tmp_path / "recall")
+    pilots = ROOT / "records" / "pilots" / "recall-10000-steps"
+    shutil.copytree(pilots, tmp_path / "recall")
     printed = tables(run("study.retrieval", tmp_path / "recall", "--plots-dir", tmp_path / "plots").stdout)
-    at_64 = {first: row["64 (1x)"].split("(")[-1].rstrip(")") for (header, first), row in printed.items()
-             if header[:2] == ("variant", "64 (1x)")}
-    assert at_64 == {"RoPE": "100/100/69", "FIRE": "100/99/12", "T5 bias": "96", "ALiBi": "44"}
+    at_64 = {first: row["64 (1x)"] for (header, first), row in printed.items() if header[:2] == ("variant", "64 (1x)")}
+    seeds = {name: cell.split("(")[-1].rstrip(")") for name, cell in at_64.items()}
+    assert seeds == {"RoPE": "100/100/69", "FIRE": "100/99/12", "T5 bias": "96", "ALiBi": "44"}
+
+    def onset(run):  # the first evaluation above 20% val exact match (chance is 1 in 8)
+        rows = list(csv.DictReader((pilots / run / "metrics.csv").open()))
+        return next((row["step"] for row in rows if float(row["val_exact"]) > 0.2), None)
+    rope, fire = ([onset(f"{e}_seed{s}") for s in (1337, 1338, 1339)] for e in ("rope", "fire"))
+    assert fire[2] is None  # FIRE's seed 1339 never leaves chance
+    pooled = {name: cell.split()[0] for name, cell in at_64.items()}
     readme = " ".join((ROOT / "records" / "pilots" / "README.md").read_text().split())
-    assert "RoPE recalls 100/100/69% and FIRE 100/99/12% (T5 96.5% and ALiBi 44.0%" in readme
+    assert (f"at step {rope[0]}, {rope[1]} and {rope[2]} for RoPE (seeds 1337/1338/1339) and {fire[0]},"
+            f" {fire[1]} and none by step 10,000 for FIRE") in readme
+    assert (f"T5 {onset('t5_seed1337')}, ALiBi {onset('alibi_seed1337')}") in readme
+    control = f"RoPE recalls {seeds['RoPE']}% and FIRE {seeds['FIRE']}%"
+    assert f"{control} (T5 {pooled['T5 bias']} and ALiBi {pooled['ALiBi']}, one seed each" in readme
+    for path in ("tasks.py", "study/studies.py"):  # where the choice of the copy is explained
+        text = " ".join((ROOT / path).read_text().replace("#", "").split())
+        assert f"RoPE {seeds['RoPE']}%, FIRE {seeds['FIRE']}%" in text
+        assert path == "study/studies.py" or f"RoPE at step {rope[0]}, {rope[1]} and {rope[2]}" in text
