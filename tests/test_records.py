@@ -157,7 +157,7 @@ def test_the_recall_pilots_records_give_the_control_their_readme_quotes(tmp_path
         rows = list(csv.DictReader((pilots / run / "metrics.csv").open()))
         return next((row["step"] for row in rows if float(row["val_exact"]) > 0.2), None)
     rope, fire = ([onset(f"{e}_seed{s}") for s in (1337, 1338, 1339)] for e in ("rope", "fire"))
-    assert fire[2] is None  # FIRE's seed 1339 never leaves chance
+    assert fire[2] is None  # FIRE's seed 1339 has not left chance by its last step
     pooled = {name: cell.split()[0] for name, cell in at_64.items()}
     readme = " ".join((ROOT / "records" / "pilots" / "README.md").read_text().split())
     assert (f"at step {rope[0]}, {rope[1]} and {rope[2]} for RoPE (seeds 1337/1338/1339) and {fire[0]},"
