@@ -2,7 +2,6 @@
 samples.json) regenerate the committed tables with no training and no checkpoint."""
 
 import argparse
-import csv
 import json
 import os
 import re
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from common import read_metrics
 from conftest import ROOT, run
 from study.ablations import report
 from study.compare import add_length_flags
@@ -154,8 +154,8 @@ def test_the_recall_pilots_records_give_the_control_their_readme_quotes(tmp_path
     assert seeds == {"RoPE": "100/100/69", "FIRE": "100/99/12", "T5 bias": "96", "ALiBi": "44"}
 
     def onset(run):  # the first evaluation above 20% val exact match (chance is 1 in 8)
-        rows = list(csv.DictReader((pilots / run / "metrics.csv").open()))
-        return next((row["step"] for row in rows if float(row["val_exact"]) > 0.2), None)
+        return next((row["step"] for row in read_metrics(pilots / run / "metrics.csv")
+                     if float(row["val_exact"]) > 0.2), None)
     rope, fire = ([onset(f"{e}_seed{s}") for s in (1337, 1338, 1339)] for e in ("rope", "fire"))
     assert fire[2] is None  # FIRE's seed 1339 has not left chance by its last step
     pooled = {name: cell.split()[0] for name, cell in at_64.items()}
@@ -165,7 +165,9 @@ def test_the_recall_pilots_records_give_the_control_their_readme_quotes(tmp_path
     assert (f"T5 {onset('t5_seed1337')}, ALiBi {onset('alibi_seed1337')}") in readme
     control = f"RoPE recalls {seeds['RoPE']}% and FIRE {seeds['FIRE']}%"
     assert f"{control} (T5 {pooled['T5 bias']} and ALiBi {pooled['ALiBi']}, one seed each" in readme
-    for path in ("tasks.py", "study/studies.py"):  # where the choice of the copy is explained
-        text = " ".join((ROOT / path).read_text().replace("#", "").split())
+    # where the choice of the copy is explained (studies.py in a comment: its #s are dropped)
+    code = {path: " ".join((ROOT / path).read_text().replace("#", "").split())
+            for path in ("tasks.py", "study/studies.py")}
+    for text in code.values():
         assert f"RoPE {seeds['RoPE']}%, FIRE {seeds['FIRE']}%" in text
-        assert path == "study/studies.py" or f"RoPE at step {rope[0]}, {rope[1]} and {rope[2]}" in text
+    assert f"RoPE at step {rope[0]}, {rope[1]} and {rope[2]}" in code["tasks.py"]
