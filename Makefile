@@ -9,7 +9,7 @@
 #                      (30 runs of about 5 minutes on 2 cores, then the readings and fine-tunes)
 # make copy            every encoding trained on the copy task, 3 seeds, read to 512      -> plots/copy/
 #                      (30 runs, then the readings and fine-tunes; its records were trained with JOBS=2:
-#                      two at a time, 1 thread each, 15-17 minutes a run, about 4 hours in all)
+#                      two at a time, 1 thread each, 11-17 minutes a run, about 4 hours in all)
 # make rope-break      why RoPE breaks: ablations, RoPE/NoPE hybrids, FIRE from L = 16    -> plots/rope_break/
 # make test            venv + the test suite
 # make bench           speed of each encoding on this machine

@@ -34,7 +34,8 @@ def prepare_data(tmp_path):
 # JSON: study.evaluate --from-json), except a task study's, whose records keep the counts it reads
 RECORDED = {"baseline": ("shakespeare_char_cpu", 9), "sweep": ("shakespeare_char_cpu", 102),
             "all": ("shakespeare_char_cpu", 56), "rope": ("shakespeare_char_cpu", 7),
-            "rope_break": ("shakespeare_char_cpu", 73), "passkey": ("shakespeare_char_cpu-passkey", 30)}
+            "rope_break": ("shakespeare_char_cpu", 73), "passkey": ("shakespeare_char_cpu-passkey", 30),
+            "copy": ("shakespeare_char_cpu-copy", 30)}
 
 
 def length_study_flags():
@@ -116,7 +117,7 @@ def test_records_regenerate_the_committed_tables(study, tmp_path):
 
 # task study: how many runs its fine-tunes reuse (the trained runs and the fine-tunes), from records/<config>-<task>
 # and records/<config>-<task>_finetune, whose retrieval.json keep the counts the fine-tunes' table is read from
-FINETUNES_RECORDED = {"passkey": 12}
+FINETUNES_RECORDED = {"passkey": 12, "copy": 12}
 
 
 @pytest.mark.parametrize("study", list(FINETUNES_RECORDED))
