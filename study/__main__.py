@@ -2,9 +2,9 @@
 python -m study NAME: run one of the named studies (study/studies.py), or print its commands.
 
   python -m study --help                     # the studies
-  python -m study baseline                   # RoPE, learned and none, 3 seeds -> plots/
+  python -m study baseline                   # RoPE, learned and none, 3 seeds -> plots/baseline/
   python -m study baseline --seeds 1337      # a quick look: its report goes to out/plots/baseline
-  python -m study all --print-commands       # its runs as train.py commands, for any scheduler
+  python -m study encodings --print-commands  # its runs as train.py commands, for any scheduler
 
 A study's runs are reused when they exist (out/<config name>/<run>/), so running it again only
 rewrites its report. Each command is also a module that runs on its own: python -m study.compare --help.

@@ -42,7 +42,8 @@ from common import (CPU_CONFIG, ArgumentParser, UserError, comma_list, cpu_bf16_
 from study.analysis import paired, paired_table
 from model import GPT
 from study.runs import find_runs, group_variants, read_config, variant_labels
-from train import TrainConfig, Trainer, read_config_file
+from train import Trainer
+from train_config import TrainConfig, read_config_file
 
 
 

@@ -22,15 +22,15 @@ from study.plot_rope import plot_rope
 from study.probes import format_tables as format_probe_tables
 from study.probes import probe_runs
 from study.probes import write_outputs as write_probe_outputs
-from study.report import Study, write_report
+from study.report import write_report
 from study.retrieval import STATIC, retrieval_runs
 from study.retrieval import report as retrieval_report
 from study.retrieval import write_outputs as write_retrieval_outputs
-from study.runs import parse_variants, variant_key
+from study.runs import Runs, parse_variants, variant_key
 from study.samples import collect_samples
 from study.training import (add_study_flags, make_configs, parse_seeds, print_commands, train_runs,
                             undecided_variants)
-from train import FIELD_TYPES, add_config_flags, build_parser, config_from_args, config_json
+from train_config import FIELD_TYPES, add_config_flags, build_parser, config_from_args, config_json
 
 ARTICLE_ENCODINGS = ["rope", "learned", "none"]
 
@@ -114,13 +114,13 @@ def main():
             " (and first trains the seeds of --seeds-if-undecided that the pairs need)" if more else "")
         return print_commands(cfgs, args.config, args.overwrite, then)
     train_runs(cfgs, args.overwrite, args.jobs)
-    study = Study([Path(cfg.out_dir) / cfg.run_name for cfg in cfgs])
+    study = Runs([Path(cfg.out_dir) / cfg.run_name for cfg in cfgs])
     if more:
         close = undecided_variants(study)
         extra = [cfg for cfg in make_configs(args, variants, more) if variant_key(config_json(cfg)) in close]
         print(f"{len(close)} variant(s) in pairs the seeds do not decide: {len(more)} more seed(s) each")
         train_runs(extra, args.overwrite, args.jobs)
-        study = Study([Path(cfg.out_dir) / cfg.run_name for cfg in cfgs + extra])
+        study = Runs([Path(cfg.out_dir) / cfg.run_name for cfg in cfgs + extra])
     samples = collect_samples(study, args.sample_tokens, base.data_dir, base.progress, device) \
         if base.task == "shakespeare" else None  # (a task model's samples are not text)
     lengths = None

@@ -71,12 +71,11 @@ from tqdm import tqdm  # noqa: E402
 
 from study.analysis import paired, verdict  # noqa: E402
 from common import (UserError, announce_dtype, autocast, build_model, comma_list,  # noqa: E402
-                    digest, eval_windows, load_checkpoint, load_meta, load_tokens, pick_device, positive, run_cli,
+                    digest, eval_windows, load_meta, load_tokens, pick_device, positive, run_cli,
                     write_json)
 from study.flags import measure_parser  # noqa: E402
-from study.plot import (by_family, encoding_styles, legend_below, length_axis, redraw, save,  # noqa: E402
-                        variant_styles)
-from study.runs import find_runs, group_variants, read_config, variant_labels  # noqa: E402
+from study.plot import by_family, encoding_styles, legend_below, length_axis, redraw, save  # noqa: E402
+from study.runs import Runs, find_runs  # noqa: E402
 
 SCALINGS = ("none", "linear", "ntk", "dynamic-ntk", "yarn")
 SCALING_LABELS = {"linear": "PI", "ntk": "NTK", "dynamic-ntk": "dynamic NTK", "yarn": "YaRN"}
@@ -84,7 +83,6 @@ SCALING_LABELS = {"linear": "PI", "ntk": "NTK", "dynamic-ntk": "dynamic NTK", "y
 # encoding), a clamp of the distance at w (RoPE as ReRoPE, T5 with the bucket of w), YaRN's ramp alone (RoPE)
 ABLATIONS = ("log-scale", "clamp-32", "clamp-63", "yarn-no-temperature")
 YARN_ALPHA, YARN_BETAS = 1.0, (32.0, 8.0)  # the paper's alpha and beta (set for Llama's 4096), and beta for 64
-LINESTYLES = {"linear": (0, (5, 1)), "ntk": (0, (1, 1)), "dynamic-ntk": (0, (3, 1, 1, 1)), "yarn": (0, (6, 2, 1, 2))}
 MARKERS = {"none": "o", "linear": "s", "ntk": "^", "dynamic-ntk": "v", "sliding": "x", "log": "d", "clamp": "<"}
 YARN_MARKERS = ("D", "P", "*", "h")  # one per --yarn-beta
 DEFAULT_MULTIPLES = (1, 2, 4, 8)
@@ -241,26 +239,6 @@ def row_label(variant_label, key, scaling, extra, scaling_factor, block_size):
     return f"{variant_label} + {what} (s={s})"
 
 
-def check_runs(block_sizes):
-    """All runs must share the training length (their block sizes): the x axis is in multiples of it."""
-    blocks = sorted(set(block_sizes))
-    if len(blocks) > 1:
-        raise UserError(f"the runs were trained with different block sizes ({', '.join(map(str, blocks))});"
-                        f" evaluate them separately")
-    return blocks[0]
-
-
-def resolve_data_dir(run_data_dirs, data_dir):
-    """--data-dir, or else the one data directory the runs were trained on."""
-    if data_dir is not None:
-        return Path(data_dir)
-    dirs = set(run_data_dirs)
-    if None in dirs or len(dirs) > 1:
-        raise UserError(f"the runs do not name one data directory ({', '.join(sorted(map(str, dirs)))});"
-                        f" pass --data-dir")
-    return Path(dirs.pop())
-
-
 def summarize(curves, block):
     """Mean ± std over runs of the whole-window and the past-training-length means of per-run curves."""
     whole = [c.mean().item() for c in curves]
@@ -283,9 +261,8 @@ def evaluate_runs(run_dirs, lengths=None, scalings=SCALINGS, scaling_factor=None
     read with those that apply to its encoding. scaling_factor: None for s = L /
     block_size at each length, or a fixed s >= 1. data_dir: default the runs' own. max_windows:
     cap on windows per length (evenly spaced), default all. sliding_stride: default block / 4."""
-    run_dirs = [Path(r) for r in run_dirs]
-    if not run_dirs:
-        raise UserError("no runs to evaluate")
+    runs = Runs(run_dirs, "runs to evaluate")
+    run_dirs, configs, groups, labels = runs.run_dirs, runs.configs, runs.groups, runs.labels
     t0 = time.time()
     scalings = list(dict.fromkeys(scalings))  # drop repeats, keep the order
     bad = [s for s in scalings if s not in SCALINGS]
@@ -297,17 +274,14 @@ def evaluate_runs(run_dirs, lengths=None, scalings=SCALINGS, scaling_factor=None
         raise UserError(f"YaRN needs 0 <= alpha < beta, got alpha {yarn_alpha:g} and beta"
                         f" {', '.join(f'{b:g}' for b in yarn_betas) or '(none)'}")
     device = pick_device(device)
-    ckpts = [load_checkpoint(r / "ckpt.pt", "cpu") for r in run_dirs]
-    block = check_runs(c["model_args"]["block_size"] for c in ckpts)
+    ckpts = [runs.checkpoint(i) for i in range(len(run_dirs))]
+    block = runs.block_size()
     stride = sliding_stride or default_stride(block)
-    configs = [read_config(r) for r in run_dirs]
-    groups = group_variants(configs)  # runs that differ only in the seed are averaged into one row
-    labels = variant_labels(configs, groups)
-    variant_of = {i: key for key, idx in groups.items() for i in idx}
+    variant_of_run = {i: runs.variant_of(i) for i in range(len(run_dirs))}  # seeds of a variant: one row
     lengths = sorted(set(lengths or [m * block for m in DEFAULT_MULTIPLES]))
     if lengths[0] < 1:
         raise UserError(f"eval lengths must be positive, got {lengths[0]}")
-    data_dir = resolve_data_dir((c.get("config", {}).get("data_dir") for c in ckpts), data_dir)
+    data_dir = runs.data_dir(data_dir)
     chars = load_meta(data_dir)["chars"]
     for ckpt, run_dir in zip(ckpts, run_dirs):
         if ckpt["vocab"] != chars:
@@ -359,20 +333,20 @@ def evaluate_runs(run_dirs, lengths=None, scalings=SCALINGS, scaling_factor=None
                         out = torch.stack([by_factor[s][p] for p, s in enumerate(factors)])
                     else:
                         out = static(i, L, scaling, extra, factor)
-                    row = per_row.setdefault((variant_of[i], key), {"scaling": scaling, "extra": extra, "items": {}})
+                    row = per_row.setdefault((variant_of_run[i], key), {"scaling": scaling, "extra": extra, "items": {}})
                     row["items"].setdefault(L, []).append((i, out, factor))
                 # the baseline: positions before block as in the window (cut to block: any model reads
                 # that), later ones from the sliding window, on the same targets
                 head = (loss_by_position(plain_model, windows[L][:, :block + 1], batch_tokens) if L > block
                         else static(i, L))
                 curve = sliding_baseline(head, sliding, targets[L], block)
-                row = per_row.setdefault((variant_of[i], "sliding"), {"scaling": "sliding", "extra": {}, "items": {}})
+                row = per_row.setdefault((variant_of_run[i], "sliding"), {"scaling": "sliding", "extra": {}, "items": {}})
                 row["items"].setdefault(L, []).append((i, curve, None))
                 bar.update(1)
     bar.close()
 
     rows = []
-    order, dashes = list(groups), variant_styles(configs, groups)
+    order = list(groups)
     keys = list(dict.fromkeys(["none"] + [k for enc in ("rope", "t5", "none") for k, *_ in
                                           methods_of(enc, scalings, yarn_betas, yarn_alpha, ablations, block)]))
     keys.append("sliding")
@@ -385,10 +359,6 @@ def evaluate_runs(run_dirs, lengths=None, scalings=SCALINGS, scaling_factor=None
         out = {"name": base + ("" if key == "none" else f"+{key}"), "label": label,
                "encoding": configs[first]["pos_encoding"], "rope_scaling": scaling, "extra": row["extra"],
                "method": key,
-               # the variants of one encoding: plot.py's dashes; RoPE's methods: their own
-               "linestyle": dashes[variant][1] if scaling in ("none", "sliding") else LINESTYLES[scaling],
-               "marker": (YARN_MARKERS[list(yarn_betas).index(row["extra"]["yarn_beta"]) % len(YARN_MARKERS)]
-                          if scaling == "yarn" else MARKERS.get(key.split("-")[0], MARKERS[scaling])),
                "runs": [str(run_dirs[i]) for i in groups[variant]], "results": []}
         for L, items in row["items"].items():
             factor = items[0][2]
@@ -496,6 +466,13 @@ def variant_of(row):
     return row["name"].split("+")[0]
 
 
+def method_marker(row, yarn_betas):
+    """A reading's marker: one per RoPE method, per YaRN beta and per kind of ablation."""
+    if row["rope_scaling"] == "yarn":
+        return YARN_MARKERS[list(yarn_betas).index(row["extra"]["yarn_beta"]) % len(YARN_MARKERS)]
+    return MARKERS.get(method_of(row).split("-")[0], MARKERS[row["rope_scaling"]])
+
+
 def method_color(row, yarn_betas):
     key = method_of(row)
     if key.startswith(("log-scale", "clamp-")):
@@ -569,11 +546,11 @@ def plot_extrapolation(results, path):
         for row in rows:
             if kind == "methods":
                 dash = ":" if row["rope_scaling"] == "sliding" else "--" if method_of(row).endswith("temperature") else "-"
-                past_line(ax, row, block, color=method_color(row, results["yarn_betas"]), marker=row["marker"],
+                past_line(ax, row, block, color=method_color(row, results["yarn_betas"]), marker=method_marker(row, results["yarn_betas"]),
                           linestyle=dash, label=method_label(row))
                 continue
             color, dash = styles[variant_of(row)]
-            if not past_line(ax, row, block, color=color, linestyle=dash, marker=row["marker"],
+            if not past_line(ax, row, block, color=color, linestyle=dash, marker=method_marker(row, results["yarn_betas"]),
                              label=row["label"]):  # learned: no vectors past its table
                 ax.plot([], [], color=color, linestyle=dash, label=f"{row['label']} (n/a past {block})")
             if variant_of(row) in sliding:

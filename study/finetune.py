@@ -52,7 +52,7 @@ from study.retrieval import pooled, retrieval_runs  # noqa: E402
 from study.retrieval import report as retrieval_report  # noqa: E402
 from study.retrieval import write_outputs as write_retrieval_outputs  # noqa: E402
 from study.runs import run_dtype  # noqa: E402
-from train import add_config_flags, build_parser, config_from_args  # noqa: E402
+from train_config import add_config_flags, build_parser, config_from_args  # noqa: E402
 
 FINETUNE = dict(max_iters=200, warmup_iters=20, learning_rate=1e-4, min_lr=1e-4, lr_decay_iters=0, eval_interval=50)
 METHODS = ("none", "linear", "ntk", "yarn-b32", "yarn-b8")

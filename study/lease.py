@@ -4,7 +4,7 @@ seed, and archive each seed's run records as soon as it finishes, so that a comm
 time limit still returns every seed it finished.
 
   python -m study.lease config/shakespeare_char.toml --device cuda --budget-s 520 --archive-dir $OUT \
-      --plots-dir plots/shakespeare_char
+      --plots-dir plots/gpu
   python -m study.lease --seeds 1 --max-iters 50 --probe-steps 10      # the same path, tiny, on a CPU
 
 1. Probe: the first seed's variants trained side by side for --probe-steps steps (evaluated as often
@@ -25,11 +25,11 @@ from pathlib import Path
 
 from common import UserError, pick_device, positive, run_cli
 from study.plot import plot_runs
-from study.report import Study, write_report
-from study.runs import parse_variants
+from study.report import write_report
+from study.runs import Runs, parse_variants
 from study.samples import collect_samples
 from study.training import add_study_flags, make_configs, parse_seeds, train_runs
-from train import FIELD_TYPES, add_config_flags, build_parser, config_from_args
+from train_config import FIELD_TYPES, add_config_flags, build_parser, config_from_args
 
 RECORD_FILES = ("config.json", "metrics.csv", "summary.json", "samples.json")
 
@@ -118,13 +118,13 @@ def main():
         train_runs(cfgs, args.overwrite, jobs)
         run_dirs = [root / c.run_name for c in cfgs]
         if text:
-            collect_samples(Study(run_dirs), args.sample_tokens, base.data_dir, base.progress, device)
+            collect_samples(Runs(run_dirs), args.sample_tokens, base.data_dir, base.progress, device)
         done += run_dirs
         if args.archive_dir:
             archive(Path(args.archive_dir) / f"{name}-seed{seed}.tar.gz", records(run_dirs), root)
     if not done:
         raise UserError("no seed fits in --budget-s: raise it, or train fewer steps")
-    study = Study(done)
+    study = Runs(done)
     for path in plot_runs(study.run_dirs, args.plots_dir):
         print(f"wrote {path}")
     samples = collect_samples(study, args.sample_tokens, base.data_dir, base.progress, device) if text else None

@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 
 from common import ArgumentParser, UserError, atomic_write, load_meta, read_json, read_metrics, run_cli  # noqa: E402
 from study.flags import add_plots_dir_flag  # noqa: E402
-from study.runs import COLORS, find_runs, group_variants, read_config, variant_labels  # noqa: E402
+from study.runs import COLORS, Runs, find_runs  # noqa: E402
 
 # the variants of one encoding, in order: a dash each (dotted is kept for sliding-window baselines) and a
 # shade each, so that seven variants of RoPE are told apart by more than their dashes
@@ -256,21 +256,24 @@ def length_axis(ax, ticks, labels, block, xlabel):
 
 
 def plot_runs(run_dirs, plots_dir):
-    """train_loss.png, val_loss.png (against steps), val_loss_seconds.png, val_vs_train.png and,
+    """train_loss.png, val_loss.png (against steps), val_loss_seconds.png, val_vs_train.png (Shakespeare
+    runs only: a task's examples are drawn afresh, so fitting its "train split" means nothing) and,
     where a val curve turns before its end, val_loss_turn.png in plots_dir. Runs that differ in
     more than the seed are drawn as separate variants, labelled by what differs; runs evaluated
     on different text are refused."""
-    configs = [read_config(d) for d in run_dirs]
-    metrics = [read_metrics_of(d) for d in run_dirs]
-    groups = group_variants(configs)
-    runs = (configs, metrics, groups, variant_labels(configs, groups), variant_styles(configs, groups))
+    read = Runs(run_dirs, "runs to plot")
+    configs, metrics = read.configs, [read_metrics_of(d) for d in read.run_dirs]
+    runs = (configs, metrics, read.groups, read.labels, variant_styles(configs, read.groups))
     plots_dir = Path(plots_dir)
     paths = [plots_dir / "train_loss.png", plots_dir / "val_loss.png", plots_dir / "val_loss_seconds.png"]
     plot_split(runs, "train", paths[0])
     plot_split(runs, "val", paths[1])
     plot_split(runs, "val", paths[2], x="train_s")
-    paths.append(plots_dir / "val_vs_train.png")
-    plot_fit(runs, paths[3])
+    if all(c.get("task", "shakespeare") == "shakespeare" for c in configs):
+        paths.append(plots_dir / "val_vs_train.png")
+        plot_fit(runs, paths[-1])
+    else:
+        (plots_dir / "val_vs_train.png").unlink(missing_ok=True)
     start = turn_window(metrics)
     if start is None:  # an earlier study's zoom would show a turn these runs do not have
         (plots_dir / "val_loss_turn.png").unlink(missing_ok=True)

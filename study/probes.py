@@ -36,14 +36,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from common import (UserError, announce_dtype, autocast, build_model,  # noqa: E402
-                    eval_windows, load_checkpoint, load_tokens, pick_device, positive, run_cli,
-                    write_json)
-from study.evaluate import (check_runs, default_stride, position_limit, resolve_data_dir,  # noqa: E402
-                      sliding_window_losses, token_losses)
+from common import (UserError, announce_dtype, autocast, build_model, eval_windows, load_tokens,  # noqa: E402
+                    pick_device, positive, run_cli, write_json)
+from study.evaluate import default_stride, position_limit, sliding_window_losses, token_losses  # noqa: E402
 from study.flags import measure_parser  # noqa: E402
 from study.plot import by_family, encoding_styles, legend_below, length_axis, redraw, save  # noqa: E402
-from study.runs import find_runs, group_variants, read_config, variant_labels  # noqa: E402
+from study.runs import Runs, find_runs  # noqa: E402
 
 MULTIPLES = (1, 4)  # attention at 1x and 4x the training length
 PERIODS = (16, 32, 48, 96, 192)
@@ -130,18 +128,14 @@ def spread(xs):
 def probe_runs(run_dirs, data_dir=None, device="cpu", periods=PERIODS, passages=PASSAGES, multiples=MULTIPLES,
                attention_windows=ATTENTION_WINDOWS, sliding_stride=None, progress=True):
     """Both probes on every run; returns a JSON-ready dict (see write_outputs)."""
-    run_dirs = [Path(r) for r in run_dirs]
-    if not run_dirs:
-        raise UserError("no runs to probe")
+    runs = Runs(run_dirs, "runs to probe")
+    run_dirs, configs, groups, labels = runs.run_dirs, runs.configs, runs.groups, runs.labels
     t0 = time.time()
     device = pick_device(device)
-    ckpts = [load_checkpoint(r / "ckpt.pt", "cpu") for r in run_dirs]
-    block = check_runs(c["model_args"]["block_size"] for c in ckpts)
+    ckpts = [runs.checkpoint(i) for i in range(len(run_dirs))]
+    block = runs.block_size()
     stride = sliding_stride or default_stride(block)
-    configs = [read_config(r) for r in run_dirs]
-    groups = group_variants(configs)
-    labels = variant_labels(configs, groups)
-    tokens = load_tokens(resolve_data_dir((c.get("config", {}).get("data_dir") for c in ckpts), data_dir), "val")
+    tokens = load_tokens(runs.data_dir(data_dir), "val")
     lengths = [m * block for m in multiples]
     windows = {T: eval_windows(tokens, T, attention_windows)[:, :-1] for T in lengths}
     sequences = {n: copy_sequences(tokens, n, passages) for n in periods}

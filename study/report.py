@@ -1,5 +1,5 @@
 """
-A study's report: its finished runs read back (Study), their tables, and results.md and
+A study's report: its finished runs (study.runs.Runs) in tables, results.md and
 samples.md beside the loss plots. It measures nothing: samples and the length study's
 results come in from the modules that measure them.
 """
@@ -13,54 +13,32 @@ from pathlib import Path
 
 import torch
 
-from common import command_line, read_json, read_metrics, write_text
+from common import command_line, read_metrics, write_text
 from study.analysis import TURN_NATS, TURN_SIGMAS, TURN_WINDOW, mean_std, paired_table, turn
 from study.evaluate import format_table
 from study.probes import format_tables as format_probe_tables
-from study.runs import group_variants, read_config, variant_labels
 from study.samples import samples_report
 
 
-class Study:
-    """Finished runs read back: their configs and summaries, grouped into variants (runs that
-    differ only in the seed) and labelled (runs.py)."""
-
-    def __init__(self, run_dirs):
-        self.run_dirs = [Path(d) for d in run_dirs]
-        self.configs = [read_config(d) for d in self.run_dirs]
-        self.summaries = [read_json(d / "summary.json", "retrain the run") for d in self.run_dirs]
-        self.groups = group_variants(self.configs)  # variant key -> indices of its runs
-        self.labels = variant_labels(self.configs, self.groups)
-
-    def runs(self, key):
-        return [self.summaries[i] for i in self.groups[key]]
-
-    def encoding(self, key):
-        return self.configs[self.groups[key][0]]["pos_encoding"]
-
-    def per_seed(self, key, field):
-        return {s["seed"]: s[field] for s in self.runs(key)}
-
-    def pairs(self):
-        """Each variant against learned, RoPE against each other variant, the variants of one
-        encoding against each other (sinusoidal with and without its sqrt(d) scale), and each
-        variant against its neighbour in the order of mean final val loss (so that a whole
-        ranking can be read off the table): each unordered pair once, and only pairs that share
-        a seed."""
-        keys = list(self.groups)
-        candidates = [(k, b) for b in keys if self.encoding(b) == "learned" for k in keys]
-        candidates += [(r, k) for r in keys if self.encoding(r) == "rope" for k in keys]
-        candidates += [(a, b) for i, a in enumerate(keys) for b in keys[i + 1:] if self.encoding(a) == self.encoding(b)]
-        ranked = sorted(keys, key=lambda k: statistics.mean(self.per_seed(k, "final_val_loss").values()))
-        candidates += list(zip(ranked, ranked[1:]))
-        pairs, seen = [], set()
-        for a, b in candidates:
-            shared = self.per_seed(a, "seed").keys() & self.per_seed(b, "seed").keys()
-            if a != b and frozenset((a, b)) not in seen and shared:
-                seen.add(frozenset((a, b)))
-                pairs.append((a, b))
-        return pairs
-
+def variant_pairs(study):
+    """Each variant against learned, RoPE against each other variant, the variants of one
+    encoding against each other (sinusoidal with and without its sqrt(d) scale), and each
+    variant against its neighbour in the order of mean final val loss (so that a whole
+    ranking can be read off the table): each unordered pair once, and only pairs that share
+    a seed."""
+    keys = list(study.groups)
+    candidates = [(k, b) for b in keys if study.encoding(b) == "learned" for k in keys]
+    candidates += [(r, k) for r in keys if study.encoding(r) == "rope" for k in keys]
+    candidates += [(a, b) for i, a in enumerate(keys) for b in keys[i + 1:] if study.encoding(a) == study.encoding(b)]
+    ranked = sorted(keys, key=lambda k: statistics.mean(study.per_seed(k, "final_val_loss").values()))
+    candidates += list(zip(ranked, ranked[1:]))
+    out, seen = [], set()
+    for a, b in candidates:
+        shared = study.per_seed(a, "seed").keys() & study.per_seed(b, "seed").keys()
+        if a != b and frozenset((a, b)) not in seen and shared:
+            seen.add(frozenset((a, b)))
+            out.append((a, b))
+    return out
 
 
 def results_table(study):
@@ -108,7 +86,7 @@ def turns_table(study):
 
 def differences_table(study):
     """The paired differences of final losses (analysis.py), or '' when there is nothing to pair."""
-    pairs = study.pairs()
+    pairs = variant_pairs(study)
     if not pairs:
         return ""
     values = {k: {"val": study.per_seed(k, "final_val_loss"), "test": study.per_seed(k, "final_test_loss")}

@@ -30,14 +30,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from common import (UserError, autocast, build_model, comma_list, digest, load_checkpoint,  # noqa: E402
-                    load_meta, load_tokens, pick_device, read_json, run_cli, write_json, write_text)
+from common import (UserError, autocast, build_model, comma_list, digest, load_meta, load_tokens,  # noqa: E402
+                    pick_device, read_json, run_cli, write_json, write_text)
 from study.evaluate import (YARN_ALPHA, YARN_BETAS, ablations_of, add_ablations_flag, auto_factor,  # noqa: E402
-                            check_runs, is_ablation_key, methods_of, parse_lengths, position_limit,
-                            resolve_data_dir, row_label)
+                            is_ablation_key, methods_of, parse_lengths, position_limit, row_label)
 from study.flags import measure_parser  # noqa: E402
 from study.plot import length_axis, redraw, save  # noqa: E402
-from study.runs import find_runs, group_variants, read_config, seed_of, variant_labels  # noqa: E402
+from study.runs import Runs, find_runs, seed_of  # noqa: E402
 from tasks import DEPTHS, copy_sizes, evaluation_set, to_task_ids, unit_correct, wilson  # noqa: E402
 
 STATIC = ("none", "linear", "ntk", "yarn")  # (dynamic NTK read in one pass is NTK: see above)
@@ -134,43 +133,33 @@ def retrieval_runs(run_dirs, lengths=None, scalings=("none",), data_dir=None, de
     Each run's counts are kept in its folder (StoredCounts), so a run read before, or whose record is
     all that is left, is not read again and needs no checkpoint. block_size: the training length the
     lengths are told against, for runs trained on several (study.finetune's); default: the runs' one."""
-    run_dirs = [Path(r) for r in run_dirs]
-    if not run_dirs:
-        raise UserError("no runs to evaluate")
+    runs = Runs(run_dirs, "runs to read", across_lengths=block_size is not None)
+    run_dirs, configs, groups, labels = runs.run_dirs, runs.configs, runs.groups, runs.labels
     bad = [s for s in scalings if s not in STATIC]
     if bad:
         raise UserError(f"--rope-scaling takes some of {', '.join(STATIC)}, got {', '.join(bad)}")
     scalings = list(dict.fromkeys(["none", *scalings]))  # the plain reading always: the others are read beside it
     t0, device = time.time(), pick_device(device)
-    configs = [read_config(r) for r in run_dirs]
     tasks_ = sorted({c.get("task", "shakespeare") for c in configs})
     if tasks_ == ["shakespeare"] or len(tasks_) > 1:
         raise UserError(f"these runs learned {' and '.join(tasks_)}: give runs of one task (train.py --task)")
     task = tasks_[0]
-    block = block_size or check_runs(c["block_size"] for c in configs)
+    block = block_size or runs.block_size()
     lengths = sorted(set(lengths or [m * block for m in (1, 2, 4, 8)]))
-    data_dir = resolve_data_dir((c["data_dir"] for c in configs), data_dir)
+    data_dir = runs.data_dir(data_dir)
     filler = to_task_ids(load_tokens(data_dir, "val"), load_meta(data_dir)["chars"]) if task == "passkey" else None
     sets = {L: evaluation_set(task, L, filler) for L in lengths}  # not the sets training picked ckpt.pt by
     digests = {L: examples_digest(examples) for L, examples in sets.items()}
     stored = [StoredCounts(r) for r in run_dirs]
     cells = cell_labels(task, lengths)
-    ckpts, devices = {}, set()
-    # runs trained on several lengths (study.finetune's) were scored on different text in training (eval_text):
-    # it is not what they are read on here; runs of one length still must match in it
-    grouped = configs if block_size is None else \
-        [{**c, "provenance": {k: v for k, v in c["provenance"].items() if k != "eval_text"}} for c in configs]
-    groups = group_variants(grouped)
-    labels = variant_labels(configs, groups)
+    devices = set()
 
     def read(i, L, method, over):
         """Run i's {cell: [right, total]} at length L read with the settings `over`, or why it cannot read it."""
-        if i not in ckpts:
-            if not (run_dirs[i] / "ckpt.pt").exists():
-                raise UserError(f"{run_dirs[i]} has no checkpoint (ckpt.pt) and was never read at length {L} with"
-                                f" {method!r}; retrain it, or leave that length or reading out")
-            ckpts[i] = load_checkpoint(run_dirs[i] / "ckpt.pt", "cpu")
-        model = build_model(ckpts[i], device, **over)
+        if not (run_dirs[i] / "ckpt.pt").exists():
+            raise UserError(f"{run_dirs[i]} has no checkpoint (ckpt.pt) and was never read at length {L} with"
+                            f" {method!r}; retrain it, or leave that length or reading out")
+        model = build_model(runs.checkpoint(i), device, **over)
         limit, reason = position_limit(model)
         if limit is not None and L > limit:
             return reason
@@ -305,17 +294,17 @@ def cell_accuracy(per_seed):
         return np.where(c[..., 1] > 0, c[..., 0] / c[..., 1], np.nan)
 
 
-SEEDS_DISAGREE = 0.25  # a variant gets a panel per seed when two seeds differ this much in some cell
+SEEDS_DISAGREE = 0.3  # seeds further apart than this in a cell: its pooled colour is a mean no seed reached
 
 
 def disagreeing(row, lengths):
-    """Whether the row's seeds differ by SEEDS_DISAGREE or more in some cell at some length."""
+    """Whether the row's seeds differ by more than SEEDS_DISAGREE in some cell at some length."""
     for L in lengths:
         if isinstance(row["results"][str(L)], str):
             continue
         g = cell_accuracy(row["results"][str(L)])
         g = g[:, ~np.isnan(g).all(0)]  # (the cells that length holds)
-        if len(g) > 1 and g.size and (np.nanmax(g, 0) - np.nanmin(g, 0) >= SEEDS_DISAGREE).any():
+        if len(g) > 1 and g.size and (np.nanmax(g, 0) - np.nanmin(g, 0) > SEEDS_DISAGREE).any():
             return True
     return False
 
@@ -323,20 +312,27 @@ def disagreeing(row, lengths):
 def heatmap(ax, results, row, seed=None):
     """One panel: cell (depth, distance, string length) x length, colour = exact match (the mean over
     seeds, or one seed's); grey where a length is n/a or a cell holds no example; the training length
-    marked by a dashed line after its column."""
+    marked by a dashed line after its column. A pooled cell whose seeds lie more than SEEDS_DISAGREE
+    apart is outlined in red and shows each seed's value (in %): its colour is a mean no model reached."""
     lengths, cells = results["lengths"], results["cells"]
     grid = np.full((len(cells), len(lengths)), np.nan)
+    split = []  # (cell, length column, each seed's exact match)
     for j, L in enumerate(lengths):
         per_seed = row["results"][str(L)]
         if not isinstance(per_seed, str):
             acc = cell_accuracy(per_seed)
             if seed is not None:
                 grid[:, j] = acc[seed]
-            else:  # (a cell holds examples for every seed or for none: nanmean would warn about the latter)
-                held = ~np.isnan(acc).all(0)
-                grid[held, j] = acc[:, held].mean(0)
+                continue
+            held = ~np.isnan(acc).all(0)  # (a cell holds examples for every seed or for none)
+            grid[held, j] = acc[:, held].mean(0)
+            split += [(c, j, acc[:, c]) for c in np.flatnonzero(held) if np.ptp(acc[:, c]) > SEEDS_DISAGREE]
     cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
     image = ax.imshow(grid, vmin=0, vmax=1, cmap=cmap, aspect="auto", origin="lower")
+    for c, j, values in split:
+        ax.add_patch(plt.Rectangle((j - 0.46, c - 0.42), 0.92, 0.84, fill=False, edgecolor="red", linewidth=1.2))
+        ax.text(j, c, "/".join(f"{100 * v:.0f}" for v in values), ha="center", va="center", fontsize=5.5,
+                color="white" if grid[c, j] < 0.6 else "black")
     if results["block_size"] in lengths:
         ax.axvline(lengths.index(results["block_size"]) + 0.5, color="white", linestyle="--", linewidth=1)
     ax.set_xticks(range(len(lengths)), [str(L) for L in lengths])
@@ -367,32 +363,28 @@ def plot_heatmaps(results, path, columns=5):
         ax.set_title(textwrap.fill(f"{row['label']} ({seeds_of(row)})", 30), fontsize=8)
     fig.colorbar(image, ax=axes, label="exact match (mean over seeds)", shrink=0.6)
     fig.suptitle(f"{results['task']}: exact match by length, trained on {results['block_size']} characters"
-                 f" (dashed); grey: n/a, or no example in that cell", fontsize=10)
+                 f" (dashed); grey: n/a, or no example in that cell; red outline: seeds more than"
+                 f" {100 * SEEDS_DISAGREE:.0f} points apart, each seed's % printed", fontsize=10)
     save(fig, path)
 
 
-MAX_SEED_ROWS = 6  # retrieval_seeds.png shows at most this many variants, the first in the table's order
-
-
 def plot_seed_heatmaps(results, path):
-    """A row per variant whose seeds disagree (SEEDS_DISAGREE; the MAX_SEED_ROWS first), a panel per
-    seed; False if none does."""
+    """A row per variant whose seeds disagree (SEEDS_DISAGREE), a panel per seed; False if none does."""
     rows = [r for r in results["rows"] if r["method"] == "none" and disagreeing(r, results["lengths"])]
     if not rows:
         return False
-    shown, seeds = rows[:MAX_SEED_ROWS], max(len(r["runs"]) for r in rows)
-    fig, axes = panel_grid(len(shown), seeds, 0.3 * len(results["cells"]) + 1.4)
-    for row, line in zip(shown, axes):
+    seeds = max(len(r["runs"]) for r in rows)
+    fig, axes = panel_grid(len(rows), seeds, 0.3 * len(results["cells"]) + 1.4)
+    for row, line in zip(rows, axes):
         for k, ax in enumerate(line):
             if k >= len(row["runs"]):
                 ax.set_visible(False)
                 continue
             image = heatmap(ax, results, row, seed=k)
             ax.set_title(textwrap.fill(f"{row['label']}, seed {seed_of(row['runs'][k])}", 34), fontsize=8)
-    fig.colorbar(image, ax=axes, label="exact match", shrink=0.6)
-    more = f" ({len(rows) - len(shown)} more not shown)" if len(rows) > len(shown) else ""
-    fig.suptitle(f"{results['task']}: seed by seed, the variants whose seeds differ by {SEEDS_DISAGREE:.0%} or more"
-                 f" in some cell{more}", fontsize=10)
+    fig.colorbar(image, ax=axes, label="exact match", shrink=0.6 if len(rows) < 4 else 0.3)
+    fig.suptitle(f"{results['task']}: seed by seed, every variant whose seeds differ by more than"
+                 f" {100 * SEEDS_DISAGREE:.0f} points in some cell", fontsize=10)
     save(fig, path)
     return True
 
@@ -415,7 +407,7 @@ def plot_readings(results, path, columns=4):
     if not panels:
         return False
     columns = min(columns, len(panels))
-    fig, axes = panel_grid(-(-len(panels) // columns), columns, 3.4)
+    fig, axes = panel_grid(-(-len(panels) // columns), columns, 3.4 + 0.17 * max(len(rows) for _, rows in panels))
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
     colors = plt.get_cmap("tab10").colors
@@ -436,7 +428,7 @@ def plot_readings(results, path, columns=4):
         ax.set_ylim(-0.03, 1.03)
         ax.set_ylabel("exact match")
         ax.set_title(textwrap.fill(title, 40), fontsize=8)
-        ax.legend(fontsize=7, loc="lower left", frameon=False)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), frameon=False)  # (below: covers no line)
     fig.suptitle(f"{results['task']}: exact match by length, each variant read plainly (black) and otherwise; line:"
                  f" mean over seeds, dots: each seed; dashed: the training length {block}", fontsize=10)
     save(fig, path)

@@ -16,9 +16,9 @@ import json
 import math
 from pathlib import Path
 
-from common import UserError, read_json
+from common import UserError, load_checkpoint, read_json
 from model import POS_ENCODINGS
-from train import TrainConfig, config_json, saved_provenance
+from train_config import TrainConfig, config_json, saved_provenance
 
 # The reference article's colours: RoPE blue, learned orange, none green.
 COLORS = {"rope": "tab:blue", "learned": "tab:orange", "none": "tab:green",
@@ -208,3 +208,70 @@ def variant_labels(configs, groups):
                 parts.append(describe(k, config[k]))
         labels[key] = ", ".join([LABELS.get(enc, enc), *parts])
     return labels
+
+
+# --- runs read back for measuring and reporting ---------------------------------
+
+
+class Runs:
+    """Finished runs read back, the one way the study modules read them: their configs (read_config),
+    grouped into variants, runs that differ only in the seed (group_variants), and labelled
+    (variant_labels); their one training length and data directory; their summaries and best-val
+    checkpoints (ckpt.pt), read when first asked for.
+
+    across_lengths: runs trained at several lengths (study.finetune's fine-tunes beside their
+    sources) were scored on different text in training; they are grouped without it."""
+
+    def __init__(self, run_dirs, what="runs", across_lengths=False):
+        self.run_dirs = [Path(d) for d in run_dirs]
+        if not self.run_dirs:
+            raise UserError(f"no {what}")
+        self.configs = [read_config(d) for d in self.run_dirs]
+        grouped = self.configs if not across_lengths else [
+            {**c, "provenance": {k: v for k, v in c["provenance"].items() if k != "eval_text"}} for c in self.configs]
+        self.groups = group_variants(grouped)  # variant key -> indices of its runs
+        self.labels = variant_labels(self.configs, self.groups)
+        self._checkpoints, self._summaries = {}, None
+
+    def block_size(self):
+        """The training length all the runs share (a length axis is in multiples of it)."""
+        blocks = sorted({c["block_size"] for c in self.configs})
+        if len(blocks) > 1:
+            raise UserError(f"the runs were trained with different block sizes ({', '.join(map(str, blocks))});"
+                            f" read them separately")
+        return blocks[0]
+
+    def data_dir(self, given=None):
+        """`given` (--data-dir), or else the one data directory the runs were trained on."""
+        if given is not None:
+            return Path(given)
+        dirs = {c.get("data_dir") for c in self.configs}
+        if None in dirs or len(dirs) > 1:
+            raise UserError(f"the runs do not name one data directory ({', '.join(sorted(map(str, dirs)))});"
+                            f" pass --data-dir")
+        return Path(dirs.pop())
+
+    def checkpoint(self, i):
+        """Run i's best-val checkpoint, on the CPU (loaded once)."""
+        if i not in self._checkpoints:
+            self._checkpoints[i] = load_checkpoint(self.run_dirs[i] / "ckpt.pt", "cpu")
+        return self._checkpoints[i]
+
+    @property
+    def summaries(self):
+        if self._summaries is None:
+            self._summaries = [read_json(d / "summary.json", "retrain the run") for d in self.run_dirs]
+        return self._summaries
+
+    def variant_of(self, i):
+        return next(key for key, idx in self.groups.items() if i in idx)
+
+    def encoding(self, key):
+        return self.configs[self.groups[key][0]]["pos_encoding"]
+
+    def runs(self, key):
+        """The summaries of a variant's runs."""
+        return [self.summaries[i] for i in self.groups[key]]
+
+    def per_seed(self, key, field):
+        return {s["seed"]: s[field] for s in self.runs(key)}

@@ -79,18 +79,18 @@ def task_study(task, what, cells):
 STUDIES = {
     "baseline": Study(
         "RoPE, learned and none on the CPU config, 3 seeds, and how each reads past its training length",
-        "plots", SEEDS, ("compare", CPU, "--extrapolate")),
-    "all": Study(
+        "plots/baseline", SEEDS, ("compare", CPU, "--extrapolate")),
+    "encodings": Study(
         "all seven encodings, sinusoidal without its sqrt(d) scale, the RoPE/NoPE hybrids, FIRE from L = 16 and"
         " RoPE rotating half its pairs, 3 seeds (5 where 3 do not rank a pair), the length study, and the biases"
         " T5 and FIRE learned",
-        "plots/all", SEEDS,
+        "plots/encodings", SEEDS,
         ("compare", CPU, "--pos-encodings", ALL, "--seeds-if-undecided", MORE_SEEDS, "--extrapolate"),
         (("plot_bias", "--plots-dir", "{plots_dir}"),)),
-    "sweep": Study(
+    "lr_sweep": Study(
         "each encoding's learning rate swept on seed 1337, then 3 seeds at its best rate",
         "plots/lr_sweep", SEEDS, ("sweep", CPU, "--pos-encodings", SWEEP)),
-    "rope": Study(
+    "rope_study": Study(
         "RoPE at its best rate with 25/50/75% of its pairs rotating (p-RoPE) and with the base 100, 1000,"
         " 100000, one seed, and the length study",
         "plots/rope_study", "1337",
@@ -104,7 +104,7 @@ STUDIES = {
     "mid": Study(
         "RoPE, learned and none on the mid CPU config (4.7M parameters, 18 passes over the data, long enough for"
         " the val loss to turn up; about 80 minutes a run), 1 seed",
-        "plots/shakespeare_char_mid", "1337", ("compare", MID)),
+        "plots/mid", "1337", ("compare", MID)),
     "rope_break": Study(
         "why RoPE breaks past its training length: RoPE, 25% p-RoPE, none and T5 read with log scaling, a"
         " distance clamp at 32 and 63 and YaRN without temperature, beside RoPE/NoPE hybrids and FIRE with L"
@@ -120,5 +120,5 @@ STUDIES = {
     "gpu": Study(
         "RoPE, learned and none at nanoGPT's GPU setting (10.7M parameters, block 256, dropout 0.2, 5000 steps),"
         " 3 seeds, seed by seed with a timing probe first, within a 520-second budget (study.lease)",
-        "plots/shakespeare_char", SEEDS, ("lease", GPU, "--device", "cuda", "--budget-s", "520")),
+        "plots/gpu", SEEDS, ("lease", GPU, "--device", "cuda", "--budget-s", "520")),
 }

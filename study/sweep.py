@@ -2,7 +2,7 @@
 Each encoding at its own best learning rate: a sweep, then seeds at each variant's best rate.
 
   python -m study.sweep       # the CPU config: every encoding and sinusoidal without its sqrt(d)
-                              # scale, 3e-4 .. 4e-3, then 3 seeds at the best (python -m study sweep)
+                              # scale, 3e-4 .. 4e-3, then 3 seeds at the best (python -m study lr_sweep)
   python -m study.sweep --pos-encodings rope,learned --learning-rates 1e-3,2e-3 --seeds 1337
 
 1. Every variant is trained at every --learning-rates value with one seed (--sweep-seed),
@@ -29,12 +29,13 @@ from pathlib import Path
 
 from common import UserError, comma_list, read_json, run_cli, write_json
 from study.compare import add_length_flags, length_options, measure_lengths
-from study.report import Study, write_report
+from study.report import write_report
 from study.samples import collect_samples
 from study.training import add_study_flags, make_configs, parse_seeds, train_runs
 from study.plot import describe_model, legend_outside, panel_axes, panels_of, plot_runs, save, variant_styles
-from study.runs import group_variants, parse_variants, read_config, variant_labels, variant_name
-from train import FIELD_TYPES, Diverged, add_config_flags, build_parser, config_from_args
+from study.runs import Runs, group_variants, parse_variants, read_config, variant_labels, variant_name
+from train import Diverged
+from train_config import FIELD_TYPES, add_config_flags, build_parser, config_from_args
 
 RATES = "3e-4,6e-4,1e-3,2e-3,4e-3"
 VARIANTS = "all,sinusoidal:sinusoidal_scale=false"
@@ -175,7 +176,7 @@ def main():
 
     best = [cfg for v, row in enumerate(table) for cfg in make_configs(args, [variants[v]], seeds, [row["best_rate"]])]
     train_runs(best, args.overwrite, args.jobs)
-    study = Study([Path(cfg.out_dir) / cfg.run_name for cfg in best])
+    study = Runs([Path(cfg.out_dir) / cfg.run_name for cfg in best])
     intro = (f"## The sweep (seed {args.sweep_seed}; final val loss; best per variant in bold; "
              f"`{plots_dir / 'lr_sweep.png'}`)\n\n{sweep_markdown(table)}\n\n"
              f"## Each variant at its best rate, {len(seeds)} seed(s)\n")

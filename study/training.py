@@ -21,10 +21,12 @@ from tqdm import tqdm
 from common import CPU_CONFIG, UserError, comma_list, pick_device, positive, read_json
 from model import POS_ENCODINGS
 from study.analysis import paired, verdict
+from study.report import variant_pairs
 from study.runs import variant_name
 from study.flags import add_plots_dir_flag
-from train import (TrainConfig, config_differences, config_from_args, explain, provenance, read_config_file, train,
-                   why_not_continued)
+from train import train
+from train_config import (TrainConfig, config_differences, config_from_args, explain, provenance,
+                          read_config_file, why_not_continued)
 
 
 def plan(cfg, overwrite, prov):
@@ -279,7 +281,7 @@ def undecided_variants(study):
     """The variant keys (runs.variant_key) of the variants in a pair whose interval, on val or
     on test, contains 0."""
     close = set()
-    for a, b in study.pairs():
+    for a, b in variant_pairs(study):
         for split in ("val", "test"):
             field = f"final_{split}_loss"
             if verdict(paired(study.per_seed(a, field), study.per_seed(b, field))) == "undecided":

@@ -8,12 +8,13 @@ import pytest
 
 from study.analysis import paired, paired_table, real_word_shares, t_quantile, turn, verdict, words
 from common import UserError
-from study.report import Study, differences_table, results_table, turns_table
+from study.report import differences_table, results_table, turns_table, variant_pairs
+from study.runs import Runs
 from conftest import run
 from study.plot import aggregate, describe_model, plot_runs, read_metrics_of, turn_window
 from model import POS_ENCODINGS
 from study.runs import group_variants, parse_variants, read_config, variant_labels, variant_name
-from train import FIELD_TYPES, TrainConfig
+from train_config import FIELD_TYPES, TrainConfig
 
 PROVENANCE = {"eval_version": 2, "data_sha256": "abc", "eval_text": "0123456789abcdef"}
 CONFIG = {**TrainConfig(progress=False).__dict__, "provenance": PROVENANCE}
@@ -135,7 +136,7 @@ def finished(tmp_path, enc, seed, val, test=None, **config):
 
 
 def test_results_table_mean_and_std(tmp_path):
-    study = Study([finished(tmp_path, "rope", 1, 1.0), finished(tmp_path, "rope", 2, 1.2),
+    study = Runs([finished(tmp_path, "rope", 1, 1.0), finished(tmp_path, "rope", 2, 1.2),
                    finished(tmp_path, "rope", 3, 1.1), finished(tmp_path, "learned", 1, 1.5)])
     rope, learned = results_table(study).splitlines()[2:]
     # mean ± sample std (n-1): 1.1 ± 0.1
@@ -168,7 +169,7 @@ def test_paired_table_on_hand_made_runs(tmp_path):
     runs = [finished(tmp_path, enc, s, v, t) for enc, vals in (
         ("rope", [(1.0, 1.1), (1.2, 1.3), (1.1, 1.2)]), ("learned", [(1.5, 1.6), (1.5, 1.6), (1.7, 1.8)]),
         ("none", [(2.0, 2.0), (1.4, 1.5), (1.9, 1.9)])) for s, (v, t) in zip((1, 2, 3), vals)]
-    lines = differences_table(Study(runs)).splitlines()
+    lines = differences_table(Runs(runs)).splitlines()
     assert [ln.split(" | ")[0] for ln in lines[2:]] == ["| RoPE − learned", "| none − learned", "| RoPE − none"]
     assert lines[2] == ("| RoPE − learned | -0.5000, -0.3000, -0.6000 | -0.4667 [-0.8461, -0.0872] | 3/3 "
                         "| -0.4667 [-0.8461, -0.0872] | 3/3 | a lower / a lower |")
@@ -182,8 +183,8 @@ def test_pairs_include_variants_of_one_encoding_once_and_only_with_shared_seeds(
                      summary={"best_val_loss": 1.5, "final_train_loss": 1.4, "final_val_loss": 1.5,
                               "best_test_loss": 1.5, "final_test_loss": 1.5}),
             finished(tmp_path, "rope", 1, 1.0), finished(tmp_path, "learned", 3, 1.9)]  # learned: no shared seed
-    study = Study(runs)
-    labels = [(study.labels[a], study.labels[b]) for a, b in study.pairs()]
+    study = Runs(runs)
+    labels = [(study.labels[a], study.labels[b]) for a, b in variant_pairs(study)]
     assert labels == [("RoPE", "sinusoidal"), ("RoPE", "sinusoidal, no √d scale"),
                       ("sinusoidal", "sinusoidal, no √d scale")]
 
@@ -236,8 +237,8 @@ def test_neighbours_in_the_ranking_are_paired_too(tmp_path):
     # alibi and sinusoidal meet no rule but their ranks: 1.2 and 1.3 are neighbours; rope-alibi exists already
     runs = [finished(tmp_path, enc, s, v + 0.01 * s) for enc, v in (("rope", 1.0), ("alibi", 1.2), ("sinusoidal", 1.3))
             for s in (1, 2)]
-    study = Study(runs)
-    labels = [(study.labels[a], study.labels[b]) for a, b in study.pairs()]
+    study = Runs(runs)
+    labels = [(study.labels[a], study.labels[b]) for a, b in variant_pairs(study)]
     assert labels == [("RoPE", "sinusoidal"), ("RoPE", "ALiBi"), ("ALiBi", "sinusoidal")]
 
 
@@ -279,13 +280,13 @@ def test_a_val_curve_that_turns_gets_a_zoomed_plot_from_half_its_minimums_step(t
 
 
 def test_turns_table_rows_and_when_it_is_left_out(tmp_path):
-    still_falling = Study([finished(tmp_path, "rope", 1, 1.0)])  # val 4.0 then 1.0: best at the end
+    still_falling = Runs([finished(tmp_path, "rope", 1, 1.0)])  # val 4.0 then 1.0: best at the end
     assert turns_table(still_falling) == ""
     val = [1.6, 1.5, 1.45, 1.44, 1.45, 1.46, 1.47, 1.49, 1.49, 1.51, 1.51, 1.53]  # as in the test above
     run = make_run(tmp_path, "learned_1", val, seed=1, pos_encoding="learned", summary={
         "best_val_loss": 1.44, "final_train_loss": 1.3, "final_val_loss": 1.53, "best_test_loss": 1.5123,
         "final_test_loss": 1.55})
-    rows = turns_table(Study([tmp_path / "rope_1", run])).splitlines()
+    rows = turns_table(Runs([tmp_path / "rope_1", run])).splitlines()
     assert rows[2] == "| RoPE | 1 | 1.0000 | 10 | 1.0000 | 2.5000 | 2.5000 | +0.0000 | – | no |"  # 2 evaluations
     # the test loss is that of the best checkpoint, from summary.json
     assert rows[3] == "| learned | 1 | 1.4400 | 30 | 1.5123 | 1.4540 | 1.5060 | +0.0520 | 0.0077 | yes |"

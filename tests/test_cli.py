@@ -3,6 +3,7 @@
 import csv
 import shlex
 import json
+import re
 
 import pytest
 import torch
@@ -304,18 +305,18 @@ def test_printed_train_commands_are_the_runs_the_study_then_reuses(tmp_path):
 
 
 def test_the_study_entry_point_lists_studies_and_keeps_a_quick_look_out_of_plots():
+    from study.studies import STUDIES
     listing = run("study", "--help", fresh=True).stdout  # python -m study, a new interpreter
-    for name in ("baseline", "all", "sweep", "rope", "finetune", "mid", "rope_break", "passkey", "copy", "gpu"):
+    for name in STUDIES:
         assert f"  {name} " in listing
     assert run("study", "baseline", "--print-commands").stdout.splitlines()[-1] == "python -m study baseline"
-    quick = run("study", "all", "--seeds", "1337", "--print-commands").stdout.splitlines()
-    assert quick[-1] == "python -m study all --seeds 1337"  # after the runs not finished here (12 at most)
+    quick = run("study", "encodings", "--seeds", "1337", "--print-commands").stdout.splitlines()
+    assert quick[-1] == "python -m study encodings --seeds 1337"  # after the runs not finished here (12 at most)
     assert 1 <= len(quick) <= 13 and all(line.startswith("python train.py ") for line in quick[:-1])
-    commands = run("study", "sweep", "--seeds", "1337", "--print-commands").stdout.splitlines()
+    commands = run("study", "lr_sweep", "--seeds", "1337", "--print-commands").stdout.splitlines()
     assert commands == ["python -m study.sweep config/shakespeare_char_cpu.toml --pos-encodings"
                         " all,sinusoidal:sinusoidal_scale=false,rope:nope_every=2,rope:nope_every=4,fire:fire_L=16"
-                        " --seeds 1337 --jobs 1 --plots-dir out/plots/sweep"]
-    from study.studies import STUDIES
+                        " --seeds 1337 --jobs 1 --plots-dir out/plots/lr_sweep"]
     finetune = STUDIES["passkey"].commands(plots_dir="out/plots/passkey")[1]  # the task's fine-tunes, after it
     assert finetune[:4] == ["study.finetune", "config/shakespeare_char_cpu.toml", "--task", "passkey"]
     assert finetune[-2:] == ["--plots-dir", "out/plots/passkey/finetune"]
@@ -331,3 +332,12 @@ def test_the_study_entry_point_lists_studies_and_keeps_a_quick_look_out_of_plots
 def test_help_prints_every_setting_including_one_whose_text_has_a_percent_sign(command):
     text = run(command, "--help").stdout  # argparse %-formats help texts: a bare % would crash it
     assert "(i + 1) % nope_every == 0" in " ".join(text.split()) and "--fire-L" in text
+
+
+def test_a_study_has_one_name_its_folder_and_its_make_target():
+    from study.studies import STUDIES
+    assert {name: s.plots_dir for name, s in STUDIES.items()} == {name: f"plots/{name}" for name in STUDIES}
+    makefile = (ROOT / "Makefile").read_text()
+    targets = re.search(r"^STUDIES\s*:=(.*)$", makefile, re.M).group(1).split()
+    assert sorted(targets) == sorted(STUDIES)
+    assert run("study", "--help").stdout.count("-> plots/") == len(STUDIES)

@@ -10,7 +10,7 @@ from common import UserError, autocast, cpu_bf16_note, resolve_dtype
 from conftest import TINY_FLAGS, run
 from model import GPT, POS_ENCODINGS, GPTConfig
 from study.runs import group_variants, read_config, run_dtype
-from train import saved_provenance
+from train_config import saved_provenance
 
 PROVENANCE = {"eval_version": 2, "data_sha256": "abc", "eval_text": "0123456789abcdef"}  # from before dtypes
 

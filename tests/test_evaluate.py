@@ -3,6 +3,7 @@
 import argparse
 import json
 import math
+import shutil
 import statistics
 
 import numpy as np
@@ -158,11 +159,15 @@ def test_cli_default_lengths_and_outputs(runs, data_dir, tmp_path):
     assert proc.returncode == 2 and "YaRN needs 0 <= alpha < beta, got alpha 1 and beta 1" in proc.stderr
 
 
-def test_user_errors(runs, data_dir):
+def test_user_errors(runs, data_dir, tmp_path):
     with pytest.raises(UserError, match="too few"):
         evaluate_runs([runs / "learned_seed1337"], lengths=[10_000], data_dir=data_dir, progress=False)
-    with pytest.raises(UserError, match="no checkpoint"):
+    with pytest.raises(UserError, match="missing/config.json .*is this a run directory written by train.py"):
         evaluate_runs([runs / "missing"], progress=False)
+    record = tmp_path / "record"  # a run's record: everything but its checkpoint
+    shutil.copytree(runs / "learned_seed1337", record, ignore=shutil.ignore_patterns("*.pt"))
+    with pytest.raises(UserError, match="no checkpoint at .*record/ckpt.pt"):
+        evaluate_runs([record], data_dir=data_dir, progress=False)
 
 
 def test_scaling_factor_flag():

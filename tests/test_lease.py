@@ -41,7 +41,7 @@ def test_a_seed_that_does_not_fit_the_budget_is_not_started(data_dir, tmp_path):
 
 def test_the_projection_scales_steps_and_evaluations_and_keeps_the_fixed_cost():
     from study.lease import projected_seconds
-    from train import TrainConfig
+    from train_config import TrainConfig
     summary = {"wall_s": 10.0, "train_s": 4.0, "eval_s": 2.0}  # 4 s of start-up, data and compiling
     probe, real = TrainConfig(max_iters=10, eval_interval=5), TrainConfig(max_iters=100, eval_interval=5)
     # 4 fixed + 4 s x 10 (steps) + 2 s x 22 / 4 (evaluations: steps 0, 5, ..., 100 and the test split)

@@ -32,8 +32,8 @@ def prepare_data(tmp_path):
 # study: (its records folder, how many runs it reuses); each is run as
 # study/studies.py defines it, without the length study, which needs checkpoints (its figures redraw from their
 # JSON: study.evaluate --from-json), except a task study's, whose records keep the counts it reads
-RECORDED = {"baseline": ("shakespeare_char_cpu", 9), "sweep": ("shakespeare_char_cpu", 102),
-            "all": ("shakespeare_char_cpu", 56), "rope": ("shakespeare_char_cpu", 7),
+RECORDED = {"baseline": ("shakespeare_char_cpu", 9), "lr_sweep": ("shakespeare_char_cpu", 102),
+            "encodings": ("shakespeare_char_cpu", 56), "rope_study": ("shakespeare_char_cpu", 7),
             "rope_break": ("shakespeare_char_cpu", 73), "passkey": ("shakespeare_char_cpu-passkey", 30),
             "copy": ("shakespeare_char_cpu-copy", 30)}
 

@@ -9,11 +9,12 @@ import pytest
 import study.sweep as sweep
 from study.training import add_study_flags
 from study.runs import parse_variants
-from train import FIELD_TYPES, Diverged, add_config_flags, build_parser
+from train import Diverged
+from train_config import FIELD_TYPES, add_config_flags, build_parser
 
 
 def parse(*flags):
-    parser = build_parser()
+    parser = build_parser(None)
     add_study_flags(parser, "rope")
     parser.add_argument("--max-extensions", type=int, default=3)
     add_config_flags(parser, exclude=("pos_encoding", "run_name", "seed", "learning_rate", "min_lr"))

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import tasks
 from conftest import TINY_FLAGS, run
 from tasks import IGNORE, STOI, VOCAB, Examples, TaskBatches, unit_correct, wilson
-from train import TrainConfig
+from train_config import TrainConfig
 
 ITOS = dict(enumerate(VOCAB))
 

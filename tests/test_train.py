@@ -12,7 +12,8 @@ import torch
 
 from common import UserError, positive
 from conftest import ENV, ROOT
-from train import Batches, TrainConfig, learning_rate
+from train import Batches
+from train_config import TrainConfig, learning_rate
 
 
 def test_learning_rate_schedule():
