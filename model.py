@@ -14,6 +14,8 @@ the hook(s) it needs (`pos` is a Python range of the tokens' absolute positions)
                              of shape (1, n_head, len(q_pos), len(k_pos))
   scores(q, k, q_pos, k_pos) the q.k products themselves, where they are no single rotation of q and
                              k (RoPE with clamp_distance; it sets scores_itself), written-out attention
+  window(layer)              the keys a layer's queries may see, distances 0 .. w - 1 (RoPE with
+                             rope_window: a sliding window in its RoPE layers)
 and an encoding with parameters that must not start from the model's random
 initialisation (FIRE's c and L) sets them in init_weights(generator). An encoding that
 leaves some layers without position (a RoPE/NoPE hybrid) says which in acts_on(layer):
@@ -55,13 +57,23 @@ class GPTConfig:
     # (i + 1) % nope_every == 0, RoPE otherwise; 0: every layer RoPE
     nope_every: int = 0
     fire_L: float = 512.0  # FIRE's threshold L at initialisation (then learned): the paper's, for 2048 tokens
+    # RoPE layers restricted to a sliding window (RNoPE-SWA, Yang et al. 2025): a RoPE layer's query
+    # attends only to the keys 0 .. rope_window - 1 back; NoPE layers (nope_every) stay global. Trained
+    # with; 0: off (a window of block_size or more trains as plain RoPE)
+    rope_window: int = 0
     # inference-time ablations (they own no weights): yarn_temperature=False keeps YaRN's ramp without its
     # attention temperature; clamp_distance=w scores every distance beyond w as w (RoPE as in ReRoPE,
-    # T5 with the bucket of w); log_scale_length=n multiplies query i's logits q.k/sqrt(d) by
-    # max(1, ln(i + 1) / ln n), before any additive bias
+    # T5 with the bucket of w), and clamp_offset=b then lowers the logits of those clamped keys by b;
+    # log_scale_length=n multiplies query i's logits q.k/sqrt(d) by max(1, ln(i + 1) / ln n) and
+    # logit_scale=tau every logit by tau, before any additive bias; attention_window=w lets every layer
+    # attend only to the keys 0 .. w - 1 back, and attention_sink keeps the first token in view of a window
     yarn_temperature: bool = True
     clamp_distance: int = 0
+    clamp_offset: float = 0.0
     log_scale_length: int = 0
+    logit_scale: float = 1.0
+    attention_window: int = 0
+    attention_sink: bool = False
 
     def __post_init__(self):
         if self.pos_encoding not in POS_ENCODINGS:
@@ -75,6 +87,17 @@ class GPTConfig:
         if self.clamp_distance < 0 or self.log_scale_length < 0 or self.log_scale_length == 1:
             raise ValueError(f"clamp_distance must not be negative and log_scale_length must be 0 (off) or at least"
                              f" 2, got {self.clamp_distance} and {self.log_scale_length}")
+        if self.clamp_offset and not self.clamp_distance or self.clamp_offset < 0:
+            raise ValueError(f"clamp_offset lowers the clamped keys' logits by b >= 0: it needs clamp_distance, got"
+                             f" clamp_offset {self.clamp_offset} with clamp_distance {self.clamp_distance}")
+        if not self.logit_scale > 0:
+            raise ValueError(f"logit_scale must be positive, got {self.logit_scale}")
+        if self.attention_window < 0 or self.rope_window < 0:
+            raise ValueError(f"a window is 1 or more keys (0: off), got attention_window {self.attention_window} and"
+                             f" rope_window {self.rope_window}")
+        if self.attention_sink and not (self.attention_window or self.rope_window):
+            raise ValueError("attention_sink keeps the first token in view of a window: set attention_window or"
+                             " rope_window")
         POS_ENCODINGS[self.pos_encoding].check_config(self)
 
     @property
@@ -178,6 +201,10 @@ class PositionalEncoding(nn.Module):
     def scores(self, q, k, q_pos, k_pos):
         return None
 
+    def window(self, layer):
+        """How far back this layer's queries see: keys at distances 0 .. w - 1 (0: all)."""
+        return 0
+
     def init_weights(self, generator):
         """Called after the model's own initialisation; generator(name) is this parameter's seeded one."""
 
@@ -216,11 +243,13 @@ class RotaryPositionalEncoding(PositionalEncoding):
     """
 
     options = ("rope_theta", "rope_fraction", "rope_scaling", "rope_scaling_factor", "yarn_alpha", "yarn_beta",
-               "rope_original_length", "nope_every", "yarn_temperature", "clamp_distance")
+               "rope_original_length", "nope_every", "rope_window", "yarn_temperature", "clamp_distance",
+               "clamp_offset")
 
     def __init__(self, config):
         super().__init__(config)
         self.head_dim, self.nope_every, self.clamp = config.head_dim, config.nope_every, config.clamp_distance
+        self.rope_window, self.clamp_offset = config.rope_window, config.clamp_offset
         self.scores_itself = self.clamp > 0
         d, s, kind = config.head_dim, config.rope_scaling_factor, config.rope_scaling
         self.theta = config.rope_theta * (s ** (d / (d - 2)) if kind == "ntk" else 1.0)
@@ -260,9 +289,14 @@ class RotaryPositionalEncoding(PositionalEncoding):
         if config.nope_every and not 2 <= config.nope_every <= config.n_layer:
             raise ValueError(f"nope_every must be 0 (RoPE in every layer) or 2 .. n_layer = {config.n_layer}"
                              f" (1 would leave no RoPE layer, more than n_layer no NoPE layer), got {config.nope_every}")
+        if config.rope_window and config.clamp_distance:
+            raise ValueError("rope_window hides the keys a clamp_distance would score as near: use one of them")
 
     def acts_on(self, layer):
         return not self.nope_every or (layer + 1) % self.nope_every != 0
+
+    def window(self, layer):
+        return self.rope_window if self.acts_on(layer) else 0
 
     def table(self, stop, device):
         """The rotations of positions 0 .. stop - 1, grown on demand."""
@@ -291,7 +325,10 @@ class RotaryPositionalEncoding(PositionalEncoding):
             apply_rotary_embeddings(k, freqs[k_pos.start:k_pos.stop]).transpose(-2, -1)
         far = apply_rotary_embeddings(q, freqs[self.clamp:self.clamp + 1]) @ k.transpose(-2, -1)
         distance = causal_distance(q_pos, k_pos, q.device)
-        return torch.where(distance <= self.clamp, near, far) * self.attn_factor ** 2
+        scores = torch.where(distance <= self.clamp, near, far) * self.attn_factor ** 2
+        if self.clamp_offset:  # (in logit units: the scores are divided by sqrt(d) after this)
+            scores = scores - (distance > self.clamp) * (self.clamp_offset * math.sqrt(q.size(-1)))
+        return scores
 
 
 @register("sinusoidal")
@@ -385,17 +422,21 @@ class T5RelativeBias(PositionalEncoding):
     The bias needs gradients, so in training SDPA takes its math path (see bench.py)."""
 
     num_buckets, max_distance = 32, 128
-    options = ("clamp_distance",)
+    options = ("clamp_distance", "clamp_offset")
 
     def __init__(self, config):
         super().__init__(config)
         self.relative_attention_bias = nn.Embedding(self.num_buckets, config.n_head)
         self.clamp = config.clamp_distance or None  # (the ablation: every distance beyond it gets its bucket)
+        self.clamp_offset = config.clamp_offset  # (and its logits lowered by this)
 
     def attn_bias(self, q_pos, k_pos):
         distance = causal_distance(q_pos, k_pos, self.relative_attention_bias.weight.device)
         buckets = t5_bucket(distance.clamp(min=0, max=self.clamp), self.num_buckets, self.max_distance)
-        return per_head_bias(self.relative_attention_bias(buckets), distance)
+        bias = self.relative_attention_bias(buckets)
+        if self.clamp_offset:
+            bias = bias - (distance > self.clamp)[..., None] * self.clamp_offset
+        return per_head_bias(bias, distance)
 
 
 def t5_bucket(distance, num_buckets=32, max_distance=128):
@@ -480,7 +521,8 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.layer = layer  # index into a KVCache
         self.n_head = config.n_head
-        self.log_scale_length = config.log_scale_length
+        self.log_scale_length, self.logit_scale = config.log_scale_length, config.logit_scale
+        self.attention_window, self.attention_sink = config.attention_window, config.attention_sink
         self.dropout = config.dropout
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v at once
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
@@ -496,7 +538,25 @@ class CausalSelfAttention(nn.Module):
         if self.log_scale_length:  # query i's logits times max(1, ln(i + 1) / ln n), before any bias
             i = torch.arange(pos.start + 1, pos.stop + 1, device=q.device, dtype=torch.float32)
             q = q * (torch.log(i) / math.log(self.log_scale_length)).clamp(min=1)[:, None].to(q.dtype)
+        if self.logit_scale != 1.0:  # every logit times tau: a flat temperature, before any bias
+            q = q * self.logit_scale
         return q, k, v
+
+    def windowed(self, bias, pos_enc, pos, Tk, device):
+        """The bias with the keys outside this layer's window masked too (the narrower of
+        attention_window and the encoding's own, RoPE's rope_window in its RoPE layers; the first
+        token kept in view with attention_sink): an explicit bias holding the causal mask, where
+        `bias` may be None for plain causal attention. Unchanged without a window."""
+        w = min((w for w in (self.attention_window, pos_enc.window(self.layer)) if w), default=0)
+        if not w:
+            return bias
+        distance = causal_distance(pos, range(pos.stop - Tk, pos.stop), device)
+        outside = distance >= w
+        if self.attention_sink:
+            outside[:, 0] = False  # (the keys always start at position 0, cached or not)
+        hidden = (distance < 0) | outside
+        mask = torch.zeros(hidden.shape, device=device).masked_fill(hidden, float("-inf"))
+        return mask if bias is None else bias + mask
 
     def logits(self, q, k, pos_enc, pos, bias):
         """The attention logits written out, (B, n_head, Tq, Tk), the last Tq of Tk positions: the
@@ -514,6 +574,7 @@ class CausalSelfAttention(nn.Module):
         """The attention weights (B, n_head, T, T) that forward() applies to the values, for
         analysis (scaled_dot_product_attention does not return them). Without a cache."""
         q, k, _ = self.qkv(x, pos_enc, pos)
+        bias = self.windowed(bias, pos_enc, pos, k.size(2), x.device)
         return torch.softmax(self.logits(q, k, pos_enc, pos, bias), dim=-1)
 
     def forward(self, x, pos_enc, pos, bias, cache=None):
@@ -521,6 +582,7 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.qkv(x, pos_enc, pos)
         if cache is not None:  # attend to the cached tokens too
             k, v = cache.append(self.layer, k, v, pos)
+        bias = self.windowed(bias, pos_enc, pos, k.size(2), x.device)
         dropout = self.dropout if self.training else 0.0
         if pos_enc.scores_itself and pos_enc.acts_on(self.layer):  # no single rotation: attention written out
             att = torch.softmax(self.logits(q, k, pos_enc, pos, bias), dim=-1)

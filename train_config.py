@@ -66,6 +66,8 @@ class TrainConfig:
                                           " run's block size, else block_size; only for rope)")
     nope_every: int = option(0, "RoPE/NoPE hybrid: layer i (0-based) carries no position when (i + 1) % nope_every"
                                 " == 0, RoPE otherwise (0: RoPE in every layer; only for rope)")
+    rope_window: int = option(0, "RoPE layers attend only to the keys 0 .. w - 1 back, a sliding window; NoPE layers"
+                                 " (--nope-every) stay global, as in RNoPE-SWA (0: off; only for rope)")
     fire_L: float = option(512.0, "FIRE's threshold L at initialisation, then learned (the paper's 512 was set for"
                                   " 2048-token training; only for fire)")
     yarn_temperature: bool = option(True, "YaRN's attention temperature; --no-yarn-temperature keeps its ramp alone"
@@ -74,6 +76,14 @@ class TrainConfig:
                                     " its bucket (0: off; an inference-time ablation; only for rope and t5)")
     log_scale_length: int = option(0, "multiply query i's attention logits by max(1, ln(i + 1) / ln n) for this n,"
                                       " before any additive bias (0: off; an inference-time ablation)")
+    clamp_offset: float = option(0.0, "with --clamp-distance, lower the logits of the clamped keys by this (an"
+                                      " inference-time ablation; only for rope and t5)")
+    logit_scale: float = option(1.0, "multiply every attention logit by this, before any additive bias (a flat"
+                                     " temperature; an inference-time ablation)")
+    attention_window: int = option(0, "every layer attends only to the keys 0 .. w - 1 back (0: off; an"
+                                      " inference-time ablation)")
+    attention_sink: bool = option(False, "with a window (--attention-window or --rope-window), the first token"
+                                         " stays in view")
     sinusoidal_scale: bool = option(True, "scale the token embeddings by sqrt(n_embd) before adding the waves, as"
                                           " in the paper (only for --pos-encoding sinusoidal)")
     # optimisation

@@ -50,6 +50,72 @@ PREDICTIONS = {
 }
 
 
+# --- Why RoPE cannot use what lies past its training length: the readings on the tasks (study.mechanism) -----
+# Fixed before any task run was read with these readings: the commit that adds them holds no number of
+# theirs. Each hypothesis has one name, used the same way in every file:
+HYPOTHESES = {
+    "unseen distances":
+        "past 64 a query meets keys at distances (rotation angles, T5 buckets) training never showed, and what"
+        " the model makes of them disturbs even an answer that lies near",
+    "crowding":
+        "past 64 a query sees more keys than training ever showed it; together the far keys draw attention away"
+        " from the near answer, whatever their distances",
+    "rarely trained last distances":
+        "training shows distance d in 64 - d places of a window, distance 63 in one (the last query, the first"
+        " key): a clamp at 63 puts every far key at the distance the model knows least, and fails for that",
+}
+# One definition of "restores", shared by every file (study.mechanism judges with it): a reading restores a
+# cell of one seed at one length when its exact match there is at least RESTORE of the plain reading's at the
+# training length on the same cell (passkey depth, copy string length) in that seed. A reading restores a
+# variant's near cells at a length when it restores every near cell it counts for in every seed, and fails
+# them when it restores none of them in any seed; anything between is mixed, and a mixed outcome decides
+# nothing. The near cells: the passkey at depths 0.8-1.0 and the copy's strings of 8 and 16, whose answers
+# lie at most 60 characters back up to 4x. A clamp at w counts for a cell only where w is at least the
+# distance its answer needs (below it the clamp moves the answer itself): the passkey's (1 - depth) * room +
+# 7 (room = L - 12, the filler's length), the copy's string length + 1.
+RESTORE = 0.8
+# What each hypothesis predicts for the near cells at 2x and 4x, reading by reading (RoPE, both RoPE/NoPE
+# hybrids, T5 with the bucket of w as its clamp; "none" is read with the readings that do not clamp)
+RESTORES, FAILS = "restores", "fails"
+TASK_PREDICTIONS = {
+    "truncate": dict.fromkeys(HYPOTHESES, RESTORES),  # the positive control: an ordinary training example
+    "mask": dict.fromkeys(HYPOTHESES, RESTORES),  # no key beyond 63, and no more keys than in training
+    "mask-sink": {"unseen distances": "restores, unless one key at an unseen distance is enough to disturb",
+                  "crowding": RESTORES, "rarely trained last distances": RESTORES},
+    "clamp-16, clamp-32, clamp-48": {"unseen distances": RESTORES, "crowding": FAILS,
+                                     "rarely trained last distances": RESTORES},
+    "clamp-56, clamp-63": {"unseen distances": RESTORES, "crowding": FAILS,
+                           "rarely trained last distances": FAILS},
+    "count-1, count-8": {"unseen distances": RESTORES, "crowding": RESTORES,
+                         "rarely trained last distances": FAILS},
+    "offset-8": dict.fromkeys(HYPOTHESES, RESTORES),  # the far keys pushed down: tells whether they draw attention
+    "offset-2": {"unseen distances": RESTORES, "crowding": "between clamp-63 and offset-8",
+                 "rarely trained last distances": "between clamp-63 and offset-8"},
+    "rope-mask (hybrids)": {"unseen distances": RESTORES, "crowding": FAILS + " (the NoPE layers still see every key)",
+                            "rarely trained last distances": RESTORES},
+    "temp-1.5, temp-2": {"unseen distances": FAILS + " (what is off is sharpened too)",
+                         "crowding": "restores, or moves toward it", "rarely trained last distances": "no prediction"},
+}
+TASK_OUTCOMES = (  # how the outcomes decide, read in this order
+    "truncation fails in some seed: the positive control fails, and no other reading is judged",
+    "masking fails while truncation restores: something besides far keys breaks the model (positions past 63 as"
+    " such, or the first token: mask-sink), and none of the three is supported",
+    "a clamp at 16-48 restores, count-1 restores and rope-mask restores: unseen distances is supported, crowding"
+    " refuted; clamp-63 then tells whether rarely trained last distances adds to it",
+    "clamps fail at every w while count-1, count-8 (or temperature) and masking restore: crowding is supported,"
+    " unseen distances refuted",
+    "clamps at 16-48 restore, clamp-63 and the counts fail: rarely trained last distances is supported",
+    "any other pattern, or a mixed reading among those a hypothesis needs: that hypothesis is undecided",
+)
+# The Shakespeare loss (1 seed of each of plots/rope_break's runs): its prediction is that it cannot decide.
+# The loss needs only the last 2-10 characters (plots/encodings, the attention distances), so every reading
+# that hides the far keys or makes them harmless repairs it under all three hypotheses: truncation (the
+# sliding window), masking and the clamps at 16-63 alike. What it adds is whether a reading costs anything
+# near: a clamp below 63 moves distances the loss does use.
+LOSS_PREDICTION = ("every reading that hides the far keys or neutralises them repairs the loss under all three"
+                   " hypotheses: the loss cannot tell them apart")
+
+
 def role_of(name):
     """Which of ROLES a variant's run name is, whatever its learning rate (else None)."""
     parts = re.split(r"-(?=[a-z_]+=)", name)  # "rope-rope_fraction=0.25-lr=0.004" -> its settings

@@ -47,6 +47,10 @@ def add_length_flags(parser):
                              " (study.evaluate --rope-scaling): none (plain), linear, ntk, dynamic-ntk, yarn"
                              " (default: all)")
     add_ablations_flag(parser, "with --extrapolate: ")
+    parser.add_argument("--far-mass", action="store_true",
+                        help="with --extrapolate on task runs (--task): also each reading's attention mass on keys"
+                             " block_size or more back at the answer positions, per layer and head (study.retrieval"
+                             " --far-mass)")
 
 
 def length_options(args):
@@ -80,7 +84,8 @@ def measure_retrieval(study, plots_dir, args, data_dir):
     c = study.configs[0]
     methods, ablations = length_options(args)
     results = retrieval_runs(study.run_dirs, scalings=[m for m in methods if m in STATIC], data_dir=data_dir,
-                             device=pick_device(c["device"]), progress=c["progress"], ablations=ablations)
+                             device=pick_device(c["device"]), progress=c["progress"], ablations=ablations,
+                             far_mass=args.far_mass)
     print(retrieval_report(results))
     for path in write_retrieval_outputs(results, plots_dir):
         print(f"wrote {path}")

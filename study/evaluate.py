@@ -36,13 +36,22 @@ each with factor s = L / block_size (or --rope-scaling-factor):
 A learned position table has no vectors past the training length: reported as n/a (its
 sliding window is not). Seeds of one variant are averaged (mean ± std over seeds).
 
---ablations reads every run also with the inference-time ablations that apply to its encoding:
-  log-scale            query i's logits q.k/sqrt(d) times max(1, ln(i+1) / ln block_size), before
-                       any additive bias (every encoding; the plain model inside block_size)
-  clamp-32, clamp-63   every distance beyond w scored as w: RoPE as ReRoPE (q_i.R(min(i-j, w))k_j),
-                       T5 with the bucket of w. w = 63 is the plain model inside a 64 window; w = 32
-                       also changes the reads there (distances 33-63: see the 1x column)
+--ablations reads every run also with the inference-time ablations that apply to its encoding
+(B = block_size, the training length; READINGS below):
+  log-scale            query i's logits q.k/sqrt(d) times max(1, ln(i+1) / ln B), before any
+                       additive bias (every encoding; the plain model inside B)
+  clamp-16 ... -63     every distance beyond w scored as w: RoPE as ReRoPE (q_i.R(min(i-j, w))k_j),
+                       T5 with the bucket of w (w = 16, 32, 48, 56, 63). w = B - 1 is the plain model
+                       inside B; a smaller w also changes the reads there (see the 1x column)
   yarn-no-temperature  YaRN's ramp without its temperature, one row per --yarn-beta (RoPE)
+  truncate             the model reads only the last B characters (study.retrieval; the loss's is the
+                       sliding window row, which every run gets)
+  mask, mask-sink      keys B or more back not attended in any layer (mask-sink: the first token kept)
+  rope-mask            keys B or more back not attended in the RoPE layers of a RoPE/NoPE hybrid only
+  count-1, count-8     the clamp at B - 1 with only the K nearest keys beyond it in view (none: the K
+                       nearest, unclamped); RoPE, T5 and none
+  offset-2, offset-8   the clamp at B - 1 with the clamped keys' logits lowered by b (RoPE, T5)
+  temp-1.5, temp-2     every logit times tau, before any additive bias (RoPE, T5 and none)
 
 Each run is measured with its best-val checkpoint (ckpt.pt), the weights sample.py uses.
 Writes <plots-dir>/extrapolation.png, loss_by_position.png and extrapolation.json.
@@ -81,9 +90,13 @@ SCALINGS = ("none", "linear", "ntk", "dynamic-ntk", "yarn")
 SCALING_LABELS = {"linear": "PI", "ntk": "NTK", "dynamic-ntk": "dynamic NTK", "yarn": "YaRN"}
 # inference-time ablations (why RoPE breaks; see the module's doc): log-length scaling of the logits (any
 # encoding), a clamp of the distance at w (RoPE as ReRoPE, T5 with the bucket of w), YaRN's ramp alone (RoPE)
-ABLATIONS = ("log-scale", "clamp-32", "clamp-63", "yarn-no-temperature")
+CLAMPS = (16, 32, 48, 56, 63)
+ABLATIONS = ("log-scale", *(f"clamp-{w}" for w in CLAMPS), "yarn-no-temperature", "truncate", "mask", "mask-sink",
+             "rope-mask", "count-1", "count-8", "offset-2", "offset-8", "temp-1.5", "temp-2")
+READ_BY = ("rope", "t5", "none")  # the encodings the readings of the mechanism study apply to (besides log-scale)
 YARN_ALPHA, YARN_BETAS = 1.0, (32.0, 8.0)  # the paper's alpha and beta (set for Llama's 4096), and beta for 64
-MARKERS = {"none": "o", "linear": "s", "ntk": "^", "dynamic-ntk": "v", "sliding": "x", "log": "d", "clamp": "<"}
+MARKERS = {"none": "o", "linear": "s", "ntk": "^", "dynamic-ntk": "v", "sliding": "x", "log": "d", "clamp": "<",
+           "mask": ">", "rope": "p", "count": "h", "offset": "H", "temp": "*", "truncate": "X"}
 YARN_MARKERS = ("D", "P", "*", "h")  # one per --yarn-beta
 DEFAULT_MULTIPLES = (1, 2, 4, 8)
 PANELS_PER_ROW = 4  # the length figure wraps: a study with many variants read with the ablations has many panels
@@ -180,9 +193,36 @@ def auto_factor(length, block_size):
     return max(1.0, length / block_size)
 
 
-def methods_of(encoding, scalings, yarn_betas, yarn_alpha, ablations=(), block=None):
+def ablation_settings(name, encoding, block, hybrid=False):
+    """The GPTConfig overrides of ablation `name` (ABLATIONS) for a run of `encoding` trained on `block`
+    characters (hybrid: a RoPE/NoPE hybrid), or None where it does not apply; "truncate" is no model
+    setting but the length of input the reading keeps (study.retrieval)."""
+    kind, _, value = name.partition("-")
+    clamps = encoding in ("rope", "t5")
+    if name == "log-scale":
+        return {"log_scale_length": block}
+    if kind == "clamp" and clamps:
+        return {"clamp_distance": int(value)}
+    if encoding not in READ_BY:
+        return None
+    if name == "truncate":
+        return {"truncate": block}
+    if name in ("mask", "mask-sink"):
+        return {"attention_window": block, **({"attention_sink": True} if name == "mask-sink" else {})}
+    if name == "rope-mask" and hybrid:
+        return {"rope_window": block}
+    if kind == "count":
+        return {**({"clamp_distance": block - 1} if clamps else {}), "attention_window": block + int(value)}
+    if kind == "offset" and clamps:
+        return {"clamp_distance": block - 1, "clamp_offset": float(value)}
+    if kind == "temp":
+        return {"logit_scale": float(value)}
+    return None
+
+
+def methods_of(encoding, scalings, yarn_betas, yarn_alpha, ablations=(), block=None, hybrid=False):
     """(row key, rope_scaling, GPTConfig overrides besides the factor) a run of `encoding` is evaluated
-    with: RoPE's scalings, then the ablations that apply to the encoding."""
+    with: RoPE's scalings, then the ablations that apply to the encoding (ablation_settings)."""
     out = [("none", "none", {})]
     if encoding == "rope":
         out = []
@@ -192,13 +232,11 @@ def methods_of(encoding, scalings, yarn_betas, yarn_alpha, ablations=(), block=N
             else:
                 out.append((scaling, scaling, {}))
     for name in ablations:
-        if name == "log-scale":
-            out.append((name, "none", {"log_scale_length": block}))
-        elif name.startswith("clamp-") and encoding in ("rope", "t5"):
-            out.append((name, "none", {"clamp_distance": int(name.split("-")[1])}))
-        elif name == "yarn-no-temperature" and encoding == "rope":
+        if name == "yarn-no-temperature" and encoding == "rope":
             out += [(f"yarn-b{b:g}-no-temperature", "yarn", {"yarn_alpha": yarn_alpha, "yarn_beta": b,
                                                               "yarn_temperature": False}) for b in yarn_betas]
+        elif (settings := ablation_settings(name, encoding, block, hybrid)) is not None:
+            out.append((name, "none", settings))
     return out
 
 
@@ -222,11 +260,33 @@ def method_of(row):
     return row["name"].split("+", 1)[1] if "+" in row["name"] else "none"
 
 
-def row_label(variant_label, key, scaling, extra, scaling_factor, block_size):
+def ablation_label(key, extra):
+    """How a table names an ablation (ablation_settings' `extra`), or None for a scaling."""
     if "log_scale_length" in extra:
-        return f"{variant_label} + log scaling (n={extra['log_scale_length']})"
-    if "clamp_distance" in extra:
-        return f"{variant_label} + clamp at {extra['clamp_distance']}"
+        return f"log scaling (n={extra['log_scale_length']})"
+    if "truncate" in extra:
+        return f"truncated to the last {extra['truncate']}"
+    if "logit_scale" in extra:
+        return f"logits × {extra['logit_scale']:g}"
+    if "rope_window" in extra:
+        return f"keys ≥ {extra['rope_window']} back masked in RoPE layers"
+    clamp = f"clamp at {extra['clamp_distance']}" if "clamp_distance" in extra else None
+    if "attention_window" in extra:
+        w = extra["attention_window"]
+        if key.startswith("count-"):  # the window keeps K keys beyond the clamp (or beyond B - 1)
+            k = int(key.split("-")[1])
+            kept = f"{k} key{'s' * (k > 1)} ≥ {w - k} back kept, the rest masked"
+            return f"{clamp}, {kept}" if clamp else kept
+        return f"keys ≥ {w} back masked" + (", the first kept" if extra.get("attention_sink") else "")
+    if "clamp_offset" in extra:
+        return f"{clamp}, beyond it logits − {extra['clamp_offset']:g}"
+    return clamp
+
+
+def row_label(variant_label, key, scaling, extra, scaling_factor, block_size):
+    ablation = ablation_label(key, extra)
+    if ablation:
+        return f"{variant_label} + {ablation}"
     if scaling == "none":
         return variant_label
     if scaling == "dynamic-ntk":
@@ -299,7 +359,8 @@ def evaluate_runs(run_dirs, lengths=None, scalings=SCALINGS, scaling_factor=None
             plan[i, L] = [(key, scaling, extra, "dynamic" if scaling == "dynamic-ntk" else
                            (scaling_factor or auto_factor(L, block)) if scaling != "none" else None)
                           for key, scaling, extra in methods_of(encoding, scalings, yarn_betas, yarn_alpha,
-                                                                ablations, block)]
+                                                                ablations, block, c.get("nope_every", 0) > 0)
+                          if "truncate" not in extra]  # (the loss's truncation is the sliding window row)
     passes = {}  # (run, length, scaling, overrides, factor) -> per-position losses, or the n/a reason
 
     def static(i, L, scaling="none", extra=None, factor=None):
@@ -348,7 +409,7 @@ def evaluate_runs(run_dirs, lengths=None, scalings=SCALINGS, scaling_factor=None
     rows = []
     order = list(groups)
     keys = list(dict.fromkeys(["none"] + [k for enc in ("rope", "t5", "none") for k, *_ in
-                                          methods_of(enc, scalings, yarn_betas, yarn_alpha, ablations, block)]))
+                                          methods_of(enc, scalings, yarn_betas, yarn_alpha, ablations, block, True)]))
     keys.append("sliding")
     for (variant, key), row in sorted(per_row.items(), key=lambda kv: (order.index(kv[0][0]), keys.index(kv[0][1]))):
         first = groups[variant][0]
@@ -452,7 +513,10 @@ def differences_from_baseline(results):
 # RoPE's context-extension methods, told apart by colour and marker (all of them are RoPE: blue would not)
 METHOD_COLORS = {"none": "tab:blue", "linear": "tab:red", "ntk": "tab:green", "dynamic-ntk": "tab:olive",
                  "yarn": ("tab:purple", "tab:brown", "tab:pink", "tab:cyan"), "sliding": "black"}
-ABLATION_COLORS = {"log-scale": "tab:orange", "clamp-32": "tab:cyan", "clamp-63": "tab:gray"}  # (YaRN's: dashed)
+ABLATION_COLORS = {"log-scale": "tab:orange", "clamp-16": "tab:olive", "clamp-32": "tab:cyan", "clamp-48": "tab:blue",
+                   "clamp-56": "tab:purple", "clamp-63": "tab:gray", "mask": "tab:green", "mask-sink": "tab:red",
+                   "rope-mask": "tab:brown", "count-1": "gold", "count-8": "darkkhaki", "offset-2": "navy",
+                   "offset-8": "teal", "temp-1.5": "magenta", "temp-2": "crimson", "truncate": "black"}  # (YaRN's: dashed)
 
 
 def row_styles(results):
@@ -475,7 +539,7 @@ def method_marker(row, yarn_betas):
 
 def method_color(row, yarn_betas):
     key = method_of(row)
-    if key.startswith(("log-scale", "clamp-")):
+    if key in ABLATION_COLORS:
         return ABLATION_COLORS[key]
     color = METHOD_COLORS[row["rope_scaling"]]
     if row["rope_scaling"] == "yarn":
@@ -499,7 +563,7 @@ def is_ablation(row):
 
 def is_ablation_key(key):
     """Whether a reading's key (methods_of) is one of the ablations, not a context-extension method."""
-    return key.startswith(("log-scale", "clamp-")) or key.endswith("-no-temperature")
+    return key in ABLATIONS or key.endswith("-no-temperature")
 
 
 def panels_of(results):

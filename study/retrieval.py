@@ -37,7 +37,8 @@ from study.evaluate import (YARN_ALPHA, YARN_BETAS, ablations_of, add_ablations_
 from study.flags import measure_parser  # noqa: E402
 from study.plot import length_axis, redraw, save  # noqa: E402
 from study.runs import Runs, find_runs, seed_of  # noqa: E402
-from tasks import DEPTHS, copy_sizes, evaluation_set, to_task_ids, unit_correct, wilson  # noqa: E402
+from model import causal_distance  # noqa: E402
+from tasks import DEPTHS, Examples, copy_sizes, evaluation_set, to_task_ids, unit_correct, wilson  # noqa: E402
 
 STATIC = ("none", "linear", "ntk", "yarn")  # (dynamic NTK read in one pass is NTK: see above)
 DISTANCE_EDGES = (0, 16, 32, 64, 128, 256, 512)  # recall: query-to-key distance bins, the last open-ended
@@ -70,22 +71,87 @@ def cell_of(task, where, k, lengths):
     return torch.searchsorted(torch.tensor(copy_cell_sizes(lengths)), where.long())
 
 
+def near_cells(task, cells):
+    """Which cells are near (a boolean per cell label): the passkey at depths 0.8 to 1, the copy's strings of 8
+    and 16. At up to 4x the training length of 64 their answers lie at most 60 characters back."""
+    if task == "passkey":
+        return np.array([float(c.split()[-1]) >= 0.8 for c in cells])
+    if task == "copy":
+        return np.array([c in ("string of 8", "string of 16") for c in cells])
+    return np.zeros(len(cells), dtype=bool)
+
+
+def truncated(examples, keep):
+    """The examples cut to their last `keep` inputs (as the model reads them then), and which of their
+    units, (N, units), had a position before the cut: those the model cannot answer."""
+    cut = examples.unit.shape[1] - keep
+    if cut <= 0:
+        return examples, torch.zeros(examples.where.shape, dtype=torch.bool)
+    units = torch.arange(examples.where.shape[1])
+    lost = (examples.unit[:, :cut, None] == units).any(1)
+    answers = None if examples.answers is None else examples.answers[:, cut:]
+    return Examples(examples.tokens[:, cut:], examples.unit[:, cut:], examples.where, answers), lost
+
+
+def forward_with_far_mass(model, x, y, far):
+    """The logits, and each layer's attention mass on keys `far` or more back, (B, layers, heads, T): the
+    weights each attention layer applies, recomputed from its inputs (CausalSelfAttention.attention_weights)."""
+    masses = []
+
+    def grab(module, args):
+        h, pos_enc, pos, bias = args[:4]
+        weights = module.attention_weights(h, pos_enc, pos, bias)  # (B, heads, T, T), keys from position 0
+        masses.append((weights * (causal_distance(pos, range(pos.stop), weights.device) >= far)).sum(-1))
+
+    hooks = [block.attn.register_forward_pre_hook(grab) for block in model.transformer.h]
+    try:
+        logits, _ = model(x, y)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return logits, torch.stack(masses, 1)
+
+
 @torch.inference_mode()
-def counts(model, sets, task, lengths, device, batch_tokens=BATCH_TOKENS):
+def counts(model, sets, task, lengths, device, batch_tokens=BATCH_TOKENS, truncate=0, far=0):
     """{cell label: [right, total]} over the evaluation examples `sets` (a list of Examples), among the
-    cells of cell_labels(task, lengths)."""
+    cells of cell_labels(task, lengths). truncate: the model reads only the last `truncate` inputs of each
+    example (a unit reaching before them counts as wrong). far: also the attention mass on keys `far` or
+    more back at the answer positions, per layer and head, summed over the near cells' answer positions
+    and over all cells', with their counts: ({...}, {"near": {"sum": [[...]], "positions": n}, "all": ...});
+    with no example longer than `far`, None."""
     labels = cell_labels(task, lengths)
+    near = torch.from_numpy(near_cells(task, labels))
     out = np.zeros((len(labels), 2), dtype=np.int64)
+    n_layer, n_head = len(model.transformer.h), model.config.n_head
+    mass = {k: [torch.zeros(n_layer, n_head, dtype=torch.float64), 0] for k in ("near", "all")}
+    reads_far = bool(far) and sets[0].tokens.shape[1] - 1 > far
     for k, examples in enumerate(sets):
         rows = max(1, batch_tokens // examples.tokens.shape[1])
         for i in range(0, len(examples.tokens), rows):
-            part = examples[i:i + rows]
+            part, lost = truncated(examples[i:i + rows], truncate) if truncate else (examples[i:i + rows], None)
             x, y = part.inputs_and_targets()
-            logits, _ = model(x.to(device), y.to(device))
+            if reads_far:
+                logits, weights = forward_with_far_mass(model, x.to(device), y.to(device), far)
+            else:
+                logits, _ = model(x.to(device), y.to(device))
             right, cells = unit_correct(logits.float().cpu(), part), cell_of(task, part.where, k, lengths)
+            if lost is not None:
+                right = right[:, :lost.shape[1]] if right.shape[1] >= lost.shape[1] else \
+                    torch.cat([right, torch.ones(len(right), lost.shape[1] - right.shape[1], dtype=torch.bool)], 1)
+                right &= ~lost
             np.add.at(out, (cells.flatten().numpy(), 0), right.flatten().numpy().astype(np.int64))
             np.add.at(out, (cells.flatten().numpy(), 1), 1)
-    return {label: c for label, c in zip(labels, out.tolist()) if c[1]}
+            if reads_far:  # each answer position's cell: its unit's
+                answer = part.unit >= 0
+                cell = cells.gather(1, part.unit.clamp(min=0))
+                for key, chosen in (("near", answer & near[cell]), ("all", answer)):
+                    mass[key][0] += weights.double().cpu().permute(1, 2, 0, 3)[..., chosen].sum(-1)
+                    mass[key][1] += int(chosen.sum())
+    got = {label: c for label, c in zip(labels, out.tolist()) if c[1]}
+    if not reads_far:
+        return got, None
+    return got, {key: {"sum": total.tolist(), "positions": n} for key, (total, n) in mass.items()}
 
 
 STORED = "retrieval.json"  # in a run's folder: its counts per reading and length, kept with its record
@@ -110,13 +176,18 @@ class StoredCounts:
             saved.get("checkpoint") == self.checkpoint
         self.entries = saved.get("entries", {}) if same else {}
 
-    def get(self, key, depends):
-        """The stored counts (or why n/a) of `key`, if they were counted under `depends`; else None."""
+    def get(self, key, depends, far=False):
+        """The stored entry of `key` ({"counts": its counts or why n/a, "device", and with `far` its
+        "far_mass"}), if it was counted under `depends` (and with the far-key mass where asked); else None."""
         entry = self.entries.get(key)
-        return entry["counts"] if entry is not None and entry["depends"] == depends else None
+        if entry is None or entry["depends"] != depends or far and "far_mass" not in entry:
+            return None
+        return entry
 
-    def put(self, key, depends, counts, device):
-        self.entries[key] = {"depends": depends, "counts": counts, "device": device}
+    def put(self, key, depends, counts, device, far=False, far_mass=None):
+        """Keep `key`'s counts, and with `far` its far-key mass (None where no key is that far)."""
+        self.entries[key] = {"depends": depends, "counts": counts, "device": device,
+                             **({"far_mass": far_mass} if far else {})}
         if self.checkpoint is not None:
             write_json(self.path, {"version": STORED_VERSION, "checkpoint": self.checkpoint, "entries": self.entries})
 
@@ -127,12 +198,14 @@ def examples_digest(examples):
 
 
 def retrieval_runs(run_dirs, lengths=None, scalings=("none",), data_dir=None, device="cpu", progress=True,
-                   ablations=(), block_size=None):
+                   ablations=(), block_size=None, far_mass=False):
     """Exact match of task runs at several lengths, each also read with the RoPE `scalings` and the
     `ablations` that apply to its encoding (study.evaluate's); a JSON-ready dict (see the module's doc).
     Each run's counts are kept in its folder (StoredCounts), so a run read before, or whose record is
     all that is left, is not read again and needs no checkpoint. block_size: the training length the
-    lengths are told against, for runs trained on several (study.finetune's); default: the runs' one."""
+    lengths are told against, for runs trained on several (study.finetune's); default: the runs' one.
+    far_mass: also each reading's attention mass on keys block_size or more back at the answer positions
+    (counts' far), per seed, layer and head, in a row's "far_mass" (None where no key is that far)."""
     runs = Runs(run_dirs, "runs to read", across_lengths=block_size is not None)
     run_dirs, configs, groups, labels = runs.run_dirs, runs.configs, runs.groups, runs.labels
     bad = [s for s in scalings if s not in STATIC]
@@ -155,43 +228,57 @@ def retrieval_runs(run_dirs, lengths=None, scalings=("none",), data_dir=None, de
     devices = set()
 
     def read(i, L, method, over):
-        """Run i's {cell: [right, total]} at length L read with the settings `over`, or why it cannot read it."""
+        """Run i's ({cell: [right, total]}, far-key mass or None) at length L read with the settings `over`,
+        or (why it cannot read it, None)."""
         if not (run_dirs[i] / "ckpt.pt").exists():
             raise UserError(f"{run_dirs[i]} has no checkpoint (ckpt.pt) and was never read at length {L} with"
-                            f" {method!r}; retrain it, or leave that length or reading out")
-        model = build_model(runs.checkpoint(i), device, **over)
+                            f" {method!r}{' and its far-key mass' if far_mass else ''}; retrain it, or leave that"
+                            f" length or reading out")
+        settings = {k: v for k, v in over.items() if k != "truncate"}  # (truncation cuts the input, not the model)
+        model = build_model(runs.checkpoint(i), device, **settings)
         limit, reason = position_limit(model)
-        if limit is not None and L > limit:
-            return reason
+        if limit is not None and L > min(limit, over.get("truncate", L)):
+            return reason, None
         with autocast(configs[i]["provenance"]["dtype"], device):
-            return counts(model, sets[L], task, lengths, device)
+            return counts(model, sets[L], task, lengths, device, truncate=over.get("truncate", 0),
+                          far=block if far_mass else 0)
 
     rows = []
     bar = tqdm(desc="retrieval", unit="pass", disable=not progress, dynamic_ncols=True)
     for key, idx in groups.items():
         encoding = configs[idx[0]]["pos_encoding"]
-        for method, scaling, extra in methods_of(encoding, list(scalings), YARN_BETAS, YARN_ALPHA, ablations, block):
+        hybrid = configs[idx[0]].get("nope_every", 0) > 0
+        for method, scaling, extra in methods_of(encoding, list(scalings), YARN_BETAS, YARN_ALPHA, ablations, block,
+                                                 hybrid):
             label = row_label(labels[key], method, scaling, extra, None, block)
             row = {"label": label, "encoding": encoding, "method": method,
-                   "runs": [str(run_dirs[i]) for i in idx], "results": {}}
+                   "runs": [str(run_dirs[i]) for i in idx], "results": {}, **({"far_mass": {}} if far_mass else {})}
             for L in lengths:
                 # an ablation acts at every length; a scaling only past the training length
                 over = dict(extra) if scaling == "none" else {} if L <= block else {
                     "rope_scaling": scaling, "rope_scaling_factor": auto_factor(L, block), **extra}
                 depends = {"examples": digests[L], "settings": over}
-                entry, per_seed = f"{method} at {L}", []
+                entry, per_seed, masses = f"{method} at {L}", [], []
                 for i in idx:
-                    got = stored[i].get(entry, depends)
-                    if got is None:
-                        got = read(i, L, method, over)
-                        stored[i].put(entry, depends, got, device)
-                    devices.add(stored[i].entries[entry]["device"])
+                    kept = stored[i].get(entry, depends, far_mass)
+                    if kept is None:
+                        got, mass = read(i, L, method, over)
+                        before = stored[i].get(entry, depends)  # (counted before without the mass: the same)
+                        if before is not None and before["counts"] != got:
+                            raise UserError(f"{run_dirs[i]}: {entry} counts {got}, not the {before['counts']}"
+                                            f" counted before on {before['device']}; delete {STORED} to read again")
+                        stored[i].put(entry, depends, got, device, far_mass, mass)
+                        kept = stored[i].entries[entry]
+                    devices.add(kept["device"])
                     bar.update(1)
-                    if isinstance(got, str):  # (n/a for one run of a variant is n/a for all)
-                        per_seed = got
+                    if isinstance(kept["counts"], str):  # (n/a for one run of a variant is n/a for all)
+                        per_seed = kept["counts"]
                         break
-                    per_seed.append([got.get(c, [0, 0]) for c in cells])
+                    per_seed.append([kept["counts"].get(c, [0, 0]) for c in cells])
+                    masses.append(kept.get("far_mass"))
                 row["results"][str(L)] = per_seed
+                if far_mass:
+                    row["far_mass"][str(L)] = None if isinstance(per_seed, str) or masses[0] is None else masses
             rows.append(row)
     bar.close()
     return {"task": task, "block_size": block, "lengths": lengths, "cells": cells,
@@ -464,13 +551,17 @@ def main():
                         help=f"comma-separated methods RoPE runs are also read with, beside the plain reading:"
                              f" {', '.join(STATIC)} (default: none)")
     add_ablations_flag(parser)
+    parser.add_argument("--far-mass", action="store_true",
+                        help="also each reading's attention mass on keys block_size or more back at the answer"
+                             " positions, per layer and head, over the near cells and over all (needs the"
+                             " checkpoints of runs not read so before)")
     args = parser.parse_args()
     if args.from_json:
         return redraw(args.from_json, "retrieval.json", "study.retrieval", ("rows", "lengths", "task"), report,
                       draw_figures, args.plots_dir)
     scalings = comma_list(args.rope_scaling, "--rope-scaling", choices=STATIC)
     results = retrieval_runs(find_runs(args.runs), args.lengths, scalings, args.data_dir, args.device, args.progress,
-                             ablations_of(args))
+                             ablations_of(args), far_mass=args.far_mass)
     print(report(results))
     for path in write_outputs(results, args.plots_dir):
         print(f"wrote {path}")

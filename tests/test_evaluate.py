@@ -241,4 +241,4 @@ def test_the_ablations_read_each_run_where_they_apply(runs, data_dir, tmp_path):
     png, _, _ = write_outputs(out, tmp_path / "plots")
     assert png.read_bytes()[:8] == PNG_MAGIC
     proc = run("study.evaluate", tmp_path / "t5_seed1337", "--ablations", "clamp-7", check=False)
-    assert proc.returncode == 2 and "--ablations takes some of log-scale, clamp-32" in proc.stderr
+    assert proc.returncode == 2 and "--ablations takes some of log-scale, clamp-16, clamp-32" in proc.stderr
