@@ -123,9 +123,10 @@ def counts(model, sets, task, lengths, device, batch_tokens=BATCH_TOKENS, trunca
     labels = cell_labels(task, lengths)
     near = torch.from_numpy(near_cells(task, labels))
     out = np.zeros((len(labels), 2), dtype=np.int64)
-    n_layer, n_head = len(model.transformer.h), model.config.n_head
-    mass = {k: [torch.zeros(n_layer, n_head, dtype=torch.float64), 0] for k in ("near", "all")}
     reads_far = bool(far) and sets[0].tokens.shape[1] - 1 > far
+    if reads_far:
+        shape = (len(model.transformer.h), model.config.n_head)  # (layers, heads)
+        mass = {k: [torch.zeros(shape, dtype=torch.float64), 0] for k in ("near", "all")}
     for k, examples in enumerate(sets):
         rows = max(1, batch_tokens // examples.tokens.shape[1])
         for i in range(0, len(examples.tokens), rows):

@@ -406,3 +406,34 @@ def test_yarn_without_temperature_keeps_the_ramp_and_drops_the_attention_factor(
     without = POS_ENCODINGS["rope"](GPTConfig(**settings, yarn_temperature=False))
     assert with_t.attn_factor == pytest.approx(0.1 * math.log(4) + 1) and without.attn_factor == 1.0
     assert torch.equal(with_t.position_scale, without.position_scale)
+
+
+def test_in_a_clamped_hybrid_the_rope_layers_score_as_rerope_and_the_nope_layers_as_plain_q_k():
+    w, T = 3, 10
+    model = GPT(GPTConfig(**dict(HYBRID, n_embd=32, clamp_distance=w)), seed=0).eval()
+    pos_enc, d = model.transformer.pos, 16
+    x = torch.randn(1, T, 32, generator=torch.Generator().manual_seed(0))
+    freqs = precompute_theta_pos_frequencies(d, T)
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    for layer, rope in ((0, True), (1, False), (2, True), (3, False)):
+        attn = model.transformer.h[layer].attn
+        q, k, v = attn.qkv(x, pos_enc, range(T))
+        want = torch.full((1, 2, T, T), float("-inf"))
+        for i in range(T):
+            for j in range(i + 1):
+                qi = apply_rotary_embeddings(q[:, :, i:i + 1], freqs[min(i - j, w)][None]) if rope else q[:, :, i:i + 1]
+                want[:, :, i, j] = (qi @ k[:, :, j:j + 1].transpose(-2, -1))[..., 0, 0] / math.sqrt(d)
+        got = attn.logits(q, k, pos_enc, range(T), None)
+        torch.testing.assert_close(got[..., causal], want[..., causal], atol=1e-5, rtol=1e-5)
+        by_hand = (torch.softmax(want, -1) @ v).transpose(1, 2).reshape(1, T, 32)
+        torch.testing.assert_close(attn(x, pos_enc, range(T), None), attn.c_proj(by_hand), atol=1e-5, rtol=1e-5)
+
+
+def test_log_scaling_with_the_kv_cache_equals_the_uncached_pass():
+    model = GPT(GPTConfig(**SMALL, log_scale_length=4), seed=0).eval()
+    idx = torch.randint(0, 20, (2, 16), generator=torch.Generator().manual_seed(0))
+    full = model(idx, torch.zeros_like(idx))[0]
+    assert (full - GPT(GPTConfig(**SMALL), seed=0).eval()(idx, torch.zeros_like(idx))[0]).abs().max() > 1e-4
+    cache = KVCache(model.config, 2, "cpu")
+    steps = [model(idx[:, :3], cache=cache)[0]] + [model(idx[:, t:t + 1], cache=cache)[0] for t in range(3, 16)]
+    torch.testing.assert_close(torch.cat(steps, 1), full[:, 2:], atol=1e-5, rtol=1e-5)
