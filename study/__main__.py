@@ -40,8 +40,11 @@ def main():
     plots_dir = args.plots_dir or (f"out/plots/{args.name}" if quick else None)
     commands = study.commands(args.seeds, args.jobs, plots_dir)
     if args.print_commands and commands[0][0] == "study.compare":
-        # the runs as train.py commands, for any scheduler; then the study itself, which reuses them
-        run([*commands[0], "--print-commands"], echo=False)
+        # the runs as train.py commands (of every step that trains them), for any scheduler; then the study
+        # itself, which reuses them
+        for command in commands:
+            if command[0] == "study.compare":
+                run([*command, "--print-commands"], echo=False)
         again = [args.name, *(["--seeds", args.seeds] if args.seeds else []),
                  *(["--jobs", str(args.jobs)] if args.jobs > 1 else []),
                  *(["--plots-dir", args.plots_dir] if args.plots_dir else [])]

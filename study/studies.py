@@ -32,6 +32,17 @@ ABLATIONS = "log-scale,clamp-32,clamp-63,yarn-no-temperature"
 # at 10,000 steps its lookup forms at a step that varies with the seed, or not within them (exact match at 64: RoPE
 # 100/100/69%, FIRE 100/99/12%; records/pilots/recall-10000-steps)
 TASK_ENCODINGS = "all," + DESIGNS
+# Why RoPE cannot use what lies past its training length (study.mechanism; the predictions in study/ablations.py):
+# the readings that separate the explanations, on RoPE, both hybrids, none and T5, and the windowed hybrid current
+# models use (RoPE layers in a sliding window of 32, NoPE layers global: RNoPE-SWA) with its control without NoPE
+# layers. On the loss, truncation is the sliding-window row every run gets.
+MECHANISM = "truncate,clamp-16,clamp-48,clamp-56,mask,mask-sink,rope-mask,count-1,count-8,offset-2,offset-8,temp-1.5,temp-2"
+WINDOWED = "rope:nope_every=2:rope_window=32,rope:nope_every=4:rope_window=32,rope:rope_window=32"
+MECHANISM_RUNS = "rope,rope:nope_every=2,rope:nope_every=4,none,t5," + WINDOWED
+BEST = "learning_rate=0.004:min_lr=0.0004"  # rope_break's best rate for RoPE, both hybrids and T5 (none: 0.002)
+LOSS_RUNS = ",".join(f"{v}:{BEST}" for v in ("rope", "rope:nope_every=2", "rope:nope_every=4", "t5", *WINDOWED.split(",")))
+LOSS_RUNS += ",none:learning_rate=0.002:min_lr=0.0002"
+RATE_CHECK = ",".join(f"rope:nope_every=2:rope_window=32:learning_rate={r}:min_lr={r / 10:g}" for r in (0.002, 0.004, 0.008))
 TASK_STEPS = {"passkey": 2000, "copy": 6000}
 
 
@@ -45,22 +56,34 @@ class Study:
     about: str  # one line for `python -m study --help`
     plots_dir: str  # where its report goes
     seeds: str  # the seeds its main command trains
-    main: tuple  # the module that trains and reports, and its flags (without --seeds, --plots-dir)
+    main: tuple  # the module that trains and reports, and its flags (--seeds and --plots-dir are added where
+    # they are not among them: a main that writes to a folder inside plots_dir names it)
     after: tuple = field(default=())  # more commands that add to plots_dir: (module, flags...), where a flag
-    # may be {plots_dir} (or start with it), {first_seed} or {more_seeds} (the seeds after the first)
+    # may be {plots_dir} (or start with it), {seeds}, {first_seed} or {more_seeds} (the seeds after the first)
 
     def commands(self, seeds=None, jobs=1, plots_dir=None):
         """The commands, each a list of arguments after `python -m`."""
-        module, *flags = self.main
-        plots_dir = plots_dir or self.plots_dir
-        # (fine-tunes train one at a time; a lease trains a seed's variants at once)
-        jobs_flag = ["--jobs", str(jobs)] if module in ("compare", "sweep") else []
-        out = [[f"study.{module}", *flags, "--seeds", seeds or self.seeds, *jobs_flag, "--plots-dir", plots_dir]]
-        first, *more = (seeds or self.seeds).split(",")
-        seeds_of = {"{first_seed}": first, "{more_seeds}": ",".join(more)}
-        for m, *rest in self.after:
-            out.append([f"study.{m}", *(seeds_of.get(a, a.replace("{plots_dir}", plots_dir)) for a in rest)])
-        return out
+        plots_dir, seeds = plots_dir or self.plots_dir, seeds or self.seeds
+        first, *more = seeds.split(",")
+        values = {"{seeds}": seeds, "{first_seed}": first, "{more_seeds}": ",".join(more)}
+
+        def command(module, *flags, extra=()):
+            # (fine-tunes train one at a time; a lease trains a seed's variants at once)
+            jobs_flag = ["--jobs", str(jobs)] if module in ("compare", "sweep") else []
+            return [f"study.{module}", *(values.get(a, a.replace("{plots_dir}", plots_dir)) for a in flags), *extra,
+                    *jobs_flag]
+
+        main = command(*self.main, extra=[] if "--seeds" in self.main else ["--seeds", seeds])
+        main += [] if "--plots-dir" in self.main else ["--plots-dir", plots_dir]
+        return [main] + [command(*step) for step in self.after]
+
+
+def mechanism_task(task):
+    """The mechanism study's command on one task: its runs trained as the task study trains them (or reused),
+    read at 64 to 512 with every reading and their far-key attention mass, into plots_dir/task."""
+    return ("compare", CPU, "--task", task, "--pos-encodings", MECHANISM_RUNS, *task_budget(task), "--extrapolate",
+            "--extrapolate-methods", "none,linear,ntk,yarn", "--ablations", ABLATIONS + "," + MECHANISM, "--far-mass",
+            "--seeds", "{seeds}", "--plots-dir", "{plots_dir}/" + task)
 
 
 def task_study(task, what, cells):
@@ -117,6 +140,18 @@ STUDIES = {
     "passkey": task_study("passkey", "five digits hidden at a depth of Shakespeare text, said after '='",
                           "by depth"),
     "copy": task_study("copy", "a random string of letters, a separator, the string again", "by length"),
+    "mechanism": Study(
+        "why RoPE cannot use what lies past its training length: RoPE, both RoPE/NoPE hybrids, none and T5 read on"
+        " both tasks with the readings that separate the explanations (truncation, the clamp at 16-63, far keys"
+        " masked, a count control, a logit offset, a temperature) and their far-key attention mass, beside the"
+        " windowed hybrid (RoPE layers in a window of 32); the Shakespeare loss read likewise; 3 seeds",
+        "plots/mechanism", SEEDS, mechanism_task("passkey"),
+        (mechanism_task("copy"),
+         ("compare", CPU, "--pos-encodings", LOSS_RUNS, "--seeds", "{seeds}", "--extrapolate", "--extrapolate-methods",
+          "none", "--ablations", "clamp-16,clamp-32,clamp-48,clamp-56,clamp-63,mask,mask-sink,rope-mask",
+          "--plots-dir", "{plots_dir}/loss"),
+         ("compare", CPU, "--pos-encodings", RATE_CHECK, "--seeds", "{first_seed}", "--plots-dir", "{plots_dir}/rates"),
+         ("mechanism", "--plots-dir", "{plots_dir}"))),
     "gpu": Study(
         "RoPE, learned and none at nanoGPT's GPU setting (10.7M parameters, block 256, dropout 0.2, 5000 steps),"
         " 3 seeds, seed by seed with a timing probe first, within a 520-second budget (study.lease)",
