@@ -15,7 +15,7 @@ into <plots-dir>, with results.md and samples.md.
 import time
 from pathlib import Path
 
-from common import comma_list, pick_device, run_cli
+from common import comma_list, pick_device, positive, run_cli
 from study.evaluate import SCALINGS, ablations_of, add_ablations_flag, evaluate_runs, format_table, write_outputs
 from study.plot import plot_runs
 from study.plot_rope import plot_rope
@@ -51,6 +51,9 @@ def add_length_flags(parser):
                         help="with --extrapolate on task runs (--task): also each reading's attention mass on keys"
                              " block_size or more back at the answer positions, per layer and head (study.retrieval"
                              " --far-mass)")
+    parser.add_argument("--readings-up-to", type=positive(float), default=None, metavar="MULTIPLE",
+                        help="with --extrapolate on task runs: read the ablations only up to this multiple of the"
+                             " training length (study.retrieval --readings-up-to; default: at every length)")
 
 
 def length_options(args):
@@ -85,7 +88,7 @@ def measure_retrieval(study, plots_dir, args, data_dir):
     methods, ablations = length_options(args)
     results = retrieval_runs(study.run_dirs, scalings=[m for m in methods if m in STATIC], data_dir=data_dir,
                              device=pick_device(c["device"]), progress=c["progress"], ablations=ablations,
-                             far_mass=args.far_mass)
+                             far_mass=args.far_mass, readings_up_to=args.readings_up_to)
     print(retrieval_report(results))
     for path in write_retrieval_outputs(results, plots_dir):
         print(f"wrote {path}")

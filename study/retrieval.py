@@ -31,7 +31,7 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from common import (UserError, autocast, build_model, comma_list, digest, load_meta, load_tokens,  # noqa: E402
-                    pick_device, read_json, run_cli, write_json, write_text)
+                    pick_device, positive, read_json, run_cli, write_json, write_text)
 from study.evaluate import (YARN_ALPHA, YARN_BETAS, ablations_of, add_ablations_flag, auto_factor,  # noqa: E402
                             is_ablation_key, methods_of, parse_lengths, position_limit, row_label)
 from study.flags import measure_parser  # noqa: E402
@@ -199,14 +199,15 @@ def examples_digest(examples):
 
 
 def retrieval_runs(run_dirs, lengths=None, scalings=("none",), data_dir=None, device="cpu", progress=True,
-                   ablations=(), block_size=None, far_mass=False):
+                   ablations=(), block_size=None, far_mass=False, readings_up_to=None):
     """Exact match of task runs at several lengths, each also read with the RoPE `scalings` and the
     `ablations` that apply to its encoding (study.evaluate's); a JSON-ready dict (see the module's doc).
     Each run's counts are kept in its folder (StoredCounts), so a run read before, or whose record is
     all that is left, is not read again and needs no checkpoint. block_size: the training length the
     lengths are told against, for runs trained on several (study.finetune's); default: the runs' one.
-    far_mass: also each reading's attention mass on keys block_size or more back at the answer positions
-    (counts' far), per seed, layer and head, in a row's "far_mass" (None where no key is that far)."""
+    far_mass: also the plain reading's and each ablation's attention mass on keys block_size or more back at the
+    answer positions (counts' far), per seed, layer and head, in a row's "far_mass" (None where no key is that
+    far). readings_up_to: read the ablations only up to this multiple of the training length (n/a past it)."""
     runs = Runs(run_dirs, "runs to read", across_lengths=block_size is not None)
     run_dirs, configs, groups, labels = runs.run_dirs, runs.configs, runs.groups, runs.labels
     bad = [s for s in scalings if s not in STATIC]
@@ -228,12 +229,12 @@ def retrieval_runs(run_dirs, lengths=None, scalings=("none",), data_dir=None, de
     cells = cell_labels(task, lengths)
     devices = set()
 
-    def read(i, L, method, over):
+    def read(i, L, method, over, far):
         """Run i's ({cell: [right, total]}, far-key mass or None) at length L read with the settings `over`,
         or (why it cannot read it, None)."""
         if not (run_dirs[i] / "ckpt.pt").exists():
             raise UserError(f"{run_dirs[i]} has no checkpoint (ckpt.pt) and was never read at length {L} with"
-                            f" {method!r}{' and its far-key mass' if far_mass else ''}; retrain it, or leave that"
+                            f" {method!r}{' and its far-key mass' if far else ''}; retrain it, or leave that"
                             f" length or reading out")
         settings = {k: v for k, v in over.items() if k != "truncate"}  # (truncation cuts the input, not the model)
         model = build_model(runs.checkpoint(i), device, **settings)
@@ -242,7 +243,7 @@ def retrieval_runs(run_dirs, lengths=None, scalings=("none",), data_dir=None, de
             return reason, None
         with autocast(configs[i]["provenance"]["dtype"], device):
             return counts(model, sets[L], task, lengths, device, truncate=over.get("truncate", 0),
-                          far=block if far_mass else 0)
+                          far=block if far else 0)
 
     rows = []
     bar = tqdm(desc="retrieval", unit="pass", disable=not progress, dynamic_ncols=True)
@@ -254,21 +255,28 @@ def retrieval_runs(run_dirs, lengths=None, scalings=("none",), data_dir=None, de
             label = row_label(labels[key], method, scaling, extra, None, block)
             row = {"label": label, "encoding": encoding, "method": method,
                    "runs": [str(run_dirs[i]) for i in idx], "results": {}, **({"far_mass": {}} if far_mass else {})}
+            ablation = is_ablation_key(method)
             for L in lengths:
+                if ablation and readings_up_to and L > readings_up_to * block:
+                    row["results"][str(L)] = f"not read past {readings_up_to:g}x"
+                    if far_mass:
+                        row["far_mass"][str(L)] = None
+                    continue
+                far = far_mass and (ablation or method == "none")  # (not the context-extension methods)
                 # an ablation acts at every length; a scaling only past the training length
                 over = dict(extra) if scaling == "none" else {} if L <= block else {
                     "rope_scaling": scaling, "rope_scaling_factor": auto_factor(L, block), **extra}
                 depends = {"examples": digests[L], "settings": over}
                 entry, per_seed, masses = f"{method} at {L}", [], []
                 for i in idx:
-                    kept = stored[i].get(entry, depends, far_mass)
+                    kept = stored[i].get(entry, depends, far)
                     if kept is None:
-                        got, mass = read(i, L, method, over)
+                        got, mass = read(i, L, method, over, far)
                         before = stored[i].get(entry, depends)  # (counted before without the mass: the same)
                         if before is not None and before["counts"] != got:
                             raise UserError(f"{run_dirs[i]}: {entry} counts {got}, not the {before['counts']}"
                                             f" counted before on {before['device']}; delete {STORED} to read again")
-                        stored[i].put(entry, depends, got, device, far_mass, mass)
+                        stored[i].put(entry, depends, got, device, far, mass)
                         kept = stored[i].entries[entry]
                     devices.add(kept["device"])
                     bar.update(1)
@@ -279,7 +287,8 @@ def retrieval_runs(run_dirs, lengths=None, scalings=("none",), data_dir=None, de
                     masses.append(kept.get("far_mass"))
                 row["results"][str(L)] = per_seed
                 if far_mass:
-                    row["far_mass"][str(L)] = None if isinstance(per_seed, str) or masses[0] is None else masses
+                    row["far_mass"][str(L)] = None if isinstance(per_seed, str) or not far or masses[0] is None \
+                        else masses
             rows.append(row)
     bar.close()
     return {"task": task, "block_size": block, "lengths": lengths, "cells": cells,
@@ -553,16 +562,19 @@ def main():
                              f" {', '.join(STATIC)} (default: none)")
     add_ablations_flag(parser)
     parser.add_argument("--far-mass", action="store_true",
-                        help="also each reading's attention mass on keys block_size or more back at the answer"
-                             " positions, per layer and head, over the near cells and over all (needs the"
-                             " checkpoints of runs not read so before)")
+                        help="also the plain reading's and each ablation's attention mass on keys block_size or more"
+                             " back at the answer positions, per layer and head, over the near cells and over all"
+                             " (needs the checkpoints of runs not read so before)")
+    parser.add_argument("--readings-up-to", type=positive(float), default=None, metavar="MULTIPLE",
+                        help="read the ablations only up to this multiple of the training length (default: at"
+                             " every length)")
     args = parser.parse_args()
     if args.from_json:
         return redraw(args.from_json, "retrieval.json", "study.retrieval", ("rows", "lengths", "task"), report,
                       draw_figures, args.plots_dir)
     scalings = comma_list(args.rope_scaling, "--rope-scaling", choices=STATIC)
     results = retrieval_runs(find_runs(args.runs), args.lengths, scalings, args.data_dir, args.device, args.progress,
-                             ablations_of(args), far_mass=args.far_mass)
+                             ablations_of(args), far_mass=args.far_mass, readings_up_to=args.readings_up_to)
     print(report(results))
     for path in write_outputs(results, args.plots_dir):
         print(f"wrote {path}")

@@ -83,7 +83,7 @@ def mechanism_task(task):
     read at 64 to 512 with every reading and their far-key attention mass, into plots_dir/task."""
     return ("compare", CPU, "--task", task, "--pos-encodings", MECHANISM_RUNS, *task_budget(task), "--extrapolate",
             "--extrapolate-methods", "none,linear,ntk,yarn", "--ablations", ABLATIONS + "," + MECHANISM, "--far-mass",
-            "--seeds", "{seeds}", "--plots-dir", "{plots_dir}/" + task)
+            "--readings-up-to", "4", "--seeds", "{seeds}", "--plots-dir", "{plots_dir}/" + task)
 
 
 def task_study(task, what, cells):
