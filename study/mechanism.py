@@ -1,0 +1,380 @@
+"""
+Why RoPE cannot use what lies past its training length: the mechanism study's readings (study/studies.py)
+judged against the predictions fixed before any of them was read (study/ablations.py).
+
+  python -m study.mechanism --plots-dir plots/mechanism    # reads passkey/, copy/ and loss/ there
+
+Reads the retrieval.json that study.compare wrote for each task (the runs read with every reading and their
+far-key attention mass) and the loss's extrapolation.json, and writes <plots-dir>/mechanism.md (the
+hypotheses and predictions; per task and reading the near cells and all cells, seed by seed, the far-key
+mass and each reading's outcome; the verdicts; the loss), far_mass.md (the far-key mass per layer and head)
+and mechanism.png (the near cells' exact match per reading, seeds as dots). It measures nothing.
+
+A cell's outcome, as study/ablations.py defines it: a reading restores a cell of one seed at one length when
+its exact match there is at least RESTORE of the plain reading's at the training length on the same cell in
+that seed; it restores a variant's near cells when it restores every one it counts for in every seed, fails
+them when it restores none in any seed, and is mixed otherwise. A clamp at w counts for a cell only where w
+is at least the distance the cell's answer needs.
+"""
+
+import argparse
+import textwrap
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no window
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from common import ArgumentParser, UserError, command_line, read_json, run_cli, write_text  # noqa: E402
+from study.ablations import (FAILS, HYPOTHESES, LOSS_PREDICTION, RESTORE, RESTORES, TASK_OUTCOMES,  # noqa: E402
+                             TASK_PREDICTIONS, per_seed, repairs, variant_table)
+from study.flags import add_plots_dir_flag  # noqa: E402
+from study.plot import save  # noqa: E402
+from study.retrieval import cell_accuracy, headline_cells, near_cells  # noqa: E402
+from study.runs import seed_of  # noqa: E402
+from tasks import PASSKEY_DIGITS  # noqa: E402
+
+TASKS = ("passkey", "copy")
+JUDGED_AT = (2, 4)  # the multiples of the training length the predictions are for
+LOSS_READINGS = ("mask", "mask-sink", "rope-mask", "clamp-16", "clamp-32", "clamp-48", "clamp-56", "clamp-63")
+ORDER = ("none", "truncate", "mask", "mask-sink", "rope-mask", "clamp-16", "clamp-32", "clamp-48", "clamp-56",
+         "clamp-63", "count-1", "count-8", "offset-2", "offset-8", "temp-1.5", "temp-2", "log-scale")
+
+
+# --- what a reading says about one variant --------------------------------------------
+
+
+def needed_distance(task, cell, length):
+    """How far back the answer of `cell` lies at `length`, counting the character before its source (the
+    passkey's opening '#', the one before the copied string), as study/ablations.py defines it."""
+    if task == "passkey":
+        room = length + 1 - 2 * PASSKEY_DIGITS - 3  # the filler's characters (tasks.passkey)
+        return room - round(float(cell.split()[-1]) * room) + 7
+    return int(cell.split()[-1]) + 1
+
+
+def clamp_of(method, block):
+    """The distance a reading clamps at (clamp-w: w; the count and offset readings: block - 1), else None."""
+    kind, _, value = method.partition("-")
+    if kind == "clamp":
+        return int(value)
+    return block - 1 if kind in ("count", "offset") else None
+
+
+def counted(results, method, length):
+    """Which cells are the near cells `method` is judged on at `length` (a boolean per cell)."""
+    task, cells, block = results["task"], results["cells"], results["block_size"]
+    near = near_cells(task, cells)
+    w = clamp_of(method, block)
+    return near if w is None else near & np.array([needed_distance(task, c, length) <= w for c in cells])
+
+
+def outcome(results, row, plain, length):
+    """(verdict, per-seed note) of `row` at `length` against the plain reading at the training length:
+    "restores", "fails", "mixed" or "n/a" (the length not read, or no near cell counted)."""
+    got = row["results"].get(str(length))
+    cells = counted(results, row["method"], length)
+    if got is None or isinstance(got, str) or not cells.any():
+        return "n/a", ""
+    reference = cell_accuracy(plain["results"][str(results["block_size"])])[:, cells]
+    restored = cell_accuracy(got)[:, cells] >= RESTORE * reference - 1e-9  # (seeds, counted cells; 72 of 90: 80%)
+    verdict = RESTORES if restored.all() else FAILS if not restored.any() else "mixed"
+    return verdict, "/".join(map(str, restored.sum(1))) + f" of {cells.sum()}" if verdict == "mixed" else ""
+
+
+def pooled_exact(row, length, cells):
+    """Each seed's exact match (%) pooled over `cells` at `length`, '100/98/95'; n/a where not read."""
+    got = row["results"].get(str(length))
+    if got is None or isinstance(got, str) or not cells.any():
+        return "n/a"
+    c = np.array(got, dtype=float)[:, cells].sum(1)
+    return "/".join(f"{100 * r / t:.0f}" for r, t in c)
+
+
+def far_mass(row, length, over="near"):
+    """(layers, heads) attention mass on keys the training length or more back at the answer positions of the
+    near cells (or all), the mean over seeds; None where it was not measured."""
+    got = (row.get("far_mass") or {}).get(str(length))
+    if not got:
+        return None
+    return np.mean([np.array(s[over]["sum"]) / s[over]["positions"] for s in got], 0)
+
+
+def by_variant(results):
+    """{variant label: {method: row}} in the order of the rows; a variant is the runs its plain reading reads."""
+    out, names = {}, {}
+    for row in results["rows"]:
+        key = tuple(row["runs"])
+        if row["method"] == "none":
+            names[key] = row["label"]
+        out.setdefault(key, {})[row["method"]] = row
+    return {names[key]: rows for key, rows in out.items()}
+
+
+def judged(rows):
+    """Whether the predictions are about this variant: RoPE (hybrids included, not the windowed ones) and T5."""
+    plain = rows["none"]
+    return plain["encoding"] in ("rope", "t5") and "window" not in plain["label"]
+
+
+def prediction_keys(key):
+    """'clamp-16, clamp-32, clamp-48' -> its readings; 'rope-mask (hybrids)' -> ['rope-mask']."""
+    return [k.split(" (")[0] for k in key.split(", ")]
+
+
+def definite(prediction):
+    return RESTORES if prediction == RESTORES else FAILS if prediction.startswith(FAILS) else None
+
+
+def verdicts(results, rows):
+    """{hypothesis: (verdict, why)} for one judged variant on one task, by TASK_PREDICTIONS and the order of
+    TASK_OUTCOMES: the control first, then each definite prediction against the outcome at 2x and 4x."""
+    block, plain = results["block_size"], rows["none"]
+    lengths = [m * block for m in JUDGED_AT if m * block in results["lengths"]]
+    control = [outcome(results, rows["truncate"], plain, L)[0] for L in lengths] if "truncate" in rows else []
+    if not control or any(c != RESTORES for c in control):
+        return {h: ("not judged", "the control (truncation) does not restore") for h in HYPOTHESES}
+    out = {}
+    for h in HYPOTHESES:
+        against, open_ = [], []
+        for key, predicted in TASK_PREDICTIONS.items():
+            want = definite(predicted[h])
+            for method in prediction_keys(key):
+                if want is None or method not in rows:
+                    continue
+                for L in lengths:
+                    got = outcome(results, rows[method], plain, L)[0]
+                    if got in (RESTORES, FAILS) and got != want:
+                        against.append(f"{method} at {L // block}x {got}")
+                    elif got == "mixed":
+                        open_.append(f"{method} at {L // block}x mixed")
+        out[h] = ("refuted", "; ".join(against[:3])) if against else \
+            ("undecided", "; ".join(open_[:3])) if open_ else ("supported", "")
+    return out
+
+
+# --- the report ---------------------------------------------------------------------
+
+
+def predictions_table():
+    lines = ["| reading | " + " | ".join(HYPOTHESES) + " |", "|---|" + "---|" * len(HYPOTHESES)]
+    for key, predicted in TASK_PREDICTIONS.items():
+        lines.append(f"| {key} | " + " | ".join(predicted[h] for h in HYPOTHESES) + " |")
+    return "\n".join(lines)
+
+
+def layers(mass):
+    """'0.01/0.20/0.45/0.02': per layer, the largest mass of its heads; – where not measured."""
+    return "–" if mass is None else "/".join(f"{m:.2f}" for m in mass.max(1))
+
+
+def task_table(results):
+    """Per variant and reading: the near cells' exact match per seed at each length, the outcome at 2x and
+    4x, all cells' exact match at those lengths, and the far-key mass over the near cells at 2x and 4x."""
+    block, lengths = results["block_size"], results["lengths"]
+    judged_at = [m * block for m in JUDGED_AT]
+    held = headline_cells(results)
+    head = (["variant", "reading"] + [f"near {L} ({L // block}x)" for L in lengths]
+            + [f"outcome {L // block}x" for L in judged_at] + [f"all {L // block}x" for L in judged_at]
+            + [f"far mass {L // block}x (max head per layer)" for L in judged_at])
+    lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
+    for variant, rows in by_variant(results).items():
+        plain = rows["none"]
+        for method in (m for m in ORDER if m in rows):
+            row = rows[method]
+            near = [pooled_exact(row, L, counted(results, method, L)) for L in lengths]
+            verdicts_ = [" ".join(outcome(results, row, plain, L)).strip() if method != "none" else "–"
+                         for L in judged_at]
+            every = [pooled_exact(row, L, held) for L in judged_at]
+            mass = [layers(far_mass(row, L)) for L in judged_at]
+            lines.append(f"| {variant} | {reading_name(row)} | " + " | ".join(near + verdicts_ + every + mass) + " |")
+    return "\n".join(lines)
+
+
+def reading_name(row):
+    return "plain" if row["method"] == "none" else row["label"].split(" + ", 1)[1]
+
+
+def verdict_table(tasks):
+    lines = ["| task | variant | " + " | ".join(HYPOTHESES) + " |", "|---|---|" + "---|" * len(HYPOTHESES)]
+    for task, results in tasks.items():
+        for variant, rows in by_variant(results).items():
+            if not judged(rows):
+                continue
+            v = verdicts(results, rows)
+            lines.append(f"| {task} | {variant} | " + " | ".join(
+                f"**{v[h][0]}**" + (f" ({v[h][1]})" if v[h][1] else "") for h in HYPOTHESES) + " |")
+    return "\n".join(lines)
+
+
+def far_mass_tables(tasks):
+    """far_mass.md: per task, variant, reading and length, the far-key mass over the near cells per layer,
+    each cell its heads' values (mean over seeds)."""
+    out = ["# The attention mass on far keys, per layer and head", "",
+           "At the answer positions of the near cells, each head's attention weight on the keys the training length"
+           " or more back (keys it never saw that far in training), the mean over the answer positions and over"
+           " the seeds; in each cell head 1/head 2/..., a column per layer. Written by study.mechanism from"
+           " retrieval.json.", ""]
+    for task, results in tasks.items():
+        block = results["block_size"]
+        out += [f"## {task}", "", "| variant | reading | length | " + " | ".join(
+            f"layer {i + 1}" for i in range(_layers(results))) + " |", "|---|---|---:|" + "---|" * _layers(results)]
+        for variant, rows in by_variant(results).items():
+            for method in (m for m in ORDER if m in rows):
+                for m in JUDGED_AT:
+                    mass = far_mass(rows[method], m * block)
+                    if mass is not None:
+                        out.append(f"| {variant} | {reading_name(rows[method])} | {m * block} | " + " | ".join(
+                            "/".join(f"{x:.2f}" for x in heads) for heads in mass) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def _layers(results):
+    for row in results["rows"]:
+        for got in (row.get("far_mass") or {}).values():
+            if got:
+                return len(got[0]["near"]["sum"])
+    return 0
+
+
+def loss_section(results):
+    """The loss: each variant's excess over its sliding window closed by every reading, seed by seed
+    (study.ablations' tables), and whether LOSS_PREDICTION holds."""
+    variants = per_seed(results)
+    lines, held = [], True
+    for v in variants.values():
+        counts = []
+        for key in (k for k in LOSS_READINGS if k in v["readings"]):
+            r = repairs(v, key)
+            judged_seeds = [x for x in r if x is not None]
+            held &= all(judged_seeds)
+            counts.append(f"{v['labels'][key]} repairs {r.count(True)} of {len(judged_seeds)}"
+                          + (f" ({r.count(None)} with nothing to repair)" if None in r else ""))
+        lines += ["", f"### {v['label']}", "", variant_table(v), "", "; ".join(counts) + "."]
+    verdict = ("**holds**: every such reading repairs every seed with something to repair" if held else
+               "**does not hold**: some reading that hides or neutralises the far keys leaves a seed broken")
+    return [f"The prediction, fixed before these readings: {LOSS_PREDICTION}. It {verdict}.", *lines]
+
+
+def report(tasks, loss, command):
+    """mechanism.md's text."""
+    out = [
+        "# Why RoPE cannot use what lies past its training length: the readings, seed by seed",
+        "",
+        f"Models trained on {next(iter(tasks.values()))['block_size']} characters (tasks) read past it with"
+        f" readings that change what the attention can see or how it scores it, judged against predictions fixed"
+        f" before any of them was read ([study/ablations.py](../../study/ablations.py)). Written from the"
+        f" retrieval.json of each task and the loss's extrapolation.json by `{command}`.",
+        "",
+        "## The hypotheses",
+        "",
+        *(f"- **{name}**: {text}." for name, text in HYPOTHESES.items()),
+        "",
+        f"A reading *restores* a cell of one seed when its exact match is at least {RESTORE:.0%} of the plain"
+        f" reading's at the training length on the same cell and seed; it restores a variant's near cells at a"
+        f" length when it restores every one it counts for in every seed, *fails* them when it restores none in any"
+        f" seed, and is *mixed* otherwise (with the cells restored per seed). The near cells: the passkey at depths"
+        f" 0.8-1.0, the copy's strings of 8 and 16. A clamp at w (and the count and offset readings, at 63) counts"
+        f" only for the cells whose answer lies at most w back.",
+        "",
+        "## What each hypothesis predicts for the near cells at 2x and 4x",
+        "",
+        predictions_table(),
+        "",
+        "How the outcomes decide, in this order:",
+        "",
+        *(f"{i + 1}. {text}" for i, text in enumerate(TASK_OUTCOMES)),
+        "",
+        "## The verdicts",
+        "",
+        "Per task and variant, each hypothesis against the outcomes of the readings it makes a definite"
+        " prediction for (restores or fails) at 2x and 4x: refuted where an outcome is the opposite (the first"
+        " such readings named), undecided where one it needs is mixed, supported where every one agrees. RoPE,"
+        " the RoPE/NoPE hybrids and T5 are judged; `none` and the windowed variants are read and reported.",
+        "",
+        verdict_table(tasks),
+    ]
+    for task, results in tasks.items():
+        block = results["block_size"]
+        out += ["", f"## {task}: the near cells and all cells per reading", "",
+                f"Exact match (%) seed by seed ({'/'.join(seed_of(r) for r in results['rows'][0]['runs'])}): near,"
+                f" the near cells the reading counts for; all, the cells held at {block}. The outcome at 2x and"
+                f" 4x as defined above. Far mass: per layer, the largest of its heads' attention mass on keys"
+                f" {block} or more back at the near cells' answer positions, mean over seeds (per head:"
+                f" [far_mass.md](far_mass.md)); – where nothing is that far or it was not measured.",
+                "", task_table(results)]
+    if loss is not None:
+        out += ["", "## The Shakespeare loss", "", *loss_section(loss)]
+    return "\n".join(out) + "\n"
+
+
+# --- the figure ---------------------------------------------------------------------
+
+
+def plot(tasks, path):
+    """A panel per task and variant: the near cells' exact match of each reading at 2x (circles) and 4x
+    (triangles), each seed a dot, beside the plain reading's at the training length."""
+    grid = [(task, variant, rows) for task, results in tasks.items() for variant, rows in by_variant(results).items()]
+    columns = max(sum(1 for t, _, _ in grid if t == task) for task in tasks)
+    fig, axes = plt.subplots(len(tasks), columns, figsize=(2.6 * columns + 1.5, 6.2 * len(tasks)), dpi=110,
+                             squeeze=False, sharex=True)
+    for ax in axes.flat:
+        ax.set_visible(False)
+    for r, task in enumerate(tasks):
+        results = tasks[task]
+        block = results["block_size"]
+        for c, (_, variant, rows) in enumerate((g for g in grid if g[0] == task)):
+            ax = axes[r, c]
+            ax.set_visible(True)
+            methods = [m for m in ORDER if m in rows]
+            plain64 = np.array([float(x) for x in pooled_exact(rows["none"], block, near_cells(task, results["cells"]))
+                                .split("/")]) / 100
+            ax.axvspan(0, RESTORE * plain64.mean(), color="0.93", zorder=0)
+            for y, method in enumerate(methods):
+                for m, marker, color, dy in ((2, "o", "tab:blue", -0.15), (4, "^", "tab:red", 0.15)):
+                    text = pooled_exact(rows[method], m * block, counted(results, method, m * block))
+                    if text != "n/a":
+                        xs = [float(x) / 100 for x in text.split("/")]
+                        ax.scatter(xs, [y + dy] * len(xs), marker=marker, color=color, s=16, alpha=0.7,
+                                   label=f"{m}x ({m * block})" if y == 0 else None)
+            ax.set_yticks(range(len(methods)), [reading_name(rows[m]) if m != "none" else "plain" for m in methods],
+                          fontsize=7)
+            ax.invert_yaxis()
+            ax.set_xlim(-0.03, 1.03)
+            ax.grid(alpha=0.3, axis="x")
+            ax.set_title(textwrap.fill(f"{task}: {variant}", 28), fontsize=8)
+            if c == 0:
+                ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.05), ncol=2, frameon=False)
+        axes[r, 0].set_xlabel("")
+    fig.suptitle("Near cells' exact match per reading (passkey depths 0.8-1, the copy's strings of 8 and 16), each"
+                 " seed a dot, at 2x (circles) and 4x (triangles) the training length; grey: below 80% of the plain"
+                 " reading at the training length (not restored)", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    save(fig, path)
+
+
+def main():
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_plots_dir_flag(parser, "mechanism.md, far_mass.md and mechanism.png (from passkey/, copy/ and loss/ there)")
+    args = parser.parse_args()
+    plots = Path(args.plots_dir)
+    tasks = {t: read_json(plots / t / "retrieval.json", "run the mechanism study first (python -m study mechanism)")
+             for t in TASKS if (plots / t / "retrieval.json").exists()}
+    if not tasks:
+        raise UserError(f"no {' or '.join(f'{t}/retrieval.json' for t in TASKS)} under {plots}: run python -m study"
+                        f" mechanism first")
+    loss_path = plots / "loss" / "extrapolation.json"
+    loss = read_json(loss_path, "rerun the study") if loss_path.exists() else None
+    text = report(tasks, loss, command_line())
+    write_text(plots / "mechanism.md", text)
+    write_text(plots / "far_mass.md", far_mass_tables(tasks))
+    plot(tasks, plots / "mechanism.png")
+    print(text)
+    print(f"wrote {plots / 'mechanism.md'}, far_mass.md and mechanism.png")
+
+
+if __name__ == "__main__":
+    run_cli(main)

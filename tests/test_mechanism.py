@@ -1,0 +1,90 @@
+"""study.mechanism: which cells a reading is judged on, its outcome per the one definition of 'restores', and
+the verdicts the predictions give, on hand-made counts whose answers are known."""
+
+import json
+
+import pytest
+
+from conftest import run
+from study.ablations import HYPOTHESES
+from study.mechanism import counted, needed_distance, outcome, verdicts
+
+CELLS = ["string of 8", "string of 16", "string of 32", "string of 64", "string of 128"]
+SEEDS = ["x/rope_seed1", "x/rope_seed2"]
+
+
+def counts(*percent):
+    """Per seed, [right, total] of 100 examples in each cell (a cell a length does not hold: [0, 0])."""
+    return [[[p, 100] if p is not None else [0, 0] for p in seed] for seed in percent]
+
+
+def row(method, **by_length):
+    return {"label": "RoPE" if method == "none" else f"RoPE + {method}", "encoding": "rope", "method": method,
+            "runs": SEEDS, "results": {str(L): v for L, v in ((int(k[1:]), v) for k, v in by_length.items())}}
+
+
+def results(*rows):
+    return {"task": "copy", "block_size": 64, "lengths": [64, 128, 256], "cells": CELLS, "rows": list(rows)}
+
+
+PLAIN = row("none", L64=counts([100, 90, 80, None, None], [100, 100, 90, None, None]),
+            L128=counts([0, 0, 0, 0, None], [0, 0, 0, 0, None]), L256=counts([0] * 5, [0] * 5))
+
+
+def everywhere(a, b):
+    """The same per-seed near-cell values at 128 and 256 (the cells past them at 0), the plain ones at 64."""
+    return dict(L64=PLAIN["results"]["64"], L128=counts([a[0], a[1], 0, 0, None], [b[0], b[1], 0, 0, None]),
+                L256=counts([a[0], a[1], 0, 0, 0], [b[0], b[1], 0, 0, 0]))
+
+
+def test_the_distance_an_answer_needs_and_the_cells_a_clamp_counts_for():
+    assert needed_distance("passkey", "depth 1", 64) == 7  # the key 6 before "=", its "#" one more
+    assert needed_distance("passkey", "depth 0.8", 256) == 56 and needed_distance("copy", "string of 16", 512) == 17
+    r = results(PLAIN)
+    assert counted(r, "clamp-16", 128).tolist() == [True, False, False, False, False]  # a string of 16 needs 17
+    assert counted(r, "clamp-32", 128).tolist() == [True, True, False, False, False]  # near: strings of 8 and 16
+    assert counted(r, "mask", 128).tolist() == counted(r, "count-8", 128).tolist() == [True, True, False, False, False]
+
+
+def test_restores_is_80_percent_of_the_plain_reading_at_64_cell_by_cell_and_seed_by_seed():
+    r = results(PLAIN)
+    # seed 1's plain near cells at 64: 100, 90; 80% of them: 80, 72
+    assert outcome(r, row("mask", **everywhere([80, 72], [80, 80])), PLAIN, 128) == ("restores", "")
+    assert outcome(r, row("mask", **everywhere([79, 100], [100, 100])), PLAIN, 128) == ("mixed", "1/2 of 2")
+    assert outcome(r, row("mask", **everywhere([10, 10], [0, 79])), PLAIN, 256) == ("fails", "")
+    assert outcome(r, row("mask", L128="not read past 4x"), PLAIN, 128) == ("n/a", "")
+
+
+def test_the_verdicts_follow_the_predictions():
+    def variant(**outcomes):  # each reading restoring (100) or failing (0) the near cells in both seeds
+        rows = [PLAIN] + [row(m, **everywhere([100 if ok else 0] * 2, [100 if ok else 0] * 2))
+                          for m, ok in outcomes.items()]
+        return {r["method"]: r for r in rows}
+    rarely = variant(truncate=True, mask=True, **{"clamp-16": True, "clamp-32": True, "clamp-48": True,
+                                                   "clamp-56": False, "clamp-63": False, "count-1": False,
+                                                   "count-8": False})
+    got = verdicts(results(*rarely.values()), rarely)
+    assert got["rarely trained last distances"][0] == "supported"
+    assert got["unseen distances"] == ("refuted", "clamp-56 at 2x fails; clamp-56 at 4x fails; clamp-63 at 2x fails")
+    assert got["crowding"][0] == "refuted"
+    no_control = variant(truncate=False, mask=True)
+    assert {v for v, _ in verdicts(results(*no_control.values()), no_control).values()} == {"not judged"}
+    undecided = variant(truncate=True, mask=True, **{"clamp-63": True})
+    undecided["count-1"] = row("count-1", **everywhere([100, 100], [0, 0]))  # one seed restores, one fails
+    got = verdicts(results(*undecided.values()), undecided)
+    assert got["unseen distances"][0] == "undecided" and got["rarely trained last distances"][0] == "refuted"
+    assert set(got) == set(HYPOTHESES)
+
+
+def test_the_report_and_figure_are_written_from_the_json(tmp_path):
+    r = results(PLAIN, row("truncate", **everywhere([100, 100], [100, 100])), row("clamp-63", **everywhere([0, 0], [0, 0])))
+    for task in ("copy",):
+        (tmp_path / task).mkdir()
+        (tmp_path / task / "retrieval.json").write_text(json.dumps(r))
+    proc = run("study.mechanism", "--plots-dir", tmp_path)
+    text = (tmp_path / "mechanism.md").read_text()
+    assert "| copy | RoPE | **refuted** (clamp-63 at 2x fails; clamp-63 at 4x fails) |" in text
+    assert "| RoPE | clamp-63 | 95/100 | 0/0 | 0/0 | fails | fails | 0/0 | 0/0 | – | – |" in text
+    assert (tmp_path / "mechanism.png").read_bytes()[:4] == b"\x89PNG" and "wrote" in proc.stdout
+    proc = run("study.mechanism", "--plots-dir", tmp_path / "none", check=False)
+    assert proc.returncode == 2 and "run python -m study mechanism first" in proc.stderr
