@@ -48,15 +48,23 @@ def plan(cfg, overwrite, prov):
 
 
 
+def run_group(config_path, cfg):
+    """The folder a study's runs go to: <config stem>, then -<task> for a task, then -L<block size> where the
+    block size is not the config file's (the runs of one training length, never mixed with another's)."""
+    stem, block = Path(config_path).stem, read_config_file(config_path).get("block_size", TrainConfig.block_size)
+    return stem + ("" if cfg.task == "shakespeare" else f"-{cfg.task}") + ("" if cfg.block_size == block else
+                                                                           f"-L{cfg.block_size}")
+
+
 def make_configs(args, variants, seeds, learning_rates=None):
-    """One TrainConfig per variant (x learning rate) x seed, named <config stem>/<variant>_seed<seed>
-    (<config stem>-<task>/... for a task, so that its runs never meet the Shakespeare runs of the same
-    names). A learning rate r comes with min_lr = r / 10, as in the config files."""
+    """One TrainConfig per variant (x learning rate) x seed, named <run_group>/<variant>_seed<seed> (a task's
+    runs and another training length's never meet the Shakespeare runs of the same names). A learning rate r
+    comes with min_lr = r / 10, as in the config files."""
     base = config_from_args(args)
     pick_device(base.device)  # a device this machine lacks: one line now, not after the first run's set-up
     rates = [{}] if not learning_rates else [{"learning_rate": r, "min_lr": float(f"{r / 10:.6g}")}
                                               for r in learning_rates]
-    group, cfgs = Path(args.config).stem + ("" if base.task == "shakespeare" else f"-{base.task}"), []
+    group, cfgs = run_group(args.config, base), []
     for enc, overrides in variants:
         for rate in rates:
             changed = {k: v for k, v in {**overrides, **rate}.items() if getattr(base, k) != v}

@@ -1,0 +1,255 @@
+"""
+Do the task findings survive a longer training length? The task models trained at several lengths L, each
+read at 1x, 2x, 4x and 8x its own L (study/studies.py's train_length study), told apart by absolute length
+and by ratio, with each run's effective context.
+
+  python -m study.train_length --plots-dir plots/train_length   # reads <task>-L<L>/retrieval.json there
+
+Reads the retrieval.json study.compare wrote for each task and training length, and each run's record
+(summary.json, metrics.csv: out/<group>/<run>, else records/<group>/<run>), and writes <plots-dir>/lengths.md
+and three figures: exact match against the reading length in characters (one panel per encoding, one line per
+training length, seeds as dots), the same against reading length / training length, and the effective
+context against the training length (log-log, with the line "effective context = training length"). Where an
+encoding's lines coincide against the ratio, it generalizes by ratio; where they coincide against characters,
+by absolute length. It measures nothing.
+
+- **not learned**: a run whose final val exact match at L (its training's own val set) is below CONTROL; its
+  readings past L are shown but not ranked.
+- **still improving**: a run that set a new best val loss in one of its last IMPROVING evaluations.
+- **effective context** at a threshold: the largest reading length such that every reading length up to it
+  scores at least the threshold (pooled over the cells held at L); "< L" where the run misses it at L, and
+  ">= 8L" where it holds at every length read. At 80% (YaRN's passkey context) and at 20% (PI's k_max).
+"""
+
+import argparse
+import re
+import statistics
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no window
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from common import ArgumentParser, UserError, command_line, read_json, read_metrics, run_cli, write_text  # noqa: E402
+from study.flags import add_plots_dir_flag  # noqa: E402
+from study.plot import save  # noqa: E402
+from study.retrieval import headline_cells, pooled  # noqa: E402
+from study.runs import COLORS  # noqa: E402
+
+CONTROL = 0.95  # the positive control: final val exact match at the training length
+IMPROVING = 3  # a new best val loss in one of the last this many evaluations: still improving
+THRESHOLDS = (0.8, 0.2)  # effective context: YaRN's passkey threshold, PI's k_max one
+FOLDER = re.compile(r"^(passkey|copy|recall)-L(\d+)$")
+
+
+def record(run):
+    """A run's folder: as written (out/<group>/<run>), else its committed record (records/<group>/<run>)."""
+    path = Path(run)
+    if (path / "summary.json").exists():
+        return path
+    committed = Path("records", *path.parts[-2:])
+    if not (committed / "summary.json").exists():
+        raise UserError(f"neither {path} nor {committed} holds a finished run (summary.json)")
+    return committed
+
+
+def still_improving(run):
+    """Whether the run set a new best val loss in one of its last IMPROVING evaluations."""
+    val = [float(r["val_loss"]) for r in read_metrics(record(run) / "metrics.csv")]
+    return len(val) > IMPROVING and min(val[-IMPROVING:]) < min(val[:-IMPROVING])
+
+
+def effective(scores, lengths, block, threshold):
+    """The effective context (in characters) of one run: its scores at the reading lengths; 0 where it misses
+    the threshold at the training length, and the longest length read where it never does (then '>=')."""
+    reach = 0
+    for L in lengths:
+        if scores[L] < threshold:
+            break
+        reach = L
+    return reach
+
+
+def context_text(reach, lengths, block):
+    if reach == 0:
+        return f"< {block}"
+    return f"≥ {reach}" if reach == lengths[-1] else str(reach)
+
+
+def runs_of(results):
+    """Per variant read plainly: (label, encoding, [run paths], {length: per-seed exact match over the cells
+    held at the training length}), and the same for RoPE's readings with NTK and YaRN."""
+    cells = headline_cells(results)
+    out = []
+    for row in results["rows"]:
+        scores = {int(L): (None if isinstance(v, str) else pooled(v, cells)) for L, v in row["results"].items()}
+        out.append((row["label"], row["encoding"], row["method"], row["runs"], scores))
+    return out
+
+
+def load(plots_dir):
+    """{(task, training length): retrieval.json} of every <task>-L<L>/ folder under plots_dir."""
+    found = {}
+    for folder in sorted(Path(plots_dir).iterdir()):
+        match = FOLDER.match(folder.name)
+        if match and (folder / "retrieval.json").exists():
+            found[match.group(1), int(match.group(2))] = read_json(folder / "retrieval.json", "rerun the study")
+    if not found:
+        raise UserError(f"no <task>-L<length>/retrieval.json under {plots_dir}: run python -m study train_length"
+                        f" first")
+    return dict(sorted(found.items()))
+
+
+def run_table(task, by_length):
+    """One row per variant, training length and reading: budget, control and still improving per seed, exact
+    match at 1x-8x (pooled over the cells held at L: all seeds, then each), both effective contexts."""
+    head = ["variant", "L", "steps", "control at L (val exact)", "still improving", "1x", "2x", "4x", "8x",
+            "effective context ≥ 80% (median; seeds)", "effective context ≥ 20% (median; seeds)"]
+    lines = ["| " + " | ".join(head) + " |", "|---|---:|---:|---|---|" + "---:|" * 4 + "---|---|"]
+    for L, results in by_length.items():
+        for label, encoding, method, runs, scores in runs_of(results):
+            summaries = [read_json(record(r) / "summary.json", "retrain the run") for r in runs]
+            steps = read_json(record(runs[0]) / "config.json", "retrain the run")["max_iters"]
+            control = [s["final_val_exact"] for s in summaries]
+            learned = [c >= CONTROL for c in control]
+            control_text = "/".join(f"{100 * c:.0f}" + ("" if ok else " (not learned)")
+                                    for c, ok in zip(control, learned))
+            improving = "/".join("yes" if still_improving(r) else "no" for r in runs)
+            cells = []
+            for m in (1, 2, 4, 8):
+                s = scores.get(m * L)
+                cells.append("n/a" if s is None else f"{100 * s.mean():.1f}% ({'/'.join(f'{100 * x:.0f}' for x in s)})")
+            reach = []
+            lengths = [x for x in sorted(scores) if scores[x] is not None]
+            for t in THRESHOLDS:
+                per_seed = [effective({x: scores[x][i] for x in lengths}, lengths, L, t) for i in range(len(runs))]
+                median = statistics.median(per_seed)
+                each = "; ".join(context_text(p, lengths, L) for p in per_seed)
+                reach.append(f"{context_text(median, lengths, L)} ({each})")
+            lines.append(f"| {label} | {L} | {steps} | {control_text} | {improving} | "
+                         + " | ".join(cells + reach) + " |")
+    return "\n".join(lines)
+
+
+def report(found, command):
+    tasks = sorted({task for task, _ in found})
+    out = ["# Do the task findings survive a longer training length?", "",
+           f"Each task trained at several lengths L (4 layers, 4 heads, 128 wide, batch 32, lr 1e-3), 3 seeds, and each run"
+           f" read at 1x, 2x, 4x and 8x its own L on the fixed evaluation set (100 examples per cell and length, its"
+           f" own seed, filler from the val split), plainly and, for RoPE, with NTK and YaRN (β = 8 and 32 turns per"
+           f" training window, so β means other wavelengths at each L). Exact match is pooled over the cells held at L"
+           f" (the passkey's 11 depths; the copy's strings up to L/2), all seeds, then each seed's. Control: the final"
+           f" val exact match at L of training's own val set, per seed; below {CONTROL:.0%} a run is *not learned* and"
+           f" its readings past L are shown, not ranked. *Still improving*: a new best val loss in one of the last"
+           f" {IMPROVING} evaluations. Effective context: the largest reading length up to which every length scores at"
+           f" least the threshold; '< L' where the run misses it at L, '≥' where it holds at every length read."
+           f" Written by `{command}`.", ""]
+    for task in tasks:
+        by_length = {L: r for (t, L), r in found.items() if t == task}
+        out += [f"## {task}", "", run_table(task, by_length), ""]
+    return "\n".join(out)
+
+
+def series(found, task):
+    """{encoding label: {training length: (reading lengths, (seeds, lengths) exact match)}} read plainly."""
+    out = {}
+    for (t, L), results in found.items():
+        if t != task:
+            continue
+        for label, encoding, method, runs, scores in runs_of(results):
+            if method != "none":
+                continue
+            lengths = [x for x in sorted(scores) if scores[x] is not None]
+            out.setdefault((label, encoding), {})[L] = (lengths, np.array([scores[x] for x in lengths]).T)
+    return out
+
+
+def plot_lengths(found, task, path, ratio):
+    """A panel per encoding: exact match against the reading length (in characters, or / L), a line per
+    training length (the mean over seeds), each seed a dot."""
+    data = series(found, task)
+    columns = min(4, len(data))
+    rows = -(-len(data) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.6 * rows), dpi=110, squeeze=False,
+                             sharey=True, layout="constrained")
+    for ax in axes.flat[len(data):]:
+        ax.set_visible(False)
+    trained = sorted({L for (t, L) in found if t == task})
+    shades = plt.get_cmap("viridis")(np.linspace(0, 0.85, len(trained)))
+    ticks = sorted({x / (L if ratio else 1) for by_length in data.values() for L, (xs, _) in by_length.items()
+                    for x in xs})
+    for ax, ((label, encoding), by_length) in zip(axes.flat, data.items()):
+        for L, (lengths, values) in sorted(by_length.items()):
+            color = shades[trained.index(L)]
+            x = np.array(lengths) / (L if ratio else 1)
+            ax.plot(x, values.mean(0), color=color, marker="o", markersize=3)
+            for seed in values:
+                ax.scatter(x, seed, color=color, s=10, alpha=0.5)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ticks, [f"{t:g}x" if ratio else f"{t:g}" for t in ticks], fontsize=7)
+        ax.minorticks_off()
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_title(label, fontsize=9, color=COLORS.get(encoding, "black"))
+        ax.set_xlabel("reading length / training length" if ratio else "reading length (characters)")
+        ax.grid(alpha=0.3)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("exact match")
+    handles = [plt.Line2D([], [], color=shades[i], marker="o", markersize=3, label=f"trained at {L}")
+               for i, L in enumerate(trained)]
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(trained), fontsize=8, frameon=False)
+    what = "reading length / training length: lines that coincide generalize by ratio" if ratio else \
+        "reading length in characters: lines that coincide generalize by absolute length"
+    fig.suptitle(f"{task}: exact match against the {what}; line: mean over seeds, dots: each seed", fontsize=10)
+    save(fig, path)
+
+
+def plot_context(found, task, path, threshold=THRESHOLDS[0]):
+    """Effective context (median over seeds) against the training length, a line per encoding, log-log, with
+    the line 'effective context = training length'; open markers where it holds at every length read (a lower
+    bound), a marker at half the training length where it misses at 1x."""
+    fig, ax = plt.subplots(figsize=(6.5, 5), dpi=110)
+    trained = sorted({L for (t, L) in found if t == task})
+    for (label, encoding), by_length in series(found, task).items():
+        xs, ys, bound = [], [], []
+        for L, (lengths, values) in sorted(by_length.items()):
+            reach = statistics.median(effective(dict(zip(lengths, seed)), lengths, L, threshold) for seed in values)
+            xs.append(L)
+            ys.append(reach if reach else L / 2)
+            bound.append(reach == lengths[-1])
+        color = COLORS.get(encoding)
+        ax.plot(xs, ys, color=color, marker="o", label=label)
+        ax.scatter([x for x, b in zip(xs, bound) if b], [y for y, b in zip(ys, bound) if b], s=90,
+                   facecolors="none", edgecolors=color)
+    ax.plot(trained, trained, color="gray", linestyle="--", label="effective context = training length")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log", base=2)
+    ax.set_xticks(trained, [str(L) for L in trained])
+    ax.set_xlabel("training length (characters)")
+    ax.set_ylabel(f"effective context at ≥ {threshold:.0%} (characters)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    ax.set_title(f"{task}: effective context (median over seeds); circled: holds at every length read (8x, a lower"
+                 f" bound); at L/2: misses at L", fontsize=9)
+    save(fig, path)
+
+
+def main():
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_plots_dir_flag(parser, "lengths.md and the figures (from the <task>-L<L>/retrieval.json there)")
+    args = parser.parse_args()
+    plots = Path(args.plots_dir)
+    found = load(plots)
+    text = report(found, command_line())
+    write_text(plots / "lengths.md", text)
+    for task in sorted({t for t, _ in found}):
+        plot_lengths(found, task, plots / f"{task}_by_characters.png", ratio=False)
+        plot_lengths(found, task, plots / f"{task}_by_ratio.png", ratio=True)
+        plot_context(found, task, plots / f"{task}_effective_context.png")
+    print(text)
+    print(f"wrote {plots / 'lengths.md'} and the figures")
+
+
+if __name__ == "__main__":
+    run_cli(main)
