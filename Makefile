@@ -13,6 +13,8 @@
 #                     (30 runs, then the readings and fine-tunes; its records were trained with JOBS=2:
 #                     two at a time, 1 thread each, 11-17 minutes a run, about 4 hours in all)
 #   rope_break        why RoPE breaks: ablations, RoPE/NoPE hybrids, FIRE from L = 16         -> plots/rope_break/
+#   mechanism         why RoPE cannot use what lies past 64: the readings, the windowed hybrid -> plots/mechanism/
+#   summary           the README's summary figure, from committed files (trains nothing)      -> plots/summary/
 # make test           venv + the test suite
 # make bench          speed of each encoding on this machine
 # SHAKESPEARE_INPUT=/path/to/input.txt make experiment    works offline
@@ -27,7 +29,7 @@ SEEDS      ?=
 JOBS       ?= 1
 STUDY      := $(PY) -m study --jobs $(JOBS) $(if $(SEEDS),--seeds $(SEEDS))
 
-STUDIES    := baseline encodings lr_sweep rope_study finetune mid gpu passkey copy rope_break
+STUDIES    := baseline encodings lr_sweep rope_study finetune mid gpu passkey copy rope_break mechanism summary
 
 .PHONY: experiment $(STUDIES) test bench data clean
 

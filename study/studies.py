@@ -55,7 +55,7 @@ def task_budget(task):
 class Study:
     about: str  # one line for `python -m study --help`
     plots_dir: str  # where its report goes
-    seeds: str  # the seeds its main command trains
+    seeds: str  # the seeds its main command trains ("": it trains nothing)
     main: tuple  # the module that trains and reports, and its flags (--seeds and --plots-dir are added where
     # they are not among them: a main that writes to a folder inside plots_dir names it)
     after: tuple = field(default=())  # more commands that add to plots_dir: (module, flags...), where a flag
@@ -73,7 +73,7 @@ class Study:
             return [f"study.{module}", *(values.get(a, a.replace("{plots_dir}", plots_dir)) for a in flags), *extra,
                     *jobs_flag]
 
-        main = command(*self.main, extra=[] if "--seeds" in self.main else ["--seeds", seeds])
+        main = command(*self.main, extra=[] if "--seeds" in self.main or not self.seeds else ["--seeds", seeds])
         main += [] if "--plots-dir" in self.main else ["--plots-dir", plots_dir]
         return [main] + [command(*step) for step in self.after]
 
@@ -152,6 +152,10 @@ STUDIES = {
           "--plots-dir", "{plots_dir}/loss"),
          ("compare", CPU, "--pos-encodings", RATE_CHECK, "--seeds", "{first_seed}", "--plots-dir", "{plots_dir}/rates"),
          ("mechanism", "--plots-dir", "{plots_dir}"))),
+    "summary": Study(
+        "the README's summary figure and its numbers, from committed files only (the lr_sweep and passkey studies'"
+        " records and results); trains nothing",
+        "plots/summary", "", ("summary",)),
     "gpu": Study(
         "RoPE, learned and none at nanoGPT's GPU setting (10.7M parameters, block 256, dropout 0.2, 5000 steps),"
         " 3 seeds, seed by seed with a timing probe first, within a 520-second budget (study.lease)",
