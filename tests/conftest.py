@@ -40,6 +40,8 @@ from prepare_shakespeare import prepare  # noqa: E402
 TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, batch_size=8, max_iters=30, eval_interval=10,
             warmup_iters=5, learning_rate=3e-3, progress=False)
 TINY_FLAGS = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items() if k != "progress"] + ["--no-progress"]
+# where a study puts tiny runs: the config's stem, and -L16 as their block size is not the config file's 64
+TINY_GROUP = f"shakespeare_char_cpu-L{TINY['block_size']}"
 
 
 def make_corpus(n_chars=20_000, seed=0):

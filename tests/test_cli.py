@@ -10,7 +10,7 @@ import torch
 
 from study.analysis import real_word_shares, words
 from common import build_model, eval_windows, load_tokens
-from conftest import ROOT, TINY_FLAGS, make_corpus, run
+from conftest import ROOT, TINY_FLAGS, TINY_GROUP, make_corpus, run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -115,7 +115,7 @@ def test_compare_trains_plots_tabulates_and_reuses(workspace, tmp_path):
     results = (tmp_path / "plots" / "results.md").read_text()
     rows = [ln for ln in results.splitlines() if ln.startswith("| RoPE |") or ln.startswith("| none |")][:2]
     assert rows[0].startswith("| RoPE | 26,112 |") and rows[1].startswith("| none | 26,112 |")
-    summary = json.loads((tmp_path / "out" / "shakespeare_char_cpu" / "rope_seed1337" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "out" / TINY_GROUP / "rope_seed1337" / "summary.json").read_text())
     assert f"| {summary['best_val_loss']:.4f} |" in rows[0]
     samples = (tmp_path / "plots" / "samples.md").read_text()
     assert "## RoPE (seed 1337)" in samples and "## none (seed 1337)" in samples and "## learned" not in samples
@@ -124,7 +124,7 @@ def test_compare_trains_plots_tabulates_and_reuses(workspace, tmp_path):
     assert "total wall time" in proc.stdout
     # the paired table (one seed: no interval, no ranking) and the real-word shares from 20 samples
     assert "| RoPE − none | " in results and "(1 seed) |" in results and "| not decided / not decided |" in results
-    kept = json.loads((tmp_path / "out" / "shakespeare_char_cpu" / "rope_seed1337" / "samples.json").read_text())
+    kept = json.loads((tmp_path / "out" / TINY_GROUP / "rope_seed1337" / "samples.json").read_text())
     assert kept["settings"]["top_k"] is None and len(kept["samples"]) == 20
     assert all(len(t) == 40 for t in kept["samples"]) and kept["samples"][0].strip() in samples
     vocabulary = set(words((workspace / "input.txt").read_text()[:int(20_000 * 0.9)]))
@@ -139,10 +139,10 @@ def test_compare_trains_plots_tabulates_and_reuses(workspace, tmp_path):
     assert refused.stderr.rstrip().endswith("--overwrite retrains it, --out-dir elsewhere keeps both")
     changed = run("study.compare", *args, "--max-iters=20", "--pos-encodings", "none", "--overwrite")
     assert "reusing" not in changed.stdout
-    none_dir = tmp_path / "out" / "shakespeare_char_cpu" / "none_seed1337"
+    none_dir = tmp_path / "out" / TINY_GROUP / "none_seed1337"
     assert json.loads((none_dir / "config.json").read_text())["max_iters"] == 20
     # a finished run evaluated another way (here: by an older evaluation) is not reused as if it were new
-    rope_config = tmp_path / "out" / "shakespeare_char_cpu" / "rope_seed1337" / "config.json"
+    rope_config = tmp_path / "out" / TINY_GROUP / "rope_seed1337" / "config.json"
     rope_config.write_text(rope_config.read_text().replace('"eval_version": 2', '"eval_version": 1'))
     refused = run("study.compare", *args, check=False)
     assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
@@ -158,7 +158,7 @@ def test_seeds_if_undecided_go_to_the_variants_of_undecided_pairs_only(workspace
     results = (tmp_path / "plots" / "results.md").read_text()
     undecided = "| not decided" in results or "not decided |" in results
     proc = run("study.compare", *args, "--seeds", "1,2", "--seeds-if-undecided", "3")
-    trained = sorted(p.name for p in (tmp_path / "out" / "shakespeare_char_cpu").iterdir())
+    trained = sorted(p.name for p in (tmp_path / "out" / TINY_GROUP).iterdir())
     if undecided:  # both variants of the one pair get seed 3
         assert trained == ["none_seed1", "none_seed2", "none_seed3", "rope_seed1", "rope_seed2", "rope_seed3"]
         assert "2 variant(s) in pairs the seeds do not decide: 1 more seed(s) each" in proc.stdout
@@ -171,7 +171,7 @@ def test_seeds_if_undecided_go_to_the_variants_of_undecided_pairs_only(workspace
 def test_compare_defaults_write_under_out_of_the_working_directory(workspace, tmp_path):
     run("study.compare", ROOT / "config" / "shakespeare_char_cpu.toml", "--data-dir", workspace / "data",
         "--plots-dir", tmp_path / "plots", "--pos-encodings", "none", "--sample-tokens", 10, *TINY_FLAGS, cwd=tmp_path)
-    assert (tmp_path / "out" / "shakespeare_char_cpu" / "none_seed1337" / "summary.json").exists()
+    assert (tmp_path / "out" / TINY_GROUP / "none_seed1337" / "summary.json").exists()
     assert "## none" in (tmp_path / "plots" / "samples.md").read_text()
 
 
@@ -187,7 +187,7 @@ def test_compare_jobs_train_side_by_side_to_the_same_numbers(workspace, tmp_path
     for name in ("rope_seed1", "rope_seed2", "none_seed1", "none_seed2"):
         rows = {}
         for mode in ("par", "seq"):
-            with open(tmp_path / mode / "shakespeare_char_cpu" / name / "metrics.csv", newline="") as f:
+            with open(tmp_path / mode / TINY_GROUP / name / "metrics.csv", newline="") as f:
                 rows[mode] = list(csv.DictReader(f))
         assert [int(r["step"]) for r in rows["par"]] == [0, 10, 20, 30]
         for key in ("train_loss", "val_loss"):

@@ -9,7 +9,7 @@ import torch
 from torch.nn import functional as F
 
 from common import build_model, eval_windows, load_checkpoint, load_tokens
-from conftest import TINY, TINY_FLAGS, run
+from conftest import TINY, TINY_FLAGS, TINY_GROUP, run
 from study.evaluate import dynamic_factor, evaluate_runs, loss_by_position, sliding_window_losses
 from model import GPT, GPTConfig, RotaryPositionalEncoding, apply_rotary_embeddings, precompute_theta_pos_frequencies
 from study.probes import attention_stats, copy_gain, copy_sequences, uniform_reference
@@ -267,12 +267,12 @@ def test_finetune_trains_from_the_base_runs_and_reports_every_row(data_dir, tmp_
     proc = run("study.finetune", "config/shakespeare_char_cpu.toml", "--data-dir", data_dir, "--out-dir", out,
                "--plots-dir", plots, *TINY_FLAGS, "--seeds", "1", "--methods", "none,yarn-b8", "--factor", 2,
                "--scratch-seeds", "1")
-    base = out / "shakespeare_char_cpu" / "rope_seed1"  # trained first: it was missing
-    tune = json.loads((out / "shakespeare_char_cpu_finetune" / "rope-ft2x-yarn-b8_seed1" / "config.json").read_text())
+    base = out / TINY_GROUP / "rope_seed1"  # trained first: it was missing
+    tune = json.loads((out / f"{TINY_GROUP}_finetune" / "rope-ft2x-yarn-b8_seed1" / "config.json").read_text())
     assert tune["init_from"] == str(base) and tune["block_size"] == 2 * BLOCK and tune["max_iters"] == 200
     assert (tune["rope_scaling"], tune["rope_scaling_factor"], tune["yarn_beta"]) == ("yarn", 2.0, 8.0)
     assert (tune["learning_rate"], tune["min_lr"], tune["warmup_iters"]) == (1e-4, 1e-4, 20)  # pinned
-    scratch = json.loads((out / "shakespeare_char_cpu_finetune" / "rope-block32_seed1" / "config.json").read_text())
+    scratch = json.loads((out / f"{TINY_GROUP}_finetune" / "rope-block32_seed1" / "config.json").read_text())
     assert scratch["init_from"] == "" and scratch["max_iters"] == TINY["max_iters"]
     table = (plots / "finetune.md").read_text()
     for label in ("RoPE trained on 16, no fine-tune", "sliding window of 16", "fine-tuned at 32: plain RoPE",
@@ -298,10 +298,10 @@ def test_finetune_of_task_runs_reads_what_they_retrieve_and_gives_the_best_more_
     proc = run("study.finetune", "config/shakespeare_char_cpu.toml", "--task", "copy", "--data-dir", data_dir,
                "--out-dir", out, "--plots-dir", plots, *TINY_FLAGS, "--seeds", "1", "--methods", "none,linear",
                "--factor", 2, "--scratch-seeds", "", "--more-seeds", "2", "--best", "1")
-    tune = json.loads((out / "shakespeare_char_cpu-copy_finetune" / "rope-ft2x-linear_seed1" / "config.json")
+    tune = json.loads((out / "shakespeare_char_cpu-copy-L16_finetune" / "rope-ft2x-linear_seed1" / "config.json")
                       .read_text())
     assert tune["task"] == "copy" and tune["block_size"] == 2 * BLOCK and tune["max_iters"] == 200
-    assert tune["init_from"] == str(out / "shakespeare_char_cpu-copy" / "rope_seed1")  # the task's RoPE run
+    assert tune["init_from"] == str(out / "shakespeare_char_cpu-copy-L16" / "rope_seed1")  # the task's RoPE run
     results = json.loads((plots / "retrieval.json").read_text())
     assert results["task"] == "copy" and results["lengths"] == [BLOCK, 2 * BLOCK, 4 * BLOCK]
     rows = {row["label"]: row for row in results["rows"]}

@@ -2,7 +2,7 @@
 
 import tarfile
 
-from conftest import TINY_FLAGS, run
+from conftest import TINY_FLAGS, TINY_GROUP, run
 
 
 def members(path):
@@ -17,10 +17,10 @@ def test_probe_then_seed_by_seed_each_archived_as_it_finishes(data_dir, tmp_path
                *TINY_FLAGS)
     assert "probe: 10 steps of 2 runs side by side" in proc.stdout and "one seed of 30 steps: about" in proc.stdout
     for seed in (1, 2):
-        names = members(tmp_path / "arch" / f"shakespeare_char_cpu-seed{seed}.tar.gz")
-        assert names == sorted(f"shakespeare_char_cpu/{enc}_seed{seed}/{f}" for enc in ("rope", "none")
+        names = members(tmp_path / "arch" / f"{TINY_GROUP}-seed{seed}.tar.gz")
+        assert names == sorted(f"{TINY_GROUP}/{enc}_seed{seed}/{f}" for enc in ("rope", "none")
                                for f in ("config.json", "metrics.csv", "summary.json", "samples.json"))
-    report = members(tmp_path / "arch" / "shakespeare_char_cpu-report.tar.gz")
+    report = members(tmp_path / "arch" / f"{TINY_GROUP}-report.tar.gz")
     assert {"results.md", "samples.md", "val_loss.png", "train_loss.png"} <= set(report)
     results = (tmp_path / "plots" / "results.md").read_text()
     assert "| RoPE − none | " in results and results.count(" | 2 |") >= 2  # 2 seeds a variant, paired

@@ -3,7 +3,6 @@ the verdicts the predictions give, on hand-made counts whose answers are known."
 
 import json
 
-import pytest
 
 from conftest import run
 from study.ablations import HYPOTHESES

@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from conftest import ENV, ROOT, TINY_FLAGS, command, run
+from conftest import ENV, ROOT, TINY_FLAGS, TINY_GROUP, command, run
 
 # Long enough (about 2 s) to be killed part way.
 SLOW = [*TINY_FLAGS, "--max-iters=300", "--eval-interval=20", "--n-embd=64"]
@@ -161,7 +161,7 @@ def test_ctrl_c_stops_compare_jobs_and_the_same_command_resumes(data_dir, tmp_pa
     # it passes it on, every run saves its state and stops, and the same command finishes them
     cmd = [*compare_cmd(data_dir, tmp_path, "rope,none", jobs=2), LONGER]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    run_dirs = [tmp_path / "shakespeare_char_cpu" / f"{enc}_seed1337" for enc in ("rope", "none")]
+    run_dirs = [tmp_path / TINY_GROUP / f"{enc}_seed1337" for enc in ("rope", "none")]
     for run_dir in run_dirs:
         wait_for_rows(run_dir, 3, proc)
     proc.send_signal(signal.SIGINT)
@@ -177,7 +177,7 @@ def test_ctrl_c_stops_compare_jobs_and_the_same_command_resumes(data_dir, tmp_pa
                               capture_output=True, text=True, timeout=300)
     assert straight.returncode == 0, straight.stderr
     assert_same_rows(metrics(run_dirs[0]),  # as if never interrupted
-                     metrics(tmp_path / "straight" / "shakespeare_char_cpu" / "rope_seed1337"))
+                     metrics(tmp_path / "straight" / TINY_GROUP / "rope_seed1337"))
 
 
 def test_ctrl_c_while_compare_workers_start_up_stops_them_too(data_dir, tmp_path):
@@ -192,7 +192,7 @@ def test_ctrl_c_while_compare_workers_start_up_stops_them_too(data_dir, tmp_path
     assert proc.returncode == 2 and "Traceback" not in stderr
     assert "study.compare: error: stopped by Ctrl-C; the same command resumes the interrupted runs" in stderr
     for enc in ("rope", "none"):
-        assert not (tmp_path / "shakespeare_char_cpu" / f"{enc}_seed1337" / "summary.json").exists()
+        assert not (tmp_path / TINY_GROUP / f"{enc}_seed1337" / "summary.json").exists()
 
 
 def test_a_finished_run_of_a_constant_rate_continues_to_more_steps(data_dir, tmp_path):

@@ -71,7 +71,7 @@ def test_a_diverged_rate_counts_as_the_worst_and_does_not_stop_the_sweep(tmp_pat
 
 
 def test_the_sweep_reads_its_best_rate_runs_past_their_length_with_the_ablations(data_dir, tmp_path):
-    from conftest import TINY_FLAGS, run
+    from conftest import TINY_FLAGS, TINY_GROUP, run
     run("study.sweep", "--pos-encodings", "rope", "--learning-rates", "1e-3,2e-3", "--max-extensions", 0,
         "--seeds", 1337, "--extrapolate", "--extrapolate-methods", "none", "--ablations", "log-scale,clamp-63",
         "--sample-tokens", 20, "--data-dir", data_dir, "--out-dir", tmp_path / "out", "--plots-dir", tmp_path / "plots",
@@ -81,5 +81,5 @@ def test_the_sweep_reads_its_best_rate_runs_past_their_length_with_the_ablations
     rows = [json_row["name"] for json_row in json.loads((tmp_path / "plots" / "extrapolation.json").read_text())["rows"]]
     assert {r.split("+")[1] for r in rows if "+" in r} == {"log-scale", "clamp-63", "sliding"}
     sweep_rows = json.loads((tmp_path / "plots" / "lr_sweep.json").read_text())
-    group = tmp_path / "out" / "shakespeare_char_cpu"  # (1e-3 is the config's own rate: the run study.compare trains)
+    group = tmp_path / "out" / TINY_GROUP  # (1e-3 is the config's own rate: the run study.compare trains)
     assert sweep_rows[0]["runs"] == {"0.001": str(group / "rope_seed1337"), "0.002": str(group / "rope-lr=0.002_seed1337")}
