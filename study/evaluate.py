@@ -54,7 +54,8 @@ sliding window is not). Seeds of one variant are averaged (mean ± std over seed
   temp-1.5, temp-2     every logit times tau, before any additive bias (RoPE, T5 and none)
 
 Each run is measured with its best-val checkpoint (ckpt.pt), the weights sample.py uses.
-Writes <plots-dir>/extrapolation.png, loss_by_position.png and extrapolation.json.
+Writes <plots-dir>/extrapolation.png, loss_by_position.png, extrapolation.json and extrapolation.md (the
+tables it prints; --from-json writes the figures and extrapolation.md again from the JSON alone).
 
 Cost: every (run, method, length) pass covers the whole val split (~56k predicted tokens),
 and the sliding window, which always covers the whole split, block_size / s of them. For the
@@ -81,7 +82,7 @@ from tqdm import tqdm  # noqa: E402
 from study.analysis import paired, verdict  # noqa: E402
 from common import (UserError, announce_dtype, autocast, build_model, comma_list,  # noqa: E402
                     digest, eval_windows, load_meta, load_tokens, pick_device, positive, run_cli,
-                    write_json)
+                    write_json, write_text)
 from study.flags import measure_parser  # noqa: E402
 from study.plot import by_family, encoding_styles, legend_below, length_axis, redraw, save  # noqa: E402
 from study.runs import Runs, find_runs  # noqa: E402
@@ -458,7 +459,8 @@ def cell(mean, std):
 
 def format_table(results):
     """Plain-text tables, one row per encoding / RoPE method / baseline, one column per eval length:
-    the whole-window mean, then the mean over positions past the training length."""
+    the whole-window mean, the mean over positions past the training length, then over the positions
+    inside it that have a full sliding window's context."""
     block = results["block_size"]
     header = [f"{L} ({L / block:g}x)" for L in results["lengths"]]
     notes, text = [], []
@@ -475,12 +477,26 @@ def format_table(results):
                     cells.append(cell(r[key], r[f"{key}_std"] if key == "past" else r["std"]))
             lines.append(cells)
         text += aligned(lines) + [""]
+    text += inside_table(results)
     text += differences_from_baseline(results)
     windows = ", ".join(f"{w['count']} at {w['length']}" for w in results["windows"])
     return "\n".join(text + notes + [
         f"(nats/char on the val split's {results['val_tokens']:,} tokens; mean ± std over seeds; windows:"
         f" {windows}; trained on {block}; sliding window: stride {results['sliding_stride']}, so"
         f" {block - results['sliding_stride'] + 1}-{block} characters of context)"])
+
+
+def inside_table(results):
+    """Lines of a table: the mean loss over positions s..block_size - 1 (s: the sliding stride), inside the
+    training length where the per-position loss is flat: what a longer window costs the positions training
+    showed, which a scaled RoPE reads otherwise (from the seeds' mean curve, loss_by_position)."""
+    block, s = results["block_size"], results["sliding_stride"]
+    lines = [[f"val loss at positions {s}-{block - 1}, mean over seeds"]
+             + [f"{L} ({L / block:g}x)" for L in results["lengths"]]]
+    for row in results["rows"]:
+        means = [None if r["loss"] is None else statistics.mean(r["loss_by_position"][s:block]) for r in row["results"]]
+        lines.append([row["label"]] + ["n/a" if m is None else f"{m:.4f}" for m in means])
+    return aligned(lines) + [""]
 
 
 def differences_from_baseline(results):
@@ -679,11 +695,24 @@ def draw_figures(results, plots_dir):
     return paths
 
 
+def markdown(results):
+    """extrapolation.md: format_table's tables."""
+    return f"# Length extrapolation (study.evaluate)\n\n```text\n{format_table(results)}\n```\n"
+
+
+def write_tables_and_figures(results, plots_dir):
+    """extrapolation.md and the figures in plots_dir, from the results alone (what --from-json writes again);
+    their paths."""
+    path = Path(plots_dir) / "extrapolation.md"
+    write_text(path, markdown(results))
+    return draw_figures(results, plots_dir) + [path]
+
+
 def write_outputs(results, plots_dir="plots", json_path=None):
-    """Write the figures and the JSON (default <plots_dir>/extrapolation.json); returns their paths."""
+    """Write the tables, the figures and the JSON (default <plots_dir>/extrapolation.json); returns their paths."""
     json_path = Path(json_path) if json_path else Path(plots_dir) / "extrapolation.json"
     write_json(json_path, results)
-    return draw_figures(results, plots_dir) + [json_path]
+    return write_tables_and_figures(results, plots_dir) + [json_path]
 
 
 # --- command line -------------------------------------------------------------
@@ -749,7 +778,7 @@ def main():
     args = parser.parse_args()
     if args.from_json:
         return redraw(args.from_json, "extrapolation.json", "study.evaluate", ("rows", "lengths"), format_table,
-                      draw_figures, args.plots_dir)
+                      write_tables_and_figures, args.plots_dir)
     scalings = [s.strip() for s in args.rope_scaling.split(",") if s.strip()]
     results = evaluate_runs(find_runs(args.runs), args.lengths, scalings, args.rope_scaling_factor, args.data_dir,
                             args.max_windows, args.device, progress=args.progress, yarn_betas=args.yarn_beta,

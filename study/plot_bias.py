@@ -6,8 +6,9 @@ out to 8x the training length.
   python -m study.plot_bias                                   # the seed-1337 ALiBi, T5 and FIRE runs of the CPU config
   python -m study.plot_bias out/shakespeare_char_cpu/t5_seed1338 --max-distance 1024
 
-Writes <plots-dir>/learned_bias.png (one panel per run, one line per head) and learned_bias.json
-(the curves, and FIRE's learned c and threshold L). The bias is read off the encoding itself
+Writes <plots-dir>/learned_bias.png (one panel per run, one line per head), learned_bias.json
+(the curves, and FIRE's learned c and threshold L) and learned_bias.md (a table of both);
+--from-json learned_bias.json writes the figure and the table again, without the checkpoints. The bias is read off the encoding itself
 (attn_bias) for a query at position max_distance, so every distance 0 .. max_distance is drawn;
 a T5 bucket or a FIRE input that training never reached is drawn all the same, past the dashed line.
 FIRE's bias also depends on the query's position once that passes L: a query at the last training
@@ -25,7 +26,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from common import (ArgumentParser, UserError, atomic_write, build_model, load_checkpoint, positive,  # noqa: E402
-                    read_json, run_cli, write_json)
+                    read_json, run_cli, write_json, write_text)
 from study.runs import LABELS, read_config  # noqa: E402
 from study.flags import add_plots_dir_flag  # noqa: E402
 
@@ -104,6 +105,33 @@ def best_runs(sweep_json):
     return runs
 
 
+def format_table(rows):
+    """A markdown table, one row per run: its bias at distance 0, at the longest distance in training and at
+    the longest drawn, per head, and FIRE's learned c and threshold L."""
+    lines = ["| run | bias at distance 0 / longest in training / longest drawn, per head | FIRE's c | FIRE's L |",
+             "|---|---|---:|---:|"]
+    for row in rows:
+        b, name = row["block_size"], f"{LABELS.get(row['encoding'], row['encoding'])} ({Path(row['run']).name})"
+        heads = "; ".join(f"{h[0]:+.2f} / {h[b - 1]:+.2f} / {h[-1]:+.2f}" for h in row["bias"])
+        fire = f"{row['c']:.3f} | {row['L']:.1f}" if "c" in row else "– | –"
+        lines.append(f"| {name} | {heads} (distances 0 / {b - 1} / {len(row['bias'][0]) - 1}) | {fire} |")
+    return "\n".join(lines)
+
+
+def markdown(rows):
+    """learned_bias.md: format_table's table."""
+    return f"# Learned attention biases (study.plot_bias)\n\n{format_table(rows)}\n"
+
+
+def write_outputs(rows, plots_dir):
+    """learned_bias.png, .json and .md in plots_dir; their paths."""
+    path = Path(plots_dir) / "learned_bias.png"
+    plot_biases(rows, path)
+    write_json(path.with_suffix(".json"), rows)
+    write_text(path.with_suffix(".md"), markdown(rows))
+    return [path, path.with_suffix(".json"), path.with_suffix(".md")]
+
+
 def main():
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="*", default=DEFAULT_RUNS,
@@ -115,21 +143,22 @@ def main():
                         help="instead of the runs: the sweep seed's run at the best rate of each variant in this"
                              " lr_sweep.json (study.sweep) whose encoding biases the scores (its run paths are"
                              " relative to where the sweep ran)")
-    add_plots_dir_flag(parser, "learned_bias.png")
+    parser.add_argument("--from-json", default=None, metavar="FILE",
+                        help="instead of the runs: the figure and the table again from a learned_bias.json written"
+                             " earlier, into --plots-dir (no checkpoints needed)")
+    add_plots_dir_flag(parser, "learned_bias.png, .json and .md")
     args = parser.parse_args()
-    if args.best_of and args.runs != DEFAULT_RUNS:
-        raise UserError("give run directories or --best-of, not both")
-    rows = read_biases(best_runs(args.best_of) if args.best_of else args.runs, args.max_distance)
-    path = Path(args.plots_dir) / "learned_bias.png"
-    plot_biases(rows, path)
-    write_json(path.with_suffix(".json"), rows)
-    for row in rows:
-        bias = np.array(row["bias"])
-        b = row["block_size"]
-        print(f"{row['run']}: bias at distance 0 / {b - 1} / {len(bias[0]) - 1} per head: "
-              + "; ".join(f"{h[0]:+.2f} / {h[b - 1]:+.2f} / {h[-1]:+.2f}" for h in bias)
-              + (f"  (c = {row['c']:.3g}, L = {row['L']:.0f})" if "c" in row else ""))
-    print(f"wrote {path} and {path.with_suffix('.json')}")
+    if sum((args.runs != DEFAULT_RUNS, bool(args.best_of), bool(args.from_json))) > 1:
+        raise UserError("give run directories, --best-of or --from-json, only one of them")
+    if args.from_json:
+        rows = read_json(args.from_json, "rerun study.plot_bias on the runs to write it")
+        if not isinstance(rows, list) or not all(isinstance(r, dict) and "bias" in r for r in rows):
+            raise UserError(f"{args.from_json} is not the learned_bias.json that study.plot_bias writes")
+    else:
+        rows = read_biases(best_runs(args.best_of) if args.best_of else args.runs, args.max_distance)
+    paths = write_outputs(rows, args.plots_dir)
+    print(format_table(rows))
+    print("wrote " + ", ".join(str(p) for p in paths))
 
 
 if __name__ == "__main__":

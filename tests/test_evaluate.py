@@ -12,7 +12,8 @@ import torch
 
 from common import UserError, load_checkpoint, load_tokens
 from conftest import TINY, TINY_FLAGS, run
-from study.evaluate import build_model, eval_windows, evaluate_runs, format_table, parse_factor, write_outputs
+from study.evaluate import (build_model, eval_windows, evaluate_runs, format_table, inside_table, parse_factor,
+                            write_outputs)
 from study.plot_rope import decay_bound, wavelengths
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -125,6 +126,16 @@ def test_loss_by_position_has_one_value_per_position_and_averages_to_the_loss(re
                 assert r["loss_by_position"][0] > r["loss"]
 
 
+def test_the_inside_table_averages_the_positions_from_the_stride_to_the_training_length(results):
+    block, s = results["block_size"], results["sliding_stride"]
+    first = results["rows"][0]
+    line = inside_table(results)[1]
+    assert line.startswith(first["label"] + " ") and f"positions {s}-{block - 1}" in inside_table(results)[0]
+    assert line.split()[-len(first["results"]):] == [f"{statistics.mean(r['loss_by_position'][s:block]):.4f}"
+                                                    for r in first["results"]]
+    assert inside_table(results)[0] in format_table(results)
+
+
 def test_seeds_are_averaged_with_their_std(results):
     r = rows(results)["rope"][32]
     assert len(r["run_losses"]) == 2 and r["run_losses"][0] != r["run_losses"][1]
@@ -134,7 +145,7 @@ def test_seeds_are_averaged_with_their_std(results):
 
 
 def test_write_outputs(results, tmp_path):
-    png, by_pos, js = write_outputs(results, tmp_path / "plots")
+    png, by_pos, _, js = write_outputs(results, tmp_path / "plots")
     assert png.name == "extrapolation.png" and by_pos.name == "loss_by_position.png"
     assert png.read_bytes()[:8] == PNG_MAGIC and by_pos.read_bytes()[:8] == PNG_MAGIC
     assert json.loads(js.read_text()) == json.loads(json.dumps(results))
@@ -210,11 +221,12 @@ def test_plot_rope_cli(runs, tmp_path):
 
 
 def test_figures_are_redrawn_from_the_json_alone(results, tmp_path):
-    _, _, js = write_outputs(results, tmp_path / "first")
+    *_, md, js = write_outputs(results, tmp_path / "first")
     proc = run("study.evaluate", "--from-json", js, "--plots-dir", tmp_path / "again")
     assert proc.stdout.startswith(format_table(json.loads(js.read_text())))  # the same table, no checkpoint read
     for name in ("extrapolation.png", "loss_by_position.png"):
         assert (tmp_path / "again" / name).read_bytes()[:8] == PNG_MAGIC
+    assert (tmp_path / "again" / "extrapolation.md").read_text() == md.read_text()  # the tables, written again
     (tmp_path / "bad.json").write_text("[1, 2]")
     proc = run("study.evaluate", "--from-json", tmp_path / "bad.json", check=False)
     assert proc.returncode == 2 and proc.stderr.strip().endswith("is not the extrapolation.json that study.evaluate writes")
@@ -238,7 +250,7 @@ def test_the_ablations_read_each_run_where_they_apply(runs, data_dir, tmp_path):
     labels = {row["name"]: row["label"] for row in out["rows"]}
     assert labels["t5+clamp-63"] == "T5 bias + clamp at 63" and labels["rope+log-scale"] == "RoPE + log scaling (n=16)"
     assert "no temperature" in labels["rope+yarn-b32-no-temperature"]
-    png, _, _ = write_outputs(out, tmp_path / "plots")
+    png, *_ = write_outputs(out, tmp_path / "plots")
     assert png.read_bytes()[:8] == PNG_MAGIC
     proc = run("study.evaluate", tmp_path / "t5_seed1337", "--ablations", "clamp-7", check=False)
     assert proc.returncode == 2 and "--ablations takes some of log-scale, clamp-16, clamp-32" in proc.stderr

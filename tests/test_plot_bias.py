@@ -42,7 +42,12 @@ def test_command_line_writes_the_plot_and_fires_learned_constants(data_dir, tmp_
     assert [r["encoding"] for r in rows] == ["t5", "fire"]
     assert len(rows[0]["bias"]) == 2 and len(rows[0]["bias"][0]) == 64
     assert rows[1]["c"] != pytest.approx(0.1, abs=1e-7)  # trained: c moved off its starting value
-    assert len(rows[1]["bias_at_block"][0]) == 16 and "L = " in proc.stdout
+    assert len(rows[1]["bias_at_block"][0]) == 16
+    table = (tmp_path / "plots" / "learned_bias.md").read_text()
+    assert f"| {rows[1]['c']:.3f} | {rows[1]['L']:.1f} |" in table and table.count("(distances 0 / 15 / 63)") == 2
+    again = run("study.plot_bias", "--from-json", tmp_path / "plots" / "learned_bias.json", "--plots-dir", tmp_path / "again")
+    assert (tmp_path / "again" / "learned_bias.md").read_text() == table and "FIRE's c" in again.stdout  # no checkpoint
+    assert (tmp_path / "again" / "learned_bias.png").read_bytes() == (tmp_path / "plots" / "learned_bias.png").read_bytes()
 
 
 def test_best_of_a_sweep_takes_each_biased_variants_run_at_its_best_rate(tmp_path):
@@ -61,4 +66,4 @@ def test_best_of_a_sweep_takes_each_biased_variants_run_at_its_best_rate(tmp_pat
         with pytest.raises(UserError, match="is not an lr_sweep.json that names its runs"):
             best_runs(tmp_path / "lr_sweep.json")
     proc = run("study.plot_bias", "out/x/t5_seed1337", "--best-of", tmp_path / "lr_sweep.json", check=False)
-    assert proc.returncode == 2 and "give run directories or --best-of, not both" in proc.stderr
+    assert proc.returncode == 2 and "give run directories, --best-of or --from-json, only one of them" in proc.stderr

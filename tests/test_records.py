@@ -6,14 +6,17 @@ import json
 import os
 import re
 import shutil
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
 
 from common import read_metrics
 from conftest import ROOT, run
+from study import evaluate, plot_bias
 from study.ablations import report
 from study.compare import add_length_flags
+from study.probes import format_tables as format_probe_tables
 from study.studies import STUDIES
 
 CORPUS = Path(os.environ.get("SHAKESPEARE_INPUT", ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"))
@@ -30,8 +33,9 @@ def prepare_data(tmp_path):
 
 
 # study: (its records folder, how many runs it reuses); each is run as
-# study/studies.py defines it, without the length study, which needs checkpoints (its figures redraw from their
-# JSON: study.evaluate --from-json), except a task study's, whose records keep the counts it reads
+# study/studies.py defines it, without the length study, which needs checkpoints (its tables are compared as
+# study.evaluate and study.probes print them from their JSON), except a task study's, whose records keep the
+# counts it reads
 RECORDED = {"baseline": ("shakespeare_char_cpu", 9), "lr_sweep": ("shakespeare_char_cpu", 102),
             "encodings": ("shakespeare_char_cpu", 56), "rope_study": ("shakespeare_char_cpu", 7),
             "rope_break": ("shakespeare_char_cpu", 73), "passkey": ("shakespeare_char_cpu-passkey", 30),
@@ -82,6 +86,47 @@ def tables(markdown):
     return rows
 
 
+def rows_by_table(markdown):
+    """{table header: its rows} for every table in a markdown text, a row its cells but the timing columns
+    (tables of one header pooled)."""
+    rows, header = defaultdict(list), None
+    for line in markdown.splitlines():
+        if not line.startswith("|"):
+            header = None
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if header is None:
+            header = tuple(cells)
+        elif not set(line) <= set("|-: "):
+            rows[header].append(tuple(cell for column, cell in zip(header, cells) if column not in TIMING))
+    return rows
+
+
+def missing(committed, regenerated):
+    """What of committed's tables regenerated lacks, by name: a table (its header), a row of a table, a line of
+    a plain-text table (```text)."""
+    ours, lines = rows_by_table(regenerated), set(regenerated.splitlines())
+    out = []
+    for header, rows in rows_by_table(committed).items():
+        if header not in ours:
+            out.append(f"table | {' | '.join(header)} |")
+        else:
+            out += [f"row | {' | '.join(row)} | of table | {' | '.join(header)} |"
+                    for row in rows if row not in ours[header]]
+    text = [line for block in re.findall(r"```text\n(.*?)\n```", committed, re.S) for line in block.splitlines()]
+    return out + [f"line {line!r} of a text table" for line in text if line not in lines]
+
+
+def test_missing_names_a_lost_table_a_lost_row_and_a_lost_line():
+    committed = ("| a | b | wall time (s) |\n|---|---:|---:|\n| x | 1 | 10 |\n| y | 2 | 20 |\n\n| c | d |\n|---|---|\n"
+                 "| x | 3 |\n\n```text\nloss   64\nRoPE   1.7\n```\n")
+    assert missing(committed, committed.replace("| 10 |", "| 11 |")) == []  # (a timing column)
+    regenerated = committed.replace("| y | 2 | 20 |\n", "").replace("| c | d |", "| c | e |").replace("1.7", "1.8")
+    assert missing(committed, regenerated) == ["row | y | 2 | of table | a | b | wall time (s) |", "table | c | d |",
+                                               "line 'RoPE   1.7' of a text table"]
+    assert missing(regenerated, committed) == ["table | c | e |", "line 'RoPE   1.8' of a text table"]
+
+
 def test_tables_parse_rows_by_header_and_first_cell():
     text = "# t\n\n| a | b |\n|---|---:|\n| x | 1 |\n| y | 2 |\n\ntext\n\n| a | c |\n|---|---|\n| x | 3 |\n"
     assert tables(text) == {(("a", "b"), "x"): {"a": "x", "b": "1"}, (("a", "b"), "y"): {"a": "y", "b": "2"},
@@ -102,17 +147,17 @@ def test_records_regenerate_the_committed_tables(study, tmp_path):
                "--data-dir", tmp_path / "data", "--out-dir", tmp_path / "out", "--plots-dir", tmp_path / "plots")
     assert proc.stdout.count("finished earlier, reusing it") == runs
     assert not re.search(r": best val loss [0-9.]+ at step", proc.stdout)  # what a run trained here prints
-    regenerated, committed = tables((tmp_path / "plots" / "results.md").read_text()), tables(report.read_text())
-    shared = {header for header, _ in regenerated} & {header for header, _ in committed}  # (tables added since
-    compared = {key: row for key, row in regenerated.items() if key[0] in shared}       # are not compared)
-    assert compared.keys() == {key for key in committed if key[0] in shared}  # no row lost or gained
-    assert len(compared) >= (2 if task else 9)  # the results, the paired differences (and the real words)
-    for name in ("retrieval.md",) if task else ("samples.md",):
+    regenerated, committed = (tmp_path / "plots" / "results.md").read_text(), report.read_text()
+    if not task and "--extrapolate" in STUDIES[study].main:  # the length study's tables, left out, from its JSON
+        lengths, probes = (json.loads(report.with_name(f).read_text()) for f in ("extrapolation.json", "probes.json"))
+        regenerated += f"\n{evaluate.format_table(lengths)}\n\n{format_probe_tables(probes)}\n"
+    assert not missing(committed, regenerated)  # no table, row or line lost
+    gained = [what for what in missing(regenerated, committed) if what.startswith("row")]  # (tables added since
+    assert not gained                                                                       # are not compared)
+    assert sum(map(len, rows_by_table(committed).values())) >= (2 if task else 9)  # the results, the paired
+    for name in ("retrieval.md",) if task else ("samples.md",):                   # differences (and the real words)
+        assert not missing(report.with_name(name).read_text(), (tmp_path / "plots" / name).read_text())
         assert (tmp_path / "plots" / name).read_text() == report.with_name(name).read_text()
-    for key, row in compared.items():
-        for column, cell in row.items():
-            if column not in TIMING:
-                assert cell == committed[key][column], (key, column)
 
 
 # task study: how many runs its fine-tunes reuse (the trained runs and the fine-tunes), from records/<config>-<task>
@@ -133,6 +178,15 @@ def test_task_fine_tunes_regenerate_their_committed_table(study, tmp_path):
     assert proc.stdout.count("finished earlier, reusing it") == FINETUNES_RECORDED[study]
     committed = ROOT / STUDIES[study].plots_dir / "finetune" / "retrieval.md"
     assert (tmp_path / "plots" / "finetune" / "retrieval.md").read_text() == committed.read_text()
+
+
+def test_the_tables_of_the_length_study_and_of_the_biases_regenerate_from_their_json():
+    """extrapolation.md and learned_bias.md are written from the JSON beside them, which needs no checkpoint."""
+    written = {path: module for module in (evaluate, plot_bias)
+               for path in (ROOT / "plots").glob(f"*/{'extrapolation' if module is evaluate else 'learned_bias'}.md")}
+    assert len(written) >= 6
+    for path, module in written.items():
+        assert path.read_text() == module.markdown(json.loads(path.with_suffix(".json").read_text())), path
 
 
 def test_the_ablation_verdicts_regenerate_from_the_committed_length_study():
