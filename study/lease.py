@@ -28,7 +28,7 @@ from study.plot import plot_runs
 from study.report import write_report
 from study.runs import Runs, parse_variants
 from study.samples import collect_samples
-from study.training import add_study_flags, make_configs, parse_seeds, train_runs
+from study.training import add_study_flags, make_configs, parse_seeds, run_group, train_runs
 from train_config import FIELD_TYPES, add_config_flags, build_parser, config_from_args
 
 RECORD_FILES = ("config.json", "metrics.csv", "summary.json", "samples.json")
@@ -105,9 +105,8 @@ def main():
     if args.probe_steps < 0 or (args.probe_steps == 0 and args.budget_s):
         raise UserError("--probe-steps must be positive to check --budget-s (0: no probe, no budget)")
     per_seed = probe(make_configs(args, variants, seeds[:1]), args.probe_steps, jobs) if args.probe_steps else 0.0
-    task = "" if base.task == "shakespeare" else f"-{base.task}"
-    name, root, done = Path(args.config).stem + task, Path(base.out_dir), []
-    text = not task  # (a task model's samples are not text)
+    name, root, done = run_group(args.config, base), Path(base.out_dir), []  # (the archives: the runs' folder)
+    text = base.task == "shakespeare"  # (a task model's samples are not text)
     for seed in seeds:
         left = None if args.budget_s is None else args.budget_s - args.reserve_s - (time.time() - t0)
         if left is not None and per_seed > left:
