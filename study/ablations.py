@@ -35,16 +35,18 @@ from study.runs import seed_of
 # judged). An ablation repairs a variant when it repairs every seed, and fails it when it repairs none;
 # anything between leaves the prediction that needs it undecided.
 REPAIR, MIN_EXCESS = 0.5, 0.01
-# The clamp that tests "unseen rotation angles" is w = 63: every distance beyond the training length is
+# The clamp that tests "unseen distances" is w = 63: every distance beyond the training length is
 # read as the longest one training showed, and reads inside it are unchanged. w = 32 also changes the reads
 # inside 64 (distances 33-63), so it is reported, not judged. The predictions are for a training length of 64.
 JUDGED_CLAMP, JUDGED_BLOCK = "clamp-63", 64
 ROLES = {"rope": "RoPE", "rope-rope_fraction=0.25": "25% p-RoPE", "none": "none", "t5": "T5"}  # by run name
 JUDGED = ("RoPE", "25% p-RoPE", "none")  # the variants the predictions name (T5 is reported beside them)
+# (the two hypotheses were first named "unseen rotation angles" and "attention spread over more keys than
+# training showed"; the clamp tests distances, not angles pair by pair, and each now has one name in every file)
 PREDICTIONS = {
-    "unseen rotation angles":
+    "unseen distances":
         "the clamp (w = 63) repairs RoPE and 25% p-RoPE, and log scaling repairs neither",
-    "attention spread over more keys than training showed":
+    "crowding":
         "log scaling repairs RoPE, 25% p-RoPE and none, and the clamp (w = 63) repairs neither RoPE nor 25% p-RoPE"
         " (both repairing is undecided)",
 }

@@ -88,6 +88,14 @@ VERDICTS = {"lower": "a lower", "higher": "a higher", "undecided": "not decided"
 
 # --- overfitting ----------------------------------------------------------------------
 
+IMPROVING = 3  # a run is still improving when one of its last this many evaluations set a new best val loss
+
+
+def still_improving(val):
+    """Whether a run's val losses (one per evaluation) reached a new best in one of the last IMPROVING."""
+    return len(val) > IMPROVING and min(val[-IMPROVING:]) < min(val[:-IMPROVING])
+
+
 # A turn: the val curve ends at least TURN_NATS above its lowest point, each point the mean of
 # TURN_WINDOW consecutive evaluations, and the rise also exceeds TURN_SIGMAS times one
 # evaluation's noise: a conservative heuristic, not a test (the difference of two such means

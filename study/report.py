@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from common import command_line, read_metrics, write_text
-from study.analysis import TURN_NATS, TURN_SIGMAS, TURN_WINDOW, mean_std, paired_table, turn
+from study.analysis import (IMPROVING, TURN_NATS, TURN_SIGMAS, TURN_WINDOW, mean_std, paired_table,
+                            still_improving, turn)
 from study.evaluate import format_table
 from study.probes import format_tables as format_probe_tables
 from study.samples import samples_report
@@ -59,6 +60,18 @@ def results_table(study):
                      f"| {len(runs)} |")
     return "\n".join(lines)
 
+
+
+def improving_table(study):
+    """Task studies: per variant, the seeds still improving at their last step (analysis.still_improving)."""
+    lines = [f"| variant | still improving at the last step (a new best val loss in one of its last {IMPROVING}"
+             f" evaluations) |", "|---|---|"]
+    for key in study.groups:
+        seeds = [study.summaries[i]["seed"] for i in study.groups[key] if still_improving(
+            [float(r["val_loss"]) for r in read_metrics(study.run_dirs[i] / "metrics.csv")])]
+        lines.append(f"| {study.labels[key]} | {len(seeds)} of {len(study.groups[key])}"
+                     + (f" ({', '.join(map(str, seeds))})" if seeds else "") + " |")
+    return "\n".join(lines)
 
 
 def turns_table(study):
@@ -120,6 +133,8 @@ def write_report(study, plots_dir, title, samples, sample_tokens, t0=None, intro
                      "Per seed, a − b of the final loss (both runs share initial weights and batches); 95% CI:"
                      " mean ± t(0.975, seeds − 1) · sd / √seeds; \"not decided\" where it contains 0. Each"
                      " interval is 95% on its own: with this many rows, one may miss by chance.", ""]
+    if "final_val_exact" in study.summaries[0]:  # (a task's budget is read with how far its runs have got)
+        sections += ["## Still improving\n", improving_table(study), ""]
     turns = turns_table(study)
     if turns:
         sections += ["## Where the val loss turns\n", turns, "",

@@ -33,13 +33,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from common import ArgumentParser, UserError, command_line, read_json, read_metrics, run_cli, write_text  # noqa: E402
+from study.analysis import IMPROVING, still_improving  # noqa: E402
 from study.flags import add_plots_dir_flag  # noqa: E402
 from study.plot import save  # noqa: E402
 from study.retrieval import headline_cells, pooled  # noqa: E402
 from study.runs import COLORS  # noqa: E402
 
 CONTROL = 0.95  # the positive control: final val exact match at the training length
-IMPROVING = 3  # a new best val loss in one of the last this many evaluations: still improving
 THRESHOLDS = (0.8, 0.2)  # effective context: YaRN's passkey threshold, PI's k_max one
 FOLDER = re.compile(r"^(passkey|copy|recall)-L(\d+)$")
 
@@ -55,10 +55,9 @@ def record(run):
     return committed
 
 
-def still_improving(run):
-    """Whether the run set a new best val loss in one of its last IMPROVING evaluations."""
-    val = [float(r["val_loss"]) for r in read_metrics(record(run) / "metrics.csv")]
-    return len(val) > IMPROVING and min(val[-IMPROVING:]) < min(val[:-IMPROVING])
+def improving(run):
+    """Whether the run is still improving at its last step (analysis.still_improving)."""
+    return still_improving([float(r["val_loss"]) for r in read_metrics(record(run) / "metrics.csv")])
 
 
 def effective(scores, lengths, block, threshold):
@@ -116,7 +115,7 @@ def run_table(task, by_length):
             learned = [c >= CONTROL for c in control]
             control_text = "/".join(f"{100 * c:.0f}" + ("" if ok else " (not learned)")
                                     for c, ok in zip(control, learned))
-            improving = "/".join("yes" if still_improving(r) else "no" for r in runs)
+            still = "/".join("yes" if improving(r) else "no" for r in runs)
             cells = []
             for m in (1, 2, 4, 8):
                 s = scores.get(m * L)
@@ -128,7 +127,7 @@ def run_table(task, by_length):
                 median = statistics.median(per_seed)
                 each = "; ".join(context_text(p, lengths, L) for p in per_seed)
                 reach.append(f"{context_text(median, lengths, L)} ({each})")
-            lines.append(f"| {label} | {L} | {steps} | {control_text} | {improving} | "
+            lines.append(f"| {label} | {L} | {steps} | {control_text} | {still} | "
                          + " | ".join(cells + reach) + " |")
     return "\n".join(lines)
 

@@ -14,7 +14,8 @@ that table's). Every study's findings file is linked from the top README.
 The rule is calibrated on the committed files: a random number rarely traces, and a one-digit typo of a
 checked number does not, but for the few in TYPO_COLLISIONS. A percentage without its seeds is not
 checked: a task study's tables print hundreds of the values 0.0 to 100.0, and a typo of one of those the
-findings quote would trace about one time in five."""
+findings quote would trace about one time in five. But a pooled percentage whose every cell has seeds more
+than SPLIT points apart must be quoted with them: alone it reads as a mean no model reached."""
 
 import os
 import random
@@ -193,6 +194,39 @@ def typo_collisions(root=ROOT):
     return dict(found)
 
 
+SPLIT = 30  # seeds further apart than this many points: a pooled percentage must be quoted with them
+
+
+def split_cells(pool):
+    """{pooled percentage: the seeds of the cells that print it, or None where one of them has seeds at
+    most SPLIT points apart}."""
+    seen = defaultdict(list)
+    for candidates in pool.by_value.values():
+        for q in candidates:
+            if q["percent"] and q["seeds"]:
+                seeds = [int(x) for x in q["seeds"].split("/")]
+                seen[q["value"]].append(q["seeds"] if max(seeds) - min(seeds) > SPLIT else None)
+    return {value: None if None in each else each for value, each in seen.items()}
+
+
+def seedless_splits(path, root=ROOT):
+    """The pooled percentages a findings file quotes without the seeds of their cell where every cell that
+    prints that value has seeds more than SPLIT points apart: alone, the pooled number is a mean no model
+    reached. The seeds may stand anywhere in the paragraph ("80.2% / 76.2% at 2× / 4×: 43/98/100, ...")."""
+    out = []
+    for paragraph, found in pools(path, root):
+        splits = {}
+        for pool in found:
+            for value, seeds in split_cells(pool).items():
+                splits[value] = None if value in splits and splits[value] is None or seeds is None else \
+                    splits.get(value, []) + seeds
+        text = CODE.sub("", paragraph).replace("−", "-")
+        out += [shown(q) for q in quotes(paragraph) if q["percent"] and not q["seeds"]
+                and len(q["value"].split(".")[1]) == 1 and splits.get(unsigned(q["value"]))
+                and not any(seeds in text for seeds in splits[unsigned(q["value"])])]
+    return out
+
+
 # --- the rule, on a made-up tree ----------------------------------------------
 
 COPY_ROW = "| RoPE | 99.8% [99.2, 99.9] (100/100/99) | 1.74567 ± 0.0053 | -0.0598 [-0.1002, -0.0193] |"
@@ -273,6 +307,22 @@ def test_a_random_number_rarely_traces():
 def test_a_typo_in_a_checked_number_would_not_trace():
     assert sum(len(q) for q in TYPO_COLLISIONS.values()) <= 12  # a few, named
     assert typo_collisions() == TYPO_COLLISIONS
+
+
+def test_a_pooled_percentage_whose_seeds_disagree_is_quoted_with_them(tmp_path):
+    (tmp_path / "plots" / "copy").mkdir(parents=True)
+    (tmp_path / "plots" / "copy" / "retrieval.md").write_text(
+        "| ALiBi | 80.2% [77.5, 82.7] (43/98/100) | 81.8% [79.1, 84.2] (92/66/87) | 52.2% (73/83/0) |\n"
+        "| T5 | 52.2% (50/55/52) |\n")
+    (tmp_path / "plots" / "copy" / "README.md").write_text(
+        "ALiBi copies 80.2% at 2× and 81.8% with YaRN; 52.2% could be either.\n\n"
+        "Seeds beside it: 80.2% (43/98/100); in the paragraph: 80.2% at 2× (43/98/100 by seed).\n")
+    assert seedless_splits(tmp_path / "plots" / "copy" / "README.md", tmp_path) == ["80.2%"]
+
+
+def test_no_committed_finding_quotes_a_mean_no_seed_reached_without_its_seeds():
+    missing = {path.relative_to(ROOT).as_posix(): seedless_splits(path) for path in findings_files()}
+    assert not {path: quoted for path, quoted in missing.items() if quoted}
 
 
 def test_every_study_findings_file_is_linked_from_the_readme():
