@@ -314,45 +314,54 @@ def report(tasks, loss, command):
 # --- the figure ---------------------------------------------------------------------
 
 
+SHORT = {"none": "plain", "truncate": "truncated to the last 64", "mask": "far keys masked", "mask-sink":
+         "far keys masked, first kept", "rope-mask": "far keys masked in RoPE layers", "count-1": "clamp 63, 1 far key",
+         "count-8": "clamp 63, 8 far keys", "offset-2": "clamp 63, far logits − 2", "offset-8": "clamp 63, far logits − 8",
+         "temp-1.5": "logits × 1.5", "temp-2": "logits × 2", "log-scale": "log scaling",
+         **{f"clamp-{w}": f"clamp at {w}" for w in (16, 32, 48, 56, 63)}}
+
+
 def plot(tasks, path):
-    """A panel per task and variant: the near cells' exact match of each reading at 2x (circles) and 4x
-    (triangles), each seed a dot, beside the plain reading's at the training length."""
-    grid = [(task, variant, rows) for task, results in tasks.items() for variant, rows in by_variant(results).items()]
-    columns = max(sum(1 for t, _, _ in grid if t == task) for task in tasks)
-    fig, axes = plt.subplots(len(tasks), columns, figsize=(2.6 * columns + 1.5, 6.2 * len(tasks)), dpi=110,
+    """A row of panels per task, a panel per variant: the near cells' exact match of each reading at 2x (circles)
+    and 4x (triangles), each seed a dot; shaded where it is below 80% of the plain reading at the training length
+    (the mean over seeds: the restore line, which the tables apply cell by cell and seed by seed)."""
+    rows_of = {task: by_variant(results) for task, results in tasks.items()}
+    columns = max(len(v) for v in rows_of.values())
+    fig, axes = plt.subplots(len(tasks), columns, figsize=(1.9 * columns + 1.6, 5.4 * len(tasks)), dpi=110,
                              squeeze=False, sharex=True)
-    for ax in axes.flat:
-        ax.set_visible(False)
-    for r, task in enumerate(tasks):
-        results = tasks[task]
-        block = results["block_size"]
-        for c, (_, variant, rows) in enumerate((g for g in grid if g[0] == task)):
+    for r, (task, variants) in enumerate(rows_of.items()):
+        results, block = tasks[task], tasks[task]["block_size"]
+        methods = [m for m in ORDER if any(m in rows for rows in variants.values())]
+        for c in range(columns):
             ax = axes[r, c]
-            ax.set_visible(True)
-            methods = [m for m in ORDER if m in rows]
-            plain64 = np.array([float(x) for x in pooled_exact(rows["none"], block, near_cells(task, results["cells"]))
-                                .split("/")]) / 100
-            ax.axvspan(0, RESTORE * plain64.mean(), color="0.93", zorder=0)
+            if c >= len(variants):
+                ax.set_visible(False)
+                continue
+            variant, rows = list(variants.items())[c]
+            plain = pooled_exact(rows["none"], block, near_cells(task, results["cells"]))
+            ax.axvspan(0, RESTORE * np.mean([float(x) for x in plain.split("/")]) / 100, color="0.92", zorder=0)
             for y, method in enumerate(methods):
-                for m, marker, color, dy in ((2, "o", "tab:blue", -0.15), (4, "^", "tab:red", 0.15)):
-                    text = pooled_exact(rows[method], m * block, counted(results, method, m * block))
+                for m, marker, color, dy in ((2, "o", "tab:blue", -0.17), (4, "^", "tab:red", 0.17)):
+                    text = pooled_exact(rows[method], m * block, counted(results, method, m * block)) \
+                        if method in rows else "n/a"
                     if text != "n/a":
                         xs = [float(x) / 100 for x in text.split("/")]
-                        ax.scatter(xs, [y + dy] * len(xs), marker=marker, color=color, s=16, alpha=0.7,
-                                   label=f"{m}x ({m * block})" if y == 0 else None)
-            ax.set_yticks(range(len(methods)), [reading_name(rows[m]) if m != "none" else "plain" for m in methods],
-                          fontsize=7)
-            ax.invert_yaxis()
-            ax.set_xlim(-0.03, 1.03)
+                        ax.scatter(xs, [y + dy] * len(xs), marker=marker, color=color, s=14, alpha=0.75)
+            ax.set_yticks(range(len(methods)), [SHORT.get(m, m) for m in methods] if c == 0 else [], fontsize=7)
+            ax.set_ylim(len(methods) - 0.5, -0.5)
+            ax.set_xlim(-0.04, 1.04)
+            ax.tick_params(axis="x", labelsize=7)
             ax.grid(alpha=0.3, axis="x")
-            ax.set_title(textwrap.fill(f"{task}: {variant}", 28), fontsize=8)
-            if c == 0:
-                ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.05), ncol=2, frameon=False)
-        axes[r, 0].set_xlabel("")
-    fig.suptitle("Near cells' exact match per reading (passkey depths 0.8-1, the copy's strings of 8 and 16), each"
-                 " seed a dot, at 2x (circles) and 4x (triangles) the training length; grey: below 80% of the plain"
-                 " reading at the training length (not restored)", fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1, 0.97))
+            ax.set_title(textwrap.fill(variant.replace("RoPE, RoPE/NoPE", "RoPE/NoPE"), 24), fontsize=8)
+        axes[r, 0].set_ylabel(task, fontsize=10)
+    for ax in axes[-1]:
+        ax.set_xlabel("exact match", fontsize=7)
+    handles = [plt.Line2D([], [], marker=mk, color=col, linestyle="none", label=f"{m}x the training length")
+               for m, mk, col in ((2, "o", "tab:blue"), (4, "^", "tab:red"))]
+    fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=8, frameon=False)
+    fig.suptitle("Near cells' exact match per reading (the passkey at depths 0.8-1, the copy's strings of 8 and 16),"
+                 " each seed a dot; grey: below 80% of the plain reading at the training length", fontsize=9)
+    fig.tight_layout(rect=(0, 0.03, 1, 0.97))
     save(fig, path)
 
 
