@@ -42,6 +42,10 @@ from study.runs import COLORS  # noqa: E402
 CONTROL = 0.95  # the positive control: final val exact match at the training length
 THRESHOLDS = (0.8, 0.2)  # effective context: YaRN's passkey threshold, PI's k_max one
 FOLDER = re.compile(r"^(passkey|copy|recall)-L(\d+)$")
+PILOT = re.compile(r"^(passkey|copy)-L(\d+)-(\d+)-steps$")  # records/pilots/<task>-L<L>-<steps>-steps/
+BASE_STEPS = {"passkey": 2000, "copy": 6000}  # each task's budget at 64 (study/studies.py's TASK_STEPS)
+MULTIPLES = (1, 2, 4)  # the budgets tried at another length: these multiples of the budget at 64
+RIVALS = ("alibi", "t5", "fire")  # RoPE and one of these must pass the control for a budget to be chosen
 
 
 def record(run):
@@ -124,7 +128,7 @@ def run_table(task, by_length):
             lengths = [x for x in sorted(scores) if scores[x] is not None]
             for t in THRESHOLDS:
                 per_seed = [effective({x: scores[x][i] for x in lengths}, lengths, L, t) for i in range(len(runs))]
-                median = statistics.median(per_seed)
+                median = statistics.median_low(per_seed)
                 each = "; ".join(context_text(p, lengths, L) for p in per_seed)
                 reach.append(f"{context_text(median, lengths, L)} ({each})")
             lines.append(f"| {label} | {L} | {steps} | {control_text} | {still} | "
@@ -132,11 +136,86 @@ def run_table(task, by_length):
     return "\n".join(lines)
 
 
+def pilots(root):
+    """{(task, L): {steps: {encoding: (final val exact, still improving)}}} of the seed-1337 pilot runs under
+    root (<task>-L<L>-<steps>-steps/<encoding>_seed1337)."""
+    found = {}
+    for folder in sorted(Path(root).iterdir()) if Path(root).is_dir() else []:
+        match = PILOT.match(folder.name)
+        if not match:
+            continue
+        task, L, steps = match.group(1), int(match.group(2)), int(match.group(3))
+        for run in sorted(folder.glob("*_seed1337")):
+            summary = read_json(run / "summary.json", "retrain the pilot")
+            found.setdefault((task, L), {}).setdefault(steps, {})[summary["pos_encoding"]] = (
+                summary["final_val_exact"], improving(run), summary["wall_s"], summary["threads"])
+    return dict(sorted(found.items()))
+
+
+def rung(runs):
+    """A budget's verdict from its seed-1337 runs: 'passes' where RoPE and one of ALiBi, T5 or FIRE reach the
+    control, 'fails' where RoPE misses it or all three others do, else 'undecided' (a run not trained)."""
+    passed = {e: run[0] >= CONTROL for e, run in runs.items()}
+    if passed.get("rope") is False or all(passed.get(e) is False for e in RIVALS):
+        return "fails"
+    if passed.get("rope") and any(passed.get(e) for e in RIVALS):
+        return "passes"
+    return "undecided"
+
+
+def budget(by_steps, task):
+    """The budget a length gets: the smallest multiple of the budget at 64 whose rung passes; None while a
+    smaller rung is undecided or none passes yet."""
+    for m in MULTIPLES:
+        steps = m * BASE_STEPS[task]
+        verdict = rung(by_steps.get(steps, {}))
+        if verdict == "passes":
+            return f"**{steps} steps** ({m}x)"
+        if verdict == "undecided":
+            return f"not decided: {steps} steps ({m}x) " + (
+                "needs T5, FIRE or ALiBi trained" if by_steps.get(steps) else "not trained yet")
+    return f"none: every multiple up to {MULTIPLES[-1]}x fails, so this length stops"
+
+
+def budget_table(found):
+    """budgets.md: per task, length and rung, each encoding's final val exact match (seed 1337) and the rung's
+    verdict, then the budget each length gets."""
+    head = ["task", "L", "steps", "x the budget at 64", *(f"{e} (val exact, seed 1337)" for e in ("rope", *RIVALS)),
+            "rung", "wall time per run (s; threads)"]
+    lines = ["| " + " | ".join(head) + " |", "|---|---:|---:|---:|" + "---:|" * (1 + len(RIVALS)) + "---|---|"]
+    decided = []
+    for (task, L), by_steps in found.items():
+        for steps, runs in sorted(by_steps.items()):
+            cells = [("n/a" if e not in runs else f"{100 * runs[e][0]:.1f}%" + (" (still improving)" if runs[e][1]
+                                                                                   else "")) for e in ("rope", *RIVALS)]
+            walls = [run[2] for run in runs.values()]
+            lines.append(f"| {task} | {L} | {steps} | {steps / BASE_STEPS[task]:g} | " + " | ".join(cells)
+                         + f" | {rung(runs)} | {min(walls):.0f}-{max(walls):.0f} ({runs['rope'][3]}) |")
+        decided.append(f"- {task} at {L}: {budget(by_steps, task)}")
+    return "\n".join(lines), decided
+
+
+def budgets_report(found, command):
+    table, decided = budget_table(found)
+    return "\n".join([
+        "# The budgets of the training-length study", "",
+        f"Each task and training length L trains every encoding and seed for one number of steps: the smallest of"
+        f" {', '.join(f'{m}x' for m in MULTIPLES)} the task's budget at 64"
+        f" ({', '.join(f'{t} {s}' for t, s in BASE_STEPS.items())})"
+        f" at which RoPE and at least one of ALiBi, T5 or FIRE reach the positive control ({CONTROL:.0%} final val"
+        f" exact match at L) in seed 1337. The cosine schedule follows the steps, so each rung is a run of its own."
+        f" A rung *fails* where RoPE misses the control or all of ALiBi, T5 and FIRE do; an encoding not trained"
+        f" at a rung was not needed to decide it. Wall time: pilots trained two at a time on 2 cores, one thread"
+        f" each. *Still improving*: a new best val loss in one of the last {IMPROVING} evaluations. Written from"
+        f" records/pilots/ by `{command}`.", "",
+        table, "", "The budgets:", "", *decided, ""])
+
+
 def report(found, command):
     tasks = sorted({task for task, _ in found})
     out = ["# Do the task findings survive a longer training length?", "",
-           f"Each task trained at several lengths L (4 layers, 4 heads, 128 wide, batch 32, lr 1e-3), 3 seeds, and each run"
-           f" read at 1x, 2x, 4x and 8x its own L on the fixed evaluation set (100 examples per cell and length, its"
+           f"Each task trained at several lengths L (4 layers, 4 heads, 128 wide, batch 32, lr 1e-3), 3 seeds, and each"
+           f" run read at 1x, 2x, 4x and 8x its own L on the fixed evaluation set (100 examples per cell and length, its"
            f" own seed, filler from the val split), plainly and, for RoPE, with NTK and YaRN (β = 8 and 32 turns per"
            f" training window, so β means other wavelengths at each L). Exact match is pooled over the cells held at L"
            f" (the passkey's 11 depths; the copy's strings up to L/2), all seeds, then each seed's. Control: the final"
@@ -213,7 +292,7 @@ def plot_context(found, task, path, threshold=THRESHOLDS[0]):
     for (label, encoding), by_length in series(found, task).items():
         xs, ys, bound = [], [], []
         for L, (lengths, values) in sorted(by_length.items()):
-            reach = statistics.median(effective(dict(zip(lengths, seed)), lengths, L, threshold) for seed in values)
+            reach = statistics.median_low(effective(dict(zip(lengths, seed)), lengths, L, threshold) for seed in values)
             xs.append(L)
             ys.append(reach if reach else L / 2)
             bound.append(reach == lengths[-1])
@@ -236,9 +315,19 @@ def plot_context(found, task, path, threshold=THRESHOLDS[0]):
 
 def main():
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_plots_dir_flag(parser, "lengths.md and the figures (from the <task>-L<L>/retrieval.json there)")
+    add_plots_dir_flag(parser, "lengths.md and the figures (from the <task>-L<L>/retrieval.json there) and"
+                               " budgets.md")
+    parser.add_argument("--pilots", default="records/pilots",
+                        help="where the seed-1337 pilots that chose each length's budget are, as"
+                             " <task>-L<L>-<steps>-steps/<encoding>_seed1337 (default: records/pilots)")
+    parser.add_argument("--budgets-only", action="store_true",
+                        help="write only budgets.md (before any length's runs are read)")
     args = parser.parse_args()
     plots = Path(args.plots_dir)
+    write_text(plots / "budgets.md", budgets_report(pilots(args.pilots), command_line()))
+    print(f"wrote {plots / 'budgets.md'}")
+    if args.budgets_only:
+        return
     found = load(plots)
     text = report(found, command_line())
     write_text(plots / "lengths.md", text)

@@ -1,0 +1,85 @@
+"""study.train_length: the effective context, the budget ladder and the tables, on hand-made records whose
+answers are known."""
+
+import json
+
+import pytest
+
+from study import train_length as tl
+
+
+def write_run(folder, encoding, exact, val_losses, wall=100.0, threads=1):
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(json.dumps(
+        {"pos_encoding": encoding, "final_val_exact": exact, "wall_s": wall, "threads": threads}))
+    (folder / "config.json").write_text(json.dumps({"max_iters": 100 * len(val_losses)}))
+    rows = ["step,train_loss,val_loss"] + [f"{100 * i},1.0,{v}" for i, v in enumerate(val_losses)]
+    (folder / "metrics.csv").write_text("\n".join(rows) + "\n")
+
+
+def test_effective_context_is_the_last_length_before_the_first_miss():
+    lengths = [64, 128, 256, 512]
+    assert tl.effective({64: 0.9, 128: 0.85, 256: 0.5, 512: 0.9}, lengths, 64, 0.8) == 128  # not 512: a gap ends it
+    assert tl.effective({64: 0.7, 128: 0.9, 256: 0.9, 512: 0.9}, lengths, 64, 0.8) == 0
+    assert tl.context_text(0, lengths, 64) == "< 64"
+    assert tl.context_text(512, lengths, 64) == "≥ 512"  # held at every length read: a lower bound
+    assert tl.context_text(128, lengths, 64) == "128"
+
+
+@pytest.mark.parametrize("runs, verdict", [
+    ({"rope": (0.99,), "alibi": (0.10,), "t5": (0.96,)}, "passes"),
+    ({"rope": (0.94,), "t5": (0.99,)}, "fails"),  # RoPE misses: the rung fails whatever the others do
+    ({"rope": (0.99,), "alibi": (0.1,), "t5": (0.8,), "fire": (0.7,)}, "fails"),
+    ({"rope": (0.99,), "alibi": (0.1,)}, "undecided"),  # T5 and FIRE not trained yet
+    ({"rope": (0.95,), "fire": (0.95,)}, "passes"),  # the control is >= 95%
+])
+def test_a_rung_passes_when_rope_and_one_rival_reach_the_control(runs, verdict):
+    assert tl.rung(runs) == verdict
+
+
+def test_the_budget_is_the_smallest_passing_multiple_and_waits_for_an_undecided_one():
+    fail = {"rope": (0.99,), "alibi": (0.1,), "t5": (0.8,), "fire": (0.7,)}
+    ok = {"rope": (0.99,), "t5": (0.97,)}
+    assert tl.budget({2000: fail, 4000: ok, 8000: ok}, "passkey") == "**4000 steps** (2x)"
+    assert tl.budget({2000: fail}, "passkey") == "not decided: 4000 steps (2x) not trained yet"
+    assert tl.budget({6000: fail, 12000: fail, 24000: fail}, "copy").startswith("none: every multiple up to 4x")
+
+
+def test_budgets_report_reads_the_pilot_folders(tmp_path):
+    root = tmp_path / "pilots"
+    improving = [2.0, 1.5, 1.2, 1.0, 0.9]  # a new best at its last evaluation
+    flat = [2.0, 1.0, 1.1, 1.2, 1.3]
+    write_run(root / "passkey-L128-2000-steps" / "rope_seed1337", "rope", 0.985, improving, wall=2379)
+    write_run(root / "passkey-L128-2000-steps" / "alibi_seed1337", "alibi", 0.132, flat, wall=1553)
+    write_run(root / "passkey-L32-2000-steps" / "rope_seed1337", "rope", 1.0, flat)
+    write_run(root / "passkey-L32-2000-steps" / "t5_seed1337", "t5", 0.97, flat)
+    write_run(root / "copy-2000-steps" / "rope_seed1337", "rope", 1.0, flat)  # no length: not a budget pilot
+    text = tl.budgets_report(tl.pilots(root), "cmd")
+    rows = [line for line in text.splitlines() if line.startswith("| passkey")]
+    assert [r.split(" | ")[1] for r in rows] == ["32", "128"]  # by length, not by name
+    assert "| 98.5% (still improving) | 13.2% | n/a | n/a | undecided | 1553-2379 (1) |" in rows[1]
+    assert "- passkey at 32: **2000 steps** (1x)" in text
+    assert "- passkey at 128: not decided: 2000 steps (1x) needs T5, FIRE or ALiBi trained" in text
+
+
+def test_run_table_marks_not_learned_runs_and_gives_each_seeds_effective_context(tmp_path):
+    runs = []
+    for seed, exact in ((1337, 0.99), (1338, 0.90)):
+        run = tmp_path / "out" / "shakespeare_char_cpu-passkey-L32" / f"rope_seed{seed}"
+        write_run(run, "rope", exact, [2.0, 1.0, 1.1, 1.2, 1.3])
+        runs.append(str(run))
+
+    def counts(a, b):  # per seed: two cells of 10 examples each, a and b right in each seed
+        return [[[a, 10], [a, 10]], [[b, 10], [b, 10]]]
+
+    results = {"block_size": 32, "lengths": [32, 64, 128, 256], "cells": ["depth 0.0", "depth 1.0"],
+               "rows": [{"label": "RoPE", "encoding": "rope", "method": "none", "runs": runs,
+                         "results": {"32": counts(10, 9), "64": counts(9, 10), "128": counts(3, 9),
+                                     "256": counts(0, 8)}}]}
+    table = tl.run_table("passkey", {32: results})
+    row = table.splitlines()[2].split(" | ")
+    assert row[1:5] == ["32", "500", "99/90 (not learned)", "no/no"]
+    assert row[5:9] == ["95.0% (100/90)", "95.0% (90/100)", "60.0% (30/90)", "40.0% (0/80)"]
+    # >= 80%: seed 1337 to 64, seed 1338 at every length read; of two seeds the lower median, a length read
+    assert row[9] == "64 (64; ≥ 256)"
+    assert row[10].rstrip(" |") == "128 (128; ≥ 256)"
