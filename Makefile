@@ -29,7 +29,7 @@ SEEDS      ?=
 JOBS       ?= 1
 STUDY      := $(PY) -m study --jobs $(JOBS) $(if $(SEEDS),--seeds $(SEEDS))
 
-STUDIES    := baseline encodings lr_sweep rope_study finetune mid gpu passkey copy rope_break mechanism summary
+STUDIES    := baseline encodings lr_sweep rope_study finetune mid gpu passkey copy rope_break mechanism train_length summary
 
 .PHONY: experiment $(STUDIES) test bench data clean
 
