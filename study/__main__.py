@@ -22,8 +22,9 @@ from study.studies import STUDIES
 
 
 def main():
-    listing = "\n".join(textwrap.fill(f"{s.about} -> {s.plots_dir}/", 100, initial_indent=f"  {name:<11}",
-                                       subsequent_indent=" " * 13) for name, s in STUDIES.items())
+    listing = "\n".join(textwrap.fill(f"{s.about} -> {s.plots_dir}/", 100, initial_indent=f"  {name:<13}",
+                                       subsequent_indent=" " * 15, break_on_hyphens=False)
+                         for name, s in STUDIES.items())
     parser = ArgumentParser(description=__doc__ + "\nstudies:\n" + listing,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", choices=list(STUDIES), metavar="NAME", help="the study: " + ", ".join(STUDIES))
