@@ -66,7 +66,8 @@ class GPTConfig:
     # T5 with the bucket of w), and clamp_offset=b then lowers the logits of those clamped keys by b;
     # log_scale_length=n multiplies query i's logits q.k/sqrt(d) by max(1, ln(i + 1) / ln n) and
     # logit_scale=tau every logit by tau, before any additive bias; attention_window=w lets every layer
-    # attend only to the keys 0 .. w - 1 back, and attention_sink keeps the first token in view of a window
+    # attend only to the keys 0 .. w - 1 back, and attention_sink keeps the first token in view of that
+    # window (not of a trained rope_window: a reading must not open what the model never saw)
     yarn_temperature: bool = True
     clamp_distance: int = 0
     clamp_offset: float = 0.0
@@ -95,9 +96,8 @@ class GPTConfig:
         if self.attention_window < 0 or self.rope_window < 0:
             raise ValueError(f"a window is 1 or more keys (0: off), got attention_window {self.attention_window} and"
                              f" rope_window {self.rope_window}")
-        if self.attention_sink and not (self.attention_window or self.rope_window):
-            raise ValueError("attention_sink keeps the first token in view of a window: set attention_window or"
-                             " rope_window")
+        if self.attention_sink and not self.attention_window:
+            raise ValueError("attention_sink keeps the first token in view of attention_window: set it")
         POS_ENCODINGS[self.pos_encoding].check_config(self)
 
     @property
@@ -543,17 +543,19 @@ class CausalSelfAttention(nn.Module):
         return q, k, v
 
     def windowed(self, bias, pos_enc, pos, Tk, device):
-        """The bias with the keys outside this layer's window masked too (the narrower of
-        attention_window and the encoding's own, RoPE's rope_window in its RoPE layers; the first
-        token kept in view with attention_sink): an explicit bias holding the causal mask, where
+        """The bias with the keys outside this layer's windows masked too (attention_window, whose first
+        token attention_sink keeps in view, and the encoding's own: RoPE's rope_window in its RoPE
+        layers, which a reading's sink does not open): an explicit bias holding the causal mask, where
         `bias` may be None for plain causal attention. Unchanged without a window."""
-        w = min((w for w in (self.attention_window, pos_enc.window(self.layer)) if w), default=0)
-        if not w:
+        own = pos_enc.window(self.layer)
+        if not (self.attention_window or own):
             return bias
         distance = causal_distance(pos, range(pos.stop - Tk, pos.stop), device)
-        outside = distance >= w
+        outside = distance >= self.attention_window if self.attention_window else torch.zeros_like(distance).bool()
         if self.attention_sink:
             outside[:, 0] = False  # (the keys always start at position 0, cached or not)
+        if own:
+            outside |= distance >= own
         hidden = (distance < 0) | outside
         mask = torch.zeros(hidden.shape, device=device).masked_fill(hidden, float("-inf"))
         return mask if bias is None else bias + mask

@@ -194,12 +194,14 @@ def auto_factor(length, block_size):
     return max(1.0, length / block_size)
 
 
-def ablation_settings(name, encoding, block, hybrid=False):
+def ablation_settings(name, encoding, block, hybrid=False, windowed=False):
     """The GPTConfig overrides of ablation `name` (ABLATIONS) for a run of `encoding` trained on `block`
-    characters (hybrid: a RoPE/NoPE hybrid), or None where it does not apply; "truncate" is no model
-    setting but the length of input the reading keeps (study.retrieval)."""
+    characters (hybrid: a RoPE/NoPE hybrid; windowed: trained with rope_window), or None where it does not
+    apply; "truncate" is no model setting but the length of input the reading keeps (study.retrieval). A
+    windowed run's RoPE layers see no distance a clamp would move, so it is read without the clamps, the
+    offsets and rope-mask (its window is already that), and its count readings mask without clamping."""
     kind, _, value = name.partition("-")
-    clamps = encoding in ("rope", "t5")
+    clamps = encoding in ("rope", "t5") and not windowed
     if name == "log-scale":
         return {"log_scale_length": block}
     if kind == "clamp" and clamps:
@@ -210,7 +212,7 @@ def ablation_settings(name, encoding, block, hybrid=False):
         return {"truncate": block}
     if name in ("mask", "mask-sink"):
         return {"attention_window": block, **({"attention_sink": True} if name == "mask-sink" else {})}
-    if name == "rope-mask" and hybrid:
+    if name == "rope-mask" and hybrid and not windowed:
         return {"rope_window": block}
     if kind == "count":
         return {**({"clamp_distance": block - 1} if clamps else {}), "attention_window": block + int(value)}
@@ -221,7 +223,7 @@ def ablation_settings(name, encoding, block, hybrid=False):
     return None
 
 
-def methods_of(encoding, scalings, yarn_betas, yarn_alpha, ablations=(), block=None, hybrid=False):
+def methods_of(encoding, scalings, yarn_betas, yarn_alpha, ablations=(), block=None, hybrid=False, windowed=False):
     """(row key, rope_scaling, GPTConfig overrides besides the factor) a run of `encoding` is evaluated
     with: RoPE's scalings, then the ablations that apply to the encoding (ablation_settings)."""
     out = [("none", "none", {})]
@@ -236,7 +238,7 @@ def methods_of(encoding, scalings, yarn_betas, yarn_alpha, ablations=(), block=N
         if name == "yarn-no-temperature" and encoding == "rope":
             out += [(f"yarn-b{b:g}-no-temperature", "yarn", {"yarn_alpha": yarn_alpha, "yarn_beta": b,
                                                               "yarn_temperature": False}) for b in yarn_betas]
-        elif (settings := ablation_settings(name, encoding, block, hybrid)) is not None:
+        elif (settings := ablation_settings(name, encoding, block, hybrid, windowed)) is not None:
             out.append((name, "none", settings))
     return out
 
@@ -360,7 +362,8 @@ def evaluate_runs(run_dirs, lengths=None, scalings=SCALINGS, scaling_factor=None
             plan[i, L] = [(key, scaling, extra, "dynamic" if scaling == "dynamic-ntk" else
                            (scaling_factor or auto_factor(L, block)) if scaling != "none" else None)
                           for key, scaling, extra in methods_of(encoding, scalings, yarn_betas, yarn_alpha,
-                                                                ablations, block, c.get("nope_every", 0) > 0)
+                                                                ablations, block, c.get("nope_every", 0) > 0,
+                                                                c.get("rope_window", 0) > 0)
                           if "truncate" not in extra]  # (the loss's truncation is the sliding window row)
     passes = {}  # (run, length, scaling, overrides, factor) -> per-position losses, or the n/a reason
 

@@ -249,9 +249,9 @@ def retrieval_runs(run_dirs, lengths=None, scalings=("none",), data_dir=None, de
     bar = tqdm(desc="retrieval", unit="pass", disable=not progress, dynamic_ncols=True)
     for key, idx in groups.items():
         encoding = configs[idx[0]]["pos_encoding"]
-        hybrid = configs[idx[0]].get("nope_every", 0) > 0
+        hybrid, windowed = (configs[idx[0]].get(k, 0) > 0 for k in ("nope_every", "rope_window"))
         for method, scaling, extra in methods_of(encoding, list(scalings), YARN_BETAS, YARN_ALPHA, ablations, block,
-                                                 hybrid):
+                                                 hybrid, windowed):
             label = row_label(labels[key], method, scaling, extra, None, block)
             row = {"label": label, "encoding": encoding, "method": method,
                    "runs": [str(run_dirs[i]) for i in idx], "results": {}, **({"far_mass": {}} if far_mass else {})}

@@ -53,6 +53,16 @@ def test_an_attention_window_acts_in_every_layer_and_a_sink_keeps_the_first_toke
             assert last_query_moves(sink, layer, 0) > 0.0 and last_query_moves(sink, layer, 4) == 0.0, (enc, layer)
 
 
+def test_a_reading_s_sink_does_not_open_a_trained_rope_window():
+    # a windowed hybrid (RoPE layers 0 and 2 see 4 keys; NoPE layers 1 and 3 all) read with far keys masked at 8,
+    # the first kept: the first token is in view of the NoPE layers (the sink), never of the RoPE layers
+    model = sharp(GPT(GPTConfig(**SMALL, nope_every=2, rope_window=4, attention_window=8, attention_sink=True),
+                      seed=0))
+    assert [last_query_moves(model, layer, 0) > 0.0 for layer in range(4)] == [False, True, False, True]
+    assert [last_query_moves(model, layer, 2) > 0.0 for layer in range(4)] == [False, False, False, False]
+    assert [last_query_moves(model, layer, 5) > 0.0 for layer in range(4)] == [False, True, False, True]
+
+
 def test_the_window_mask_is_its_definition():
     """Key j is in view of query i when 0 <= i - j < w, or, with a sink, when j is the first token."""
     model = GPT(GPTConfig(**SMALL, attention_window=3, attention_sink=True), seed=0)
@@ -92,7 +102,7 @@ def test_a_window_as_long_as_the_block_is_plain_rope():
 @pytest.mark.parametrize("settings, message", [
     (dict(rope_window=8, clamp_distance=4), "rope_window hides the keys a clamp_distance"),
     (dict(rope_window=-1), "a window is 1 or more keys"), (dict(attention_window=-2), "a window is 1 or more keys"),
-    (dict(attention_sink=True), "attention_sink keeps the first token in view of a window"),
+    (dict(attention_sink=True), "attention_sink keeps the first token in view of attention_window"),
     (dict(clamp_offset=2.0), "clamp_offset lowers the clamped keys' logits by b >= 0: it needs clamp_distance"),
     (dict(clamp_distance=4, clamp_offset=-1.0), "it needs clamp_distance"),
     (dict(logit_scale=0.0), "logit_scale must be positive")])
@@ -139,3 +149,17 @@ def test_a_logit_scale_multiplies_every_logit_before_the_bias(enc):
     want = (logits_of(plain, T) - bias) * tau + bias
     torch.testing.assert_close(logits_of(scaled, T)[..., seen], want[..., seen], atol=1e-5, rtol=1e-5)
     assert not math.isclose(tau, 1.0)
+
+
+def test_a_windowed_run_is_read_without_the_readings_its_window_makes_meaningless():
+    from study.evaluate import ablation_settings
+    # plain RoPE and a plain hybrid are clamped, offset and (the hybrid) masked in their RoPE layers ...
+    assert ablation_settings("clamp-63", "rope", 64) == {"clamp_distance": 63}
+    assert ablation_settings("rope-mask", "rope", 64, hybrid=True) == {"rope_window": 64}
+    assert ablation_settings("count-8", "rope", 64) == {"clamp_distance": 63, "attention_window": 72}
+    # ... a windowed one, whose RoPE layers see no distance a clamp moves, is not: the model refuses the mix
+    for name in ("clamp-16", "clamp-63", "offset-2", "rope-mask"):
+        assert ablation_settings(name, "rope", 64, hybrid=True, windowed=True) is None, name
+    assert ablation_settings("count-8", "rope", 64, hybrid=True, windowed=True) == {"attention_window": 72}
+    assert ablation_settings("mask", "rope", 64, windowed=True) == {"attention_window": 64}
+    assert ablation_settings("truncate", "rope", 64, windowed=True) == {"truncate": 64}
