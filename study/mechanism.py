@@ -2,11 +2,11 @@
 Why RoPE cannot use what lies past its training length: the mechanism study's readings (study/studies.py)
 judged against the predictions fixed before any of them was read (study/ablations.py).
 
-  python -m study.mechanism --plots-dir plots/mechanism    # reads passkey/, copy/ and loss/ there
+  python -m study.mechanism --plots-dir plots/mechanism    # reads passkey/, copy/ and loss_readings/ there
 
 Reads the retrieval.json that study.compare wrote for each task (the runs read with every reading and their
-far-key attention mass) and the loss's extrapolation.json, and writes <plots-dir>/mechanism.md (the
-hypotheses and predictions; per task and reading the near cells and all cells, seed by seed, the far-key
+far-key attention mass) and the extrapolation.json of the loss readings (loss_readings/, seed 1337), and
+writes <plots-dir>/mechanism.md (the hypotheses and predictions; per task and reading the near cells and all cells, seed by seed, the far-key
 mass and each reading's outcome; the verdicts; the loss), far_mass.md (the far-key mass per layer and head)
 and mechanism.png (the near cells' exact match per reading, seeds as dots). It measures nothing.
 
@@ -267,7 +267,7 @@ def report(tasks, loss, command):
         f"Models trained on {next(iter(tasks.values()))['block_size']} characters (tasks) read past it with"
         f" readings that change what the attention can see or how it scores it, judged against predictions fixed"
         f" before any of them was read ([study/ablations.py](../../study/ablations.py)). Written from the"
-        f" retrieval.json of each task and the loss's extrapolation.json by `{command}`.",
+        f" retrieval.json of each task and the loss's extrapolation.json (seed 1337) by `{command}`.",
         "",
         "## The hypotheses",
         "",
@@ -367,7 +367,7 @@ def plot(tasks, path):
 
 def main():
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_plots_dir_flag(parser, "mechanism.md, far_mass.md and mechanism.png (from passkey/, copy/ and loss/ there)")
+    add_plots_dir_flag(parser, "mechanism.md, far_mass.md and mechanism.png (from passkey/, copy/ and loss_readings/ there)")
     args = parser.parse_args()
     plots = Path(args.plots_dir)
     tasks = {t: read_json(plots / t / "retrieval.json", "run the mechanism study first (python -m study mechanism)")
@@ -375,7 +375,7 @@ def main():
     if not tasks:
         raise UserError(f"no {' or '.join(f'{t}/retrieval.json' for t in TASKS)} under {plots}: run python -m study"
                         f" mechanism first")
-    loss_path = plots / "loss" / "extrapolation.json"
+    loss_path = plots / "loss_readings" / "extrapolation.json"
     loss = read_json(loss_path, "rerun the study") if loss_path.exists() else None
     text = report(tasks, loss, command_line())
     write_text(plots / "mechanism.md", text)

@@ -91,7 +91,7 @@ def test_the_report_and_figure_are_written_from_the_json(tmp_path):
 
 def test_the_committed_mechanism_tables_regenerate_from_their_json(tmp_path):
     committed = ROOT / "plots" / "mechanism"
-    for name in ("passkey/retrieval.json", "copy/retrieval.json", "loss/extrapolation.json"):
+    for name in ("passkey/retrieval.json", "copy/retrieval.json", "loss_readings/extrapolation.json"):
         if (committed / name).exists():
             (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
             (tmp_path / name).write_text((committed / name).read_text())
