@@ -6,9 +6,9 @@ judged against the predictions fixed before any of them was read (study/ablation
 
 Reads the retrieval.json that study.compare wrote for each task (the runs read with every reading and their
 far-key attention mass) and the extrapolation.json of the loss readings (loss_readings/, seed 1337), and
-writes <plots-dir>/mechanism.md (the hypotheses and predictions; per task and reading the near cells and all cells, seed by seed, the far-key
-mass and each reading's outcome; the verdicts; the loss), far_mass.md (the far-key mass per layer and head)
-and mechanism.png (the near cells' exact match per reading, seeds as dots). It measures nothing.
+writes <plots-dir>/mechanism.md (the hypotheses and predictions; per task and reading the near cells and all
+cells, seed by seed, the far-key mass and each reading's outcome; the verdicts; the loss), far_mass.md (the
+far-key mass per layer and head) and mechanism.png (the near cells' exact match per reading, seeds as dots). It measures nothing.
 
 A cell's outcome, as study/ablations.py defines it: a reading restores a cell of one seed at one length when
 its exact match there is at least RESTORE of the plain reading's at the training length on the same cell in
