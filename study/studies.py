@@ -33,12 +33,16 @@ ABLATIONS = "log-scale,clamp-32,clamp-63,yarn-no-temperature"
 # 100/100/69%, FIRE 100/99/12%; records/pilots/recall-10000-steps)
 TASK_ENCODINGS = "all," + DESIGNS
 # Why RoPE cannot use what lies past its training length (study.mechanism; the predictions in study/ablations.py):
-# the readings that separate the explanations, on RoPE, both hybrids, none and T5, and the windowed hybrid current
-# models use (RoPE layers in a sliding window of 32, NoPE layers global: RNoPE-SWA) with its control without NoPE
-# layers. On the loss, truncation is the sliding-window row every run gets.
-MECHANISM = "truncate,clamp-16,clamp-48,clamp-56,mask,mask-sink,rope-mask,count-1,count-8,offset-2,offset-8,temp-1.5,temp-2"
+# RoPE's passkey runs read with the readings that separate the explanations and their far-key attention mass; the
+# windowed hybrid current models use (RoPE layers in a sliding window of 32, NoPE layers global: RNoPE-SWA) trained
+# on the passkey and read plainly beside RoPE and the plain hybrid; the Shakespeare loss read likewise (truncation
+# is the sliding-window row every run gets). Not yet read (a pass costs about 40 s on one core; the issue's full
+# set is about 8 hours): the hybrids, none and T5 with these readings, clamp-56, rope-mask, offset-2, temp-1.5, the
+# copy task, and the windowed hybrid k = 4 and RoPE windowed alone on the tasks (both trained on Shakespeare).
+MECHANISM = "truncate,mask,count-1,clamp-16,clamp-48,count-8,offset-8,mask-sink,temp-2"
 WINDOWED = "rope:nope_every=2:rope_window=32,rope:nope_every=4:rope_window=32,rope:rope_window=32"
-MECHANISM_RUNS = "rope,rope:nope_every=2,rope:nope_every=4,none,t5," + WINDOWED
+MECHANISM_RUNS = "rope"
+WINDOWED_RUNS = "rope,rope:nope_every=2,rope:nope_every=2:rope_window=32"
 BEST = "learning_rate=0.004:min_lr=0.0004"  # rope_break's best rate for RoPE, both hybrids and T5 (none: 0.002)
 LOSS_RUNS = ",".join(f"{v}:{BEST}" for v in ("rope", "rope:nope_every=2", "rope:nope_every=4", "t5", *WINDOWED.split(",")))
 LOSS_RUNS += ",none:learning_rate=0.002:min_lr=0.0002"
@@ -156,12 +160,13 @@ STUDIES = {
                           "by depth"),
     "copy": task_study("copy", "a random string of letters, a separator, the string again", "by length"),
     "mechanism": Study(
-        "why RoPE cannot use what lies past its training length: RoPE, both RoPE/NoPE hybrids, none and T5 read on"
-        " both tasks with the readings that separate the explanations (truncation, the clamp at 16-63, far keys"
-        " masked, a count control, a logit offset, a temperature) and their far-key attention mass, beside the"
-        " windowed hybrid (RoPE layers in a window of 32); the Shakespeare loss read likewise; 3 seeds",
+        "why RoPE cannot use what lies past its training length: RoPE's passkey runs read with the readings that"
+        " separate the explanations (truncation, the clamp at 16-63, far keys masked, a count control, a logit"
+        " offset, a temperature) and their far-key attention mass, beside the windowed hybrid (RoPE layers in a"
+        " window of 32); the Shakespeare loss read likewise (1 seed) and the windowed variants' val loss; 3 seeds",
         "plots/mechanism", SEEDS, mechanism_task("passkey"),
-        (mechanism_task("copy"),
+        (("compare", CPU, "--task", "passkey", "--pos-encodings", WINDOWED_RUNS, *task_budget("passkey"),
+          "--extrapolate", "--extrapolate-methods", "none", "--seeds", "{seeds}", "--plots-dir", "{plots_dir}/windowed"),
          ("compare", CPU, "--pos-encodings", LOSS_RUNS, "--seeds", "{seeds}", "--plots-dir", "{plots_dir}/loss"),
          ("compare", CPU, "--pos-encodings", LOSS_RUNS, "--seeds", "{first_seed}", "--extrapolate",
           "--extrapolate-methods", "none", "--ablations", LOSS_READINGS, "--plots-dir", "{plots_dir}/loss_readings"),

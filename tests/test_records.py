@@ -226,3 +226,21 @@ def test_the_recall_pilots_records_give_the_control_their_readme_quotes(tmp_path
     for text in code.values():
         assert f"RoPE {seeds['RoPE']}%, FIRE {seeds['FIRE']}%" in text
     assert f"RoPE at step {rope[0]}, {rope[1]} and {rope[2]}" in code["tasks.py"]
+
+
+# the mechanism study's task commands (study/studies.py), each with the runs it reuses from records/<config>-passkey,
+# whose retrieval.json keep every reading's counts and far-key mass
+MECHANISM_RECORDED = {"passkey": 3, "windowed": 9}
+
+
+@pytest.mark.parametrize("folder", list(MECHANISM_RECORDED))
+def test_the_mechanism_study_s_task_tables_regenerate_from_the_records(folder, tmp_path):
+    commands = [c for c in STUDIES["mechanism"].commands(plots_dir="plots") if f"plots/{folder}" in c]
+    (module, *flags), = commands
+    prepare_data(tmp_path)
+    shutil.copytree(ROOT / "records" / "shakespeare_char_cpu-passkey", tmp_path / "out" / "shakespeare_char_cpu-passkey")
+    flags = [str(ROOT / f) if f.startswith("config/") else f for f in flags]
+    proc = run(module, *flags, "--data-dir", "data", "--out-dir", "out", cwd=tmp_path)
+    assert proc.stdout.count("finished earlier, reusing it") == MECHANISM_RECORDED[folder]
+    committed = ROOT / "plots" / "mechanism" / folder / "retrieval.md"
+    assert (tmp_path / "plots" / folder / "retrieval.md").read_text() == committed.read_text()
