@@ -330,7 +330,7 @@ def plot(tasks, path):
     (the mean over seeds: the restore line, which the tables apply cell by cell and seed by seed)."""
     rows_of = {task: by_variant(results) for task, results in tasks.items()}
     columns = max(len(v) for v in rows_of.values())
-    fig, axes = plt.subplots(len(tasks), columns, figsize=(1.9 * columns + 1.6, 5.4 * len(tasks)), dpi=110,
+    fig, axes = plt.subplots(len(tasks), columns, figsize=(max(1.9 * columns + 1.6, 6.0), 5.4 * len(tasks)), dpi=110,
                              squeeze=False, sharex=True)
     for r, (task, variants) in enumerate(rows_of.items()):
         results, block = tasks[task], tasks[task]["block_size"]
@@ -362,8 +362,9 @@ def plot(tasks, path):
     handles = [plt.Line2D([], [], marker=mk, color=col, linestyle="none", label=f"{m}x the training length")
                for m, mk, col in ((2, "o", "tab:blue"), (4, "^", "tab:red"))]
     fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=8, frameon=False)
-    fig.suptitle("Near cells' exact match per reading (the passkey at depths 0.8-1, the copy's strings of 8 and 16),"
-                 " each seed a dot; grey: below 80% of the plain reading at the training length", fontsize=9)
+    near = {"passkey": "the passkey at depths 0.8-1", "copy": "the copy's strings of 8 and 16"}
+    fig.suptitle(textwrap.fill(f"Near cells' exact match per reading ({', '.join(near[t] for t in tasks)}), each seed"
+                               f" a dot; grey: below 80% of the plain reading at the training length", 80), fontsize=9)
     fig.tight_layout(rect=(0, 0.03, 1, 0.97))
     save(fig, path)
 
