@@ -88,8 +88,8 @@ def test_a_length_a_reading_lacks_is_not_judged():
 
 
 @pytest.mark.parametrize("rope_clamp, rope_log, p_clamp, p_log, none_log, expected", [
-    (FIXED, UNFIXED, FIXED, UNFIXED, UNFIXED, "unseen rotation angles"),
-    (UNFIXED, FIXED, UNFIXED, FIXED, FIXED, "attention spread over more keys than training showed"),
+    (FIXED, UNFIXED, FIXED, UNFIXED, UNFIXED, "unseen distances"),
+    (UNFIXED, FIXED, UNFIXED, FIXED, FIXED, "crowding"),
     (FIXED, FIXED, FIXED, FIXED, FIXED, None),  # both repair: undecided
     (UNFIXED, UNFIXED, UNFIXED, UNFIXED, UNFIXED, None),  # neither
     (FIXED, UNFIXED, [1.5, 1.9375], UNFIXED, UNFIXED, None),  # the clamp repairs one seed of p-RoPE only
@@ -140,7 +140,7 @@ def test_the_report_shows_each_seed_and_length(tmp_path):
     assert "| 1338 | 512 | +0.5000 | 12% | 50% | 100% |" in text  # log scaling, clamp 63, clamp 32
     assert "log-scale repairs 0 of 2 seeds; clamp-63 repairs 2 of 2 seeds." in text
     assert "## rope-nope_every=2-lr=0.004\n" in text and "## none-lr=0.002 (named in the predictions)" in text
-    assert "**unseen rotation angles** is supported if" in text and "python -m study rope_break" in text
+    assert "**unseen distances** is supported if" in text and "python -m study rope_break" in text
     no_break = study(HALF, UNFIXED, FIXED, UNFIXED, UNFIXED, none_plain=[1.5, 2.0])
     assert "| 1337 | 128 | +0.0000 | no break (+0.438) |" in report(no_break, "cmd")
     write_json(tmp_path / "extrapolation.json", study(HALF, UNFIXED, FIXED, UNFIXED, UNFIXED))
