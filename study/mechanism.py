@@ -150,8 +150,9 @@ def verdicts(results, rows):
                         against.append(f"{method} at {L // block}x {got}")
                     elif got == "mixed":
                         open_.append(f"{method} at {L // block}x mixed")
-        out[h] = ("refuted", "; ".join(against[:3])) if against else \
-            ("undecided", "; ".join(open_[:3])) if open_ else ("supported", "")
+        # TASK_OUTCOMES' last rule: a mixed reading the hypothesis needs leaves it undecided, whatever else
+        out[h] = ("undecided", "; ".join(open_[:3])) if open_ else \
+            ("refuted", "; ".join(against[:3])) if against else ("supported", "")
     return out
 
 
@@ -294,8 +295,8 @@ def report(tasks, loss, command):
         "## The verdicts",
         "",
         "Per task and variant, each hypothesis against the outcomes of the readings it makes a definite"
-        " prediction for (restores or fails) at 2x and 4x: refuted where an outcome is the opposite (the first"
-        " such readings named), undecided where one it needs is mixed, supported where every one agrees. RoPE,"
+        " prediction for (restores or fails) at 2x and 4x: undecided where one it needs is mixed (the first such"
+        " readings named), else refuted where an outcome is the opposite, supported where every one agrees. RoPE,"
         " the RoPE/NoPE hybrids and T5 are judged; `none` and the windowed variants are read and reported.",
         "",
         verdict_table(tasks),
