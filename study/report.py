@@ -62,13 +62,17 @@ def results_table(study):
 
 
 
+def run_still_improving(run_dir):
+    """Whether a run's val loss (its metrics.csv) is still improving at its last step (analysis.still_improving)."""
+    return still_improving([float(r["val_loss"]) for r in read_metrics(Path(run_dir) / "metrics.csv")])
+
+
 def improving_table(study):
-    """Task studies: per variant, the seeds still improving at their last step (analysis.still_improving)."""
+    """Task studies: per variant, the seeds still improving at their last step (run_still_improving)."""
     lines = [f"| variant | still improving at the last step (a new best val loss in one of its last {IMPROVING}"
              f" evaluations) |", "|---|---|"]
     for key in study.groups:
-        seeds = [study.summaries[i]["seed"] for i in study.groups[key] if still_improving(
-            [float(r["val_loss"]) for r in read_metrics(study.run_dirs[i] / "metrics.csv")])]
+        seeds = [study.summaries[i]["seed"] for i in study.groups[key] if run_still_improving(study.run_dirs[i])]
         lines.append(f"| {study.labels[key]} | {len(seeds)} of {len(study.groups[key])}"
                      + (f" ({', '.join(map(str, seeds))})" if seeds else "") + " |")
     return "\n".join(lines)

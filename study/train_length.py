@@ -25,6 +25,7 @@ import argparse
 import re
 import statistics
 from pathlib import Path
+from typing import NamedTuple
 
 import matplotlib
 
@@ -32,18 +33,19 @@ matplotlib.use("Agg")  # files only, no window
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from common import ArgumentParser, UserError, command_line, read_json, read_metrics, run_cli, write_text  # noqa: E402
-from study.analysis import IMPROVING, still_improving  # noqa: E402
+from common import ArgumentParser, UserError, command_line, read_json, run_cli, write_text  # noqa: E402
+from study.analysis import IMPROVING  # noqa: E402
 from study.flags import add_plots_dir_flag  # noqa: E402
 from study.plot import save  # noqa: E402
+from study.report import run_still_improving  # noqa: E402
 from study.retrieval import headline_cells, pooled  # noqa: E402
 from study.runs import COLORS  # noqa: E402
+from study.studies import TASK_STEPS  # noqa: E402
 
 CONTROL = 0.95  # the positive control: final val exact match at the training length
 THRESHOLDS = (0.8, 0.2)  # effective context: YaRN's passkey threshold, PI's k_max one
 FOLDER = re.compile(r"^(passkey|copy|recall)-L(\d+)$")
 PILOT = re.compile(r"^(passkey|copy)-L(\d+)-(\d+)-steps$")  # records/pilots/<task>-L<L>-<steps>-steps/
-BASE_STEPS = {"passkey": 2000, "copy": 6000}  # each task's budget at 64 (study/studies.py's TASK_STEPS)
 MULTIPLES = (1, 2, 4)  # the budgets tried at another length: these multiples of the budget at 64
 RIVALS = ("alibi", "t5", "fire")  # RoPE and one of these must pass the control for a budget to be chosen
 
@@ -60,8 +62,8 @@ def record(run):
 
 
 def improving(run):
-    """Whether the run is still improving at its last step (analysis.still_improving)."""
-    return still_improving([float(r["val_loss"]) for r in read_metrics(record(run) / "metrics.csv")])
+    """Whether the run (or its record) is still improving at its last step (analysis.still_improving)."""
+    return run_still_improving(record(run))
 
 
 def effective(scores, lengths, block, threshold):
@@ -136,9 +138,16 @@ def run_table(task, by_length):
     return "\n".join(lines)
 
 
+class Pilot(NamedTuple):
+    exact: float  # final val exact match at its training length
+    improving: bool  # still improving at its last step
+    wall_s: float
+    threads: int
+
+
 def pilots(root):
-    """{(task, L): {steps: {encoding: (final val exact, still improving)}}} of the seed-1337 pilot runs under
-    root (<task>-L<L>-<steps>-steps/<encoding>_seed1337)."""
+    """{(task, L): {steps: {encoding: Pilot}}} of the seed-1337 pilot runs under root
+    (<task>-L<L>-<steps>-steps/<encoding>_seed1337)."""
     found = {}
     for folder in sorted(Path(root).iterdir()) if Path(root).is_dir() else []:
         match = PILOT.match(folder.name)
@@ -147,7 +156,7 @@ def pilots(root):
         task, L, steps = match.group(1), int(match.group(2)), int(match.group(3))
         for run in sorted(folder.glob("*_seed1337")):
             summary = read_json(run / "summary.json", "retrain the pilot")
-            found.setdefault((task, L), {}).setdefault(steps, {})[summary["pos_encoding"]] = (
+            found.setdefault((task, L), {}).setdefault(steps, {})[summary["pos_encoding"]] = Pilot(
                 summary["final_val_exact"], improving(run), summary["wall_s"], summary["threads"])
     return dict(sorted(found.items()))
 
@@ -155,7 +164,7 @@ def pilots(root):
 def rung(runs):
     """A budget's verdict from its seed-1337 runs: 'passes' where RoPE and one of ALiBi, T5 or FIRE reach the
     control, 'fails' where RoPE misses it or all three others do, else 'undecided' (a run not trained)."""
-    passed = {e: run[0] >= CONTROL for e, run in runs.items()}
+    passed = {e: run.exact >= CONTROL for e, run in runs.items()}
     if passed.get("rope") is False or all(passed.get(e) is False for e in RIVALS):
         return "fails"
     if passed.get("rope") and any(passed.get(e) for e in RIVALS):
@@ -167,7 +176,7 @@ def budget(by_steps, task):
     """The budget a length gets: the smallest multiple of the budget at 64 whose rung passes; None while a
     smaller rung is undecided or none passes yet."""
     for m in MULTIPLES:
-        steps = m * BASE_STEPS[task]
+        steps = m * TASK_STEPS[task]
         verdict = rung(by_steps.get(steps, {}))
         if verdict == "passes":
             return f"**{steps} steps** ({m}x)"
@@ -186,11 +195,11 @@ def budget_table(found):
     decided = []
     for (task, L), by_steps in found.items():
         for steps, runs in sorted(by_steps.items()):
-            cells = [("n/a" if e not in runs else f"{100 * runs[e][0]:.1f}%" + (" (still improving)" if runs[e][1]
-                                                                                   else "")) for e in ("rope", *RIVALS)]
-            walls = [run[2] for run in runs.values()]
-            lines.append(f"| {task} | {L} | {steps} | {steps / BASE_STEPS[task]:g} | " + " | ".join(cells)
-                         + f" | {rung(runs)} | {min(walls):.0f}-{max(walls):.0f} ({runs['rope'][3]}) |")
+            cells = [("n/a" if e not in runs else f"{100 * runs[e].exact:.1f}%"
+                      + (" (still improving)" if runs[e].improving else "")) for e in ("rope", *RIVALS)]
+            walls = [run.wall_s for run in runs.values()]
+            lines.append(f"| {task} | {L} | {steps} | {steps / TASK_STEPS[task]:g} | " + " | ".join(cells)
+                         + f" | {rung(runs)} | {min(walls):.0f}-{max(walls):.0f} ({runs['rope'].threads}) |")
         decided.append(f"- {task} at {L}: {budget(by_steps, task)}")
     return "\n".join(lines), decided
 
@@ -201,7 +210,7 @@ def budgets_report(found, command):
         "# The budgets of the training-length study", "",
         f"Each task and training length L trains every encoding and seed for one number of steps: the smallest of"
         f" {', '.join(f'{m}x' for m in MULTIPLES)} the task's budget at 64"
-        f" ({', '.join(f'{t} {s}' for t, s in BASE_STEPS.items())})"
+        f" ({', '.join(f'{t} {s}' for t, s in TASK_STEPS.items())})"
         f" at which RoPE and at least one of ALiBi, T5 or FIRE reach the positive control ({CONTROL:.0%} final val"
         f" exact match at L) in seed 1337. The cosine schedule follows the steps, so each rung is a run of its own."
         f" A rung *fails* where RoPE misses the control or all of ALiBi, T5 and FIRE do; an encoding not trained"

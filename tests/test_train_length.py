@@ -26,20 +26,24 @@ def test_effective_context_is_the_last_length_before_the_first_miss():
     assert tl.context_text(128, lengths, 64) == "128"
 
 
+def pilots_at(**exact):
+    return {e: tl.Pilot(x, False, 100.0, 1) for e, x in exact.items()}
+
+
 @pytest.mark.parametrize("runs, verdict", [
-    ({"rope": (0.99,), "alibi": (0.10,), "t5": (0.96,)}, "passes"),
-    ({"rope": (0.94,), "t5": (0.99,)}, "fails"),  # RoPE misses: the rung fails whatever the others do
-    ({"rope": (0.99,), "alibi": (0.1,), "t5": (0.8,), "fire": (0.7,)}, "fails"),
-    ({"rope": (0.99,), "alibi": (0.1,)}, "undecided"),  # T5 and FIRE not trained yet
-    ({"rope": (0.95,), "fire": (0.95,)}, "passes"),  # the control is >= 95%
+    (dict(rope=0.99, alibi=0.10, t5=0.96), "passes"),
+    (dict(rope=0.94, t5=0.99), "fails"),  # RoPE misses: the rung fails whatever the others do
+    (dict(rope=0.99, alibi=0.1, t5=0.8, fire=0.7), "fails"),
+    (dict(rope=0.99, alibi=0.1), "undecided"),  # T5 and FIRE not trained yet
+    (dict(rope=0.95, fire=0.95), "passes"),  # the control is >= 95%
 ])
 def test_a_rung_passes_when_rope_and_one_rival_reach_the_control(runs, verdict):
-    assert tl.rung(runs) == verdict
+    assert tl.rung(pilots_at(**runs)) == verdict
 
 
 def test_the_budget_is_the_smallest_passing_multiple_and_waits_for_an_undecided_one():
-    fail = {"rope": (0.99,), "alibi": (0.1,), "t5": (0.8,), "fire": (0.7,)}
-    ok = {"rope": (0.99,), "t5": (0.97,)}
+    fail = pilots_at(rope=0.99, alibi=0.1, t5=0.8, fire=0.7)
+    ok = pilots_at(rope=0.99, t5=0.97)
     assert tl.budget({2000: fail, 4000: ok, 8000: ok}, "passkey") == "**4000 steps** (2x)"
     assert tl.budget({2000: fail}, "passkey") == "not decided: 4000 steps (2x) not trained yet"
     assert tl.budget({6000: fail, 12000: fail, 24000: fail}, "copy").startswith("none: every multiple up to 4x")
