@@ -8,7 +8,8 @@ Reads the retrieval.json that study.compare wrote for each task (the runs read w
 far-key attention mass) and the extrapolation.json of the loss readings (loss_readings/, seed 1337), and
 writes <plots-dir>/mechanism.md (the hypotheses and predictions; per task and reading the near cells and all
 cells, seed by seed, the far-key mass and each reading's outcome; the verdicts; the loss), far_mass.md (the
-far-key mass per layer and head) and mechanism.png (the near cells' exact match per reading, seeds as dots). It measures nothing.
+far-key mass per layer and head) and mechanism.png (the near cells' exact match per reading, seeds as dots).
+It measures nothing.
 
 A cell's outcome, as study/ablations.py defines it: a reading restores a cell of one seed at one length when
 its exact match there is at least RESTORE of the plain reading's at the training length on the same cell in
@@ -254,7 +255,10 @@ def loss_section(results):
             judged_any |= bool(judged_seeds)
             counts.append(f"{v['labels'][key]} repairs {r.count(True)} of {len(judged_seeds)}"
                           + (f" ({r.count(None)} with nothing to repair)" if None in r else ""))
-        (unbroken if not judged_any else [] if held else broken).append(v["label"])
+        if not judged_any:
+            unbroken.append(v["label"])
+        elif not held:
+            broken.append(v["label"])
         lines += ["", f"### {v['label']}", "", variant_table(v), "", "; ".join(counts) + "."]
     verdict = ("**holds** for every variant with a break to repair" if not broken else
                "**does not hold** for " + "; ".join(broken) + ": some reading that hides or neutralises the far"

@@ -58,8 +58,9 @@ LENGTH_ENCODINGS = "rope,alibi,none,t5,fire,rope:nope_every=2"
 LENGTH_BUDGETS = {("passkey", 32): 2000}
 
 
-def task_budget(task):
-    steps = str(TASK_STEPS[task])
+def task_budget(task, steps=None):
+    """A task's training flags: batch 32 and its steps (default: its budget at 64), the schedule following them."""
+    steps = str(steps or TASK_STEPS[task])
     return "--batch-size", "32", "--max-iters", steps, "--lr-decay-iters", steps
 
 
@@ -102,9 +103,12 @@ def mechanism_task(task):
 def length_task(task, length, steps):
     """The train_length study's command for one task and training length: its runs read at 1x to 8x."""
     return ("compare", CPU, "--task", task, "--block-size", str(length), "--pos-encodings",
-            f"{LENGTH_ENCODINGS},rope:nope_every=2:rope_window={length // 2}", "--batch-size", "32", "--max-iters",
-            str(steps), "--lr-decay-iters", str(steps), "--extrapolate", "--extrapolate-methods", "none,ntk,yarn",
+            f"{LENGTH_ENCODINGS},rope:nope_every=2:rope_window={length // 2}", *task_budget(task, steps),
+            "--extrapolate", "--extrapolate-methods", "none,ntk,yarn",
             "--seeds", "{seeds}", "--plots-dir", f"{{plots_dir}}/{task}-L{length}")
+
+
+LENGTH_TASKS = [length_task(task, length, steps) for (task, length), steps in LENGTH_BUDGETS.items()]
 
 
 def task_study(task, what, cells):
@@ -163,9 +167,9 @@ STUDIES = {
     "copy": task_study("copy", "a random string of letters, a separator, the string again", "by length"),
     "mechanism": Study(
         "why RoPE cannot use what lies past its training length: RoPE's passkey runs read with the readings that"
-        " separate the explanations (truncation, the clamp at 16-63, far keys masked, a count control, a logit"
-        " offset, a temperature) and their far-key attention mass, beside the windowed hybrid (RoPE layers in a"
-        " window of 32); the Shakespeare loss read likewise (1 seed) and the windowed variants' val loss; 3 seeds",
+        " separate the explanations (truncation, the clamp at 16-63, far keys masked, a count control) and their"
+        " far-key attention mass, beside the windowed hybrid (RoPE layers in a window of 32); the Shakespeare loss"
+        " read likewise (1 seed) and the windowed variants' val loss; 3 seeds",
         "plots/mechanism", SEEDS, mechanism_task("passkey"),
         (("compare", CPU, "--task", "passkey", "--pos-encodings", WINDOWED_RUNS, *task_budget("passkey"),
           "--extrapolate", "--extrapolate-methods", "none", "--seeds", "{seeds}", "--plots-dir", "{plots_dir}/windowed"),
@@ -178,9 +182,8 @@ STUDIES = {
         "do the task findings survive a longer training length? each task trained at other lengths (the passkey at"
         " 32 so far) at the budget its seed-1337 pilots chose, 3 seeds, read at 1x to 8x, by absolute length and"
         " by ratio, with each run's effective context",
-        "plots/train_length", SEEDS, length_task("passkey", 32, LENGTH_BUDGETS["passkey", 32]),
-        tuple(length_task(t, L, s) for (t, L), s in list(LENGTH_BUDGETS.items())[1:])
-        + (("train_length", "--plots-dir", "{plots_dir}"),)),
+        "plots/train_length", SEEDS, LENGTH_TASKS[0],
+        (*LENGTH_TASKS[1:], ("train_length", "--plots-dir", "{plots_dir}"))),
     "summary": Study(
         "the README's summary figure and its numbers, from committed files only (the lr_sweep and passkey studies'"
         " records and results); trains nothing",
