@@ -40,7 +40,7 @@ from study.plot import save  # noqa: E402
 from study.report import run_still_improving  # noqa: E402
 from study.retrieval import headline_cells, pooled  # noqa: E402
 from study.runs import COLORS  # noqa: E402
-from study.studies import TASK_STEPS  # noqa: E402
+from study.studies import LENGTH_ENCODINGS, TASK_STEPS  # noqa: E402
 
 CONTROL = 0.95  # the positive control: final val exact match at the training length
 THRESHOLDS = (0.8, 0.2)  # effective context: YaRN's passkey threshold, PI's k_max one
@@ -48,6 +48,13 @@ FOLDER = re.compile(r"^(passkey|copy|recall)-L(\d+)$")
 PILOT = re.compile(r"^(passkey|copy)-L(\d+)-(\d+)-steps$")  # records/pilots/<task>-L<L>-<steps>-steps/
 MULTIPLES = (1, 2, 4)  # the budgets tried at another length: these multiples of the budget at 64
 RIVALS = ("alibi", "t5", "fire")  # RoPE and one of these must pass the control for a budget to be chosen
+# The rung at 64 is the task studies' own runs and readings (the windowed hybrid's are the mechanism study's),
+# so that 64 is read from the same records as every other finding about it, not retrained.
+AT_64 = {"passkey": ("plots/passkey/retrieval.json", "plots/mechanism/windowed/retrieval.json"),
+         "copy": ("plots/copy/retrieval.json",)}
+METHODS = ("none", "ntk", "yarn-b8", "yarn-b32")  # the readings this study compares: plain, NTK and YaRN
+# the study's variants as run folders name them, the window written as a share of the training length
+VARIANTS = [v.replace(":", "-") for v in (*LENGTH_ENCODINGS.split(","), "rope:nope_every=2:rope_window=L/2")]
 
 
 def record(run):
@@ -83,15 +90,42 @@ def context_text(reach, lengths, block):
     return f"≥ {reach}" if reach == lengths[-1] else str(reach)
 
 
+def variant(run, block):
+    """A run's variant, named the same at every training length: its folder name without the seed, a window
+    of half the training length written L/2."""
+    name = re.sub(r"_seed\d+$", "", Path(run).name)
+    return name.replace(f"rope_window={block // 2}", "rope_window=L/2")
+
+
 def runs_of(results):
-    """Per variant read plainly: (label, encoding, [run paths], {length: per-seed exact match over the cells
-    held at the training length}), and the same for RoPE's readings with NTK and YaRN."""
-    cells = headline_cells(results)
+    """Per variant read plainly: (label, variant, encoding, method, [run paths], {length: per-seed exact match
+    over the cells held at the training length}), and the same for RoPE's readings with NTK and YaRN."""
+    cells, block = headline_cells(results), results["block_size"]
     out = []
     for row in results["rows"]:
         scores = {int(L): (None if isinstance(v, str) else pooled(v, cells)) for L, v in row["results"].items()}
-        out.append((row["label"], row["encoding"], row["method"], row["runs"], scores))
+        label = row["label"].replace(f"rope_window {block // 2}", "rope_window L/2")
+        out.append((label, variant(row["runs"][0], block), row["encoding"], row["method"], row["runs"], scores))
     return out
+
+
+def at_64(files):
+    """The rung at 64 from the task studies' retrieval.json files: the rows of this study's variants and
+    readings, the first file's where two hold the same one; None where a file is missing."""
+    merged = None
+    for path in map(Path, files):
+        if not path.exists():
+            return None
+        results = read_json(path, "rerun its study")
+        if merged is None:
+            merged = {**results, "rows": []}
+        elif (results["lengths"], results["cells"]) != (merged["lengths"], merged["cells"]):
+            raise UserError(f"{path} reads other lengths or cells than {files[0]}: rerun both studies")
+        held = {(variant(r["runs"][0], 64), r["method"]) for r in merged["rows"]}
+        merged["rows"] += [r for r in results["rows"] if r["method"] in METHODS
+                           and variant(r["runs"][0], 64) in VARIANTS
+                           and (variant(r["runs"][0], 64), r["method"]) not in held]
+    return merged
 
 
 def load(plots_dir):
@@ -104,6 +138,10 @@ def load(plots_dir):
     if not found:
         raise UserError(f"no <task>-L<length>/retrieval.json under {plots_dir}: run python -m study train_length"
                         f" first")
+    for task in {t for t, _ in found} - {t for t, L in found if L == 64}:
+        rung = at_64(AT_64.get(task, ()))
+        if rung:
+            found[task, 64] = rung
     return dict(sorted(found.items()))
 
 
@@ -114,7 +152,7 @@ def run_table(task, by_length):
             "effective context ≥ 80% (median; seeds)", "effective context ≥ 20% (median; seeds)"]
     lines = ["| " + " | ".join(head) + " |", "|---|---:|---:|---|---|" + "---:|" * 4 + "---|---|"]
     for L, results in by_length.items():
-        for label, encoding, method, runs, scores in runs_of(results):
+        for label, _, encoding, method, runs, scores in runs_of(results):
             summaries = [read_json(record(r) / "summary.json", "retrain the run") for r in runs]
             steps = read_json(record(runs[0]) / "config.json", "retrain the run")["max_iters"]
             control = [s["final_val_exact"] for s in summaries]
@@ -232,7 +270,9 @@ def report(found, command):
            f" its readings past L are shown, not ranked. *Still improving*: a new best val loss in one of the last"
            f" {IMPROVING} evaluations. Effective context: the largest reading length up to which every length scores at"
            f" least the threshold; '< L' where the run misses it at L, '≥' where it holds at every length read."
-           f" Written by `{command}`.", ""]
+           f" The rung at 64 is the task studies' own runs and readings"
+           f" ({'; '.join(f'{t}: ' + ', '.join(files) for t, files in AT_64.items() if (t, 64) in found)}),"
+           f" not retrained. Written by `{command}`.", ""]
     for task in tasks:
         by_length = {L: r for (t, L), r in found.items() if t == task}
         out += [f"## {task}", "", run_table(task, by_length), ""]
@@ -240,16 +280,18 @@ def report(found, command):
 
 
 def series(found, task):
-    """{encoding label: {training length: (reading lengths, (seeds, lengths) exact match)}} read plainly."""
-    out = {}
+    """{(label, encoding): {training length: (reading lengths, (seeds, lengths) exact match)}} read plainly, a
+    variant's label the one at its shortest training length."""
+    out, names = {}, {}
     for (t, L), results in found.items():
         if t != task:
             continue
-        for label, encoding, method, runs, scores in runs_of(results):
+        for label, name, encoding, method, runs, scores in runs_of(results):
             if method != "none":
                 continue
             lengths = [x for x in sorted(scores) if scores[x] is not None]
-            out.setdefault((label, encoding), {})[L] = (lengths, np.array([scores[x] for x in lengths]).T)
+            key = names.setdefault(name, (label, encoding))
+            out.setdefault(key, {})[L] = (lengths, np.array([scores[x] for x in lengths]).T)
     return out
 
 

@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from common import UserError
 from study import train_length as tl
 
 
@@ -87,3 +88,26 @@ def test_run_table_marks_not_learned_runs_and_gives_each_seeds_effective_context
     # >= 80%: seed 1337 to 64, seed 1338 at every length read; of two seeds the lower median, a length read
     assert row[9] == "64 (64; ≥ 256)"
     assert row[10].rstrip(" |") == "128 (128; ≥ 256)"
+
+
+def test_the_rung_at_64_is_the_task_studies_rows_of_this_studys_variants(tmp_path):
+    assert tl.variant("out/g/rope-nope_every=2-rope_window=16_seed1338", 32) == "rope-nope_every=2-rope_window=L/2"
+    assert tl.variant("out/g/rope-nope_every=2-rope_window=32_seed1337", 64) == "rope-nope_every=2-rope_window=L/2"
+    assert tl.variant("out/g/rope-nope_every=2-rope_window=16_seed1337", 64) == "rope-nope_every=2-rope_window=16"
+
+    def row(run, method="none"):
+        return {"label": run, "encoding": run.split("-")[0], "method": method, "runs": [f"out/g/{run}_seed1337"],
+                "results": {}}
+
+    base = {"block_size": 64, "lengths": [64, 128], "cells": ["depth 0.0"]}
+    task = {**base, "rows": [row("rope"), row("rope", "ntk"), row("rope", "clamp-63"), row("learned"), row("alibi")]}
+    windowed = {**base, "rows": [row("rope"), row("rope-nope_every=2-rope_window=32")]}
+    (tmp_path / "task.json").write_text(json.dumps(task))
+    (tmp_path / "windowed.json").write_text(json.dumps(windowed))
+    merged = tl.at_64([tmp_path / "task.json", tmp_path / "windowed.json"])
+    assert [(r["label"], r["method"]) for r in merged["rows"]] == [
+        ("rope", "none"), ("rope", "ntk"), ("alibi", "none"), ("rope-nope_every=2-rope_window=32", "none")]
+    assert tl.at_64([tmp_path / "task.json", tmp_path / "missing.json"]) is None  # that study not run: no rung
+    (tmp_path / "windowed.json").write_text(json.dumps({**windowed, "lengths": [64, 256]}))
+    with pytest.raises(UserError, match="reads other lengths or cells"):
+        tl.at_64([tmp_path / "task.json", tmp_path / "windowed.json"])
