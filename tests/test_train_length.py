@@ -83,7 +83,7 @@ def test_run_table_marks_not_learned_runs_and_gives_each_seeds_effective_context
                                      "256": counts(0, 8)}}]}
     table = tl.run_table("passkey", {32: results})
     row = table.splitlines()[2].split(" | ")
-    assert row[1:5] == ["32", "500", "99/90 (not learned)", "no/no"]
+    assert row[1:5] == ["32", "500", "99.0/90.0 (not learned)", "no/no"]
     assert row[5:9] == ["95.0% (100/90)", "95.0% (90/100)", "60.0% (30/90)", "40.0% (0/80)"]
     # >= 80%: seed 1337 to 64, seed 1338 at every length read; of two seeds the lower median, a length read
     assert row[9] == "64 (64; ≥ 256)"
