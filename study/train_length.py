@@ -275,8 +275,52 @@ def report(found, command):
            f" not retrained. Written by `{command}`.", ""]
     for task in tasks:
         by_length = {L: r for (t, L), r in found.items() if t == task}
-        out += [f"## {task}", "", run_table(task, by_length), ""]
+        out += [f"## {task}", "", run_table(task, by_length), "", f"### {task}: by ratio or by absolute length?", "",
+                f"Each variant read plainly, for each two training lengths L1 < L2: the mean exact match over seeds at"
+                f" the same reading lengths in characters past both (what an encoding that generalizes by absolute"
+                f" length keeps equal) and at the same multiples 2x-8x (what one that generalizes by ratio keeps"
+                f" equal), and the mean distance between the two in points. *Closer*: the smaller distance where it is"
+                f" less than half the other, else neither; under {AGREE} points on both sides, both"
+                f" (the same either way).", "", transfer_table(series(found, task)), ""]
     return "\n".join(out)
+
+
+AGREE = 5  # points of exact match under which two readings count as the same for transfer_table's verdict
+
+
+def transfer_table(data):
+    """Per variant and pair of training lengths: the mean exact match (%) trained at L1 and at L2 at each reading
+    length both read in characters past L2, and at each multiple past 1x; the mean |difference| of each; which is
+    closer (by ratio, by absolute length, neither, or both where neither moves)."""
+    lines = ["| variant | L1 → L2 | same characters: L1 / L2 (mean distance) | same ratio: L1 / L2 (mean distance) |"
+             " closer |", "|---|---|---|---|---|"]
+    for (label, _), by_length in data.items():
+        trained = sorted(by_length)
+        for L1, L2 in zip(trained, trained[1:]):
+            mean = {L: dict(zip(lengths, values.mean(0))) for L, (lengths, values) in by_length.items()}
+            chars = [x for x in mean[L1] if x in mean[L2] and x > L2]
+            ratios = [m for m in (2, 4, 8) if m * L1 in mean[L1] and m * L2 in mean[L2]]
+            pairs = {"chars": [(mean[L1][x], mean[L2][x]) for x in chars],
+                     "ratio": [(mean[L1][m * L1], mean[L2][m * L2]) for m in ratios]}
+            if not pairs["chars"] or not pairs["ratio"]:
+                continue
+            gap = {k: 100 * float(np.mean([abs(a - b) for a, b in v])) for k, v in pairs.items()}
+
+            def cell(kind, names):
+                each = ", ".join(f"{n}: {100 * a:.0f} / {100 * b:.0f}" for n, (a, b) in zip(names, pairs[kind]))
+                return f"{each} ({gap[kind]:.1f})"
+
+            if max(gap.values()) < AGREE:
+                closer = "both (the same either way)"
+            elif gap["ratio"] < gap["chars"] / 2:
+                closer = "by ratio"
+            elif gap["chars"] < gap["ratio"] / 2:
+                closer = "by absolute length"
+            else:
+                closer = "neither"
+            lines.append(f"| {label} | {L1} → {L2} | {cell('chars', chars)} | "
+                         f"{cell('ratio', [f'{m}x' for m in ratios])} | {closer} |")
+    return "\n".join(lines)
 
 
 def series(found, task):

@@ -111,3 +111,22 @@ def test_the_rung_at_64_is_the_task_studies_rows_of_this_studys_variants(tmp_pat
     (tmp_path / "windowed.json").write_text(json.dumps({**windowed, "lengths": [64, 256]}))
     with pytest.raises(UserError, match="reads other lengths or cells"):
         tl.at_64([tmp_path / "task.json", tmp_path / "windowed.json"])
+
+
+def test_transfer_table_tells_ratio_from_absolute_length():
+    import numpy as np
+
+    def run(L, curve):  # one seed's exact match at 1x-8x of L, from curve(reading length)
+        lengths = [L, 2 * L, 4 * L, 8 * L]
+        return lengths, np.array([[curve(x, L) for x in lengths]])
+
+    data = {("by ratio", "alibi"): {L: run(L, lambda x, L: 1.0 / (x / L)) for L in (32, 64)},
+            ("by characters", "t5"): {L: run(L, lambda x, L: 1.0 if x <= 64 else 64 / x) for L in (32, 64)},
+            ("flat", "none"): {L: run(L, lambda x, L: 0.98) for L in (32, 64)}}
+    rows = {r.split(" | ")[0].lstrip("| "): r for r in tl.transfer_table(data).splitlines()[2:]}
+    # by ratio: 2x 50/50, 4x 25/25, 8x 12.5/12.5; at 128 and 256 characters 25 vs 50 and 12.5 vs 25
+    assert rows["by ratio"].endswith("| 128: 25 / 50, 256: 12 / 25 (18.8) | 2x: 50 / 50, 4x: 25 / 25, 8x: 12 / 12 (0.0) |"
+                                     " by ratio |")
+    assert rows["by characters"].split(" | ")[2] == "128: 50 / 50, 256: 25 / 25 (0.0)"
+    assert rows["by characters"].endswith("| by absolute length |")
+    assert rows["flat"].endswith("| both (the same either way) |")
