@@ -49,7 +49,9 @@ PILOT = re.compile(r"^(passkey|copy)-L(\d+)-(\d+)-steps$")  # records/pilots/<ta
 MULTIPLES = (1, 2, 4)  # the budgets tried at another length: these multiples of the budget at 64
 RIVALS = ("alibi", "t5", "fire")  # RoPE and one of these must pass the control for a budget to be chosen
 # The rung at 64 is the task studies' own runs and readings (the windowed hybrid's are the mechanism study's),
-# so that 64 is read from the same records as every other finding about it, not retrained.
+# so that 64 is read from the same records as every other finding about it, not retrained (the repository's
+# committed files, wherever --plots-dir points).
+REPO = Path(__file__).resolve().parent.parent
 AT_64 = {"passkey": ("plots/passkey/retrieval.json", "plots/mechanism/windowed/retrieval.json"),
          "copy": ("plots/copy/retrieval.json",)}
 METHODS = ("none", "ntk", "yarn-b8", "yarn-b32")  # the readings this study compares: plain, NTK and YaRN
@@ -58,11 +60,12 @@ VARIANTS = [v.replace(":", "-") for v in (*LENGTH_ENCODINGS.split(","), "rope:no
 
 
 def record(run):
-    """A run's folder: as written (out/<group>/<run>), else its committed record (records/<group>/<run>)."""
+    """A run's folder: as written (out/<group>/<run>), else its committed record (records/<group>/<run> in the
+    repository)."""
     path = Path(run)
     if (path / "summary.json").exists():
         return path
-    committed = Path("records", *path.parts[-2:])
+    committed = REPO / "records" / Path(*path.parts[-2:])
     if not (committed / "summary.json").exists():
         raise UserError(f"neither {path} nor {committed} holds a finished run (summary.json)")
     return committed
@@ -139,7 +142,7 @@ def load(plots_dir):
         raise UserError(f"no <task>-L<length>/retrieval.json under {plots_dir}: run python -m study train_length"
                         f" first")
     for task in {t for t, _ in found} - {t for t, L in found if L == 64}:
-        rung = at_64(AT_64.get(task, ()))
+        rung = at_64([REPO / f for f in AT_64.get(task, ())])
         if rung:
             found[task, 64] = rung
     return dict(sorted(found.items()))
