@@ -230,7 +230,7 @@ def test_the_recall_pilots_records_give_the_control_their_readme_quotes(tmp_path
 
 # the mechanism study's task commands (study/studies.py), each with the runs it reuses from records/<config>-passkey,
 # whose retrieval.json keep every reading's counts and far-key mass
-MECHANISM_RECORDED = {"passkey": 3, "windowed": 9}
+MECHANISM_RECORDED = {"passkey": 6, "windowed": 9}
 
 
 @pytest.mark.parametrize("folder", list(MECHANISM_RECORDED))
@@ -244,3 +244,20 @@ def test_the_mechanism_study_s_task_tables_regenerate_from_the_records(folder, t
     assert proc.stdout.count("finished earlier, reusing it") == MECHANISM_RECORDED[folder]
     committed = ROOT / "plots" / "mechanism" / folder / "retrieval.md"
     assert (tmp_path / "plots" / folder / "retrieval.md").read_text() == committed.read_text()
+
+
+def test_the_training_length_study_regenerates_from_the_records(tmp_path):
+    # its runs at every length but 64 (whose rung is the task studies' committed readings), reused, not trained
+    prepare_data(tmp_path)
+    groups = sorted({Path(c[c.index("--plots-dir") + 1]).name for c in STUDIES["train_length"].commands()
+                     if "--task" in c})
+    for group in groups:  # passkey-L32 -> records/shakespeare_char_cpu-passkey-L32
+        shutil.copytree(ROOT / "records" / f"shakespeare_char_cpu-{group}", tmp_path / "out" / f"shakespeare_char_cpu-{group}")
+    *trains, (module, *flags) = STUDIES["train_length"].commands(plots_dir="plots/train_length")
+    for train_module, *train_flags in trains:
+        train_flags = [str(ROOT / f) if f.startswith("config/") else f for f in train_flags]
+        proc = run(train_module, *train_flags, "--data-dir", "data", "--out-dir", "out", cwd=tmp_path)
+        assert proc.stdout.count("finished earlier, reusing it") == 21  # 7 variants x 3 seeds, none retrained
+    run(module, *flags, cwd=tmp_path)
+    committed = ROOT / "plots" / "train_length" / "lengths.md"
+    assert (tmp_path / "plots" / "train_length" / "lengths.md").read_text() == committed.read_text()
