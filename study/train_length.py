@@ -124,15 +124,18 @@ def at_64(files):
             merged = {**results, "rows": []}
         elif (results["lengths"], results["cells"]) != (merged["lengths"], merged["cells"]):
             raise UserError(f"{path} reads other lengths or cells than {files[0]}: rerun both studies")
-        held = {(variant(r["runs"][0], 64), r["method"]) for r in merged["rows"]}
-        merged["rows"] += [r for r in results["rows"] if r["method"] in METHODS
-                           and variant(r["runs"][0], 64) in VARIANTS
-                           and (variant(r["runs"][0], 64), r["method"]) not in held]
+        def key(row):
+            return variant(row["runs"][0], 64), row["method"]
+
+        held = {key(r) for r in merged["rows"]}
+        merged["rows"] += [r for r in results["rows"] if r["method"] in METHODS and key(r)[0] in VARIANTS
+                           and key(r) not in held]
     return merged
 
 
 def load(plots_dir):
-    """{(task, training length): retrieval.json} of every <task>-L<L>/ folder under plots_dir."""
+    """{(task, training length): retrieval.json} of every <task>-L<L>/ folder under plots_dir, and for each such
+    task the rung at 64 from the task studies' committed readings (at_64), where they exist."""
     found = {}
     for folder in sorted(Path(plots_dir).iterdir()):
         match = FOLDER.match(folder.name)
@@ -299,8 +302,8 @@ def transfer_table(data):
              " closer |", "|---|---|---|---|---|"]
     for (label, _), by_length in data.items():
         trained = sorted(by_length)
+        mean = {L: dict(zip(lengths, values.mean(0))) for L, (lengths, values) in by_length.items()}
         for L1, L2 in zip(trained, trained[1:]):
-            mean = {L: dict(zip(lengths, values.mean(0))) for L, (lengths, values) in by_length.items()}
             chars = [x for x in mean[L1] if x in mean[L2] and x > L2]
             ratios = [m for m in (2, 4, 8) if m * L1 in mean[L1] and m * L2 in mean[L2]]
             pairs = {"chars": [(mean[L1][x], mean[L2][x]) for x in chars],
