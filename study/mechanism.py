@@ -323,15 +323,18 @@ def report(tasks, loss, command):
 
 
 SHORT = {"none": "plain", "truncate": "truncated to the last 64", "mask": "far keys masked", "mask-sink":
-         "far keys masked, first kept", "rope-mask": "far keys masked in RoPE layers", "count-1": "clamp 63, 1 far key",
-         "count-8": "clamp 63, 8 far keys", "offset-2": "clamp 63, far logits − 2", "offset-8": "clamp 63, far logits − 8",
+         "far keys masked, first kept", "rope-mask": "far keys masked in RoPE layers", "count-1": "count: 1 far key",
+         "count-8": "count: 8 far keys", "offset-2": "clamp 63, far logits − 2", "offset-8": "clamp 63, far logits − 8",
          "temp-1.5": "logits × 1.5", "temp-2": "logits × 2", "log-scale": "log scaling",
          **{f"clamp-{w}": f"clamp at {w}" for w in (16, 32, 48, 56, 63)}}
 
 
+MARKERS = ((1, "s", "0.45", 0.0), (2, "o", "tab:blue", -0.22), (4, "^", "tab:red", 0.22))  # length, its marker
+
+
 def plot(tasks, path):
-    """A row of panels per task, a panel per variant: the near cells' exact match of each reading at 2x (circles)
-    and 4x (triangles), each seed a dot; shaded where it is below 80% of the plain reading at the training length
+    """A row of panels per task, a panel per variant: the near cells' exact match of each reading at 1x (squares,
+    what the reading costs where nothing is unseen), 2x (circles) and 4x (triangles), each seed a dot; shaded where it is below 80% of the plain reading at the training length
     (the mean over seeds: the restore line, which the tables apply cell by cell and seed by seed)."""
     rows_of = {task: by_variant(results) for task, results in tasks.items()}
     columns = max(len(v) for v in rows_of.values())
@@ -349,7 +352,7 @@ def plot(tasks, path):
             plain = pooled_exact(rows["none"], block, near_cells(task, results["cells"]))
             ax.axvspan(0, RESTORE * np.mean([float(x) for x in plain.split("/")]) / 100, color="0.92", zorder=0)
             for y, method in enumerate(methods):
-                for m, marker, color, dy in ((2, "o", "tab:blue", -0.17), (4, "^", "tab:red", 0.17)):
+                for m, marker, color, dy in MARKERS:
                     text = pooled_exact(rows[method], m * block, counted(results, method, m * block)) \
                         if method in rows else "n/a"
                     if text != "n/a":
@@ -365,11 +368,12 @@ def plot(tasks, path):
     for ax in axes[-1]:
         ax.set_xlabel("exact match", fontsize=7)
     handles = [plt.Line2D([], [], marker=mk, color=col, linestyle="none", label=f"{m}x the training length")
-               for m, mk, col in ((2, "o", "tab:blue"), (4, "^", "tab:red"))]
-    fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=8, frameon=False)
+               for m, mk, col, _ in MARKERS]
+    fig.legend(handles=handles, loc="lower center", ncol=len(MARKERS), fontsize=8, frameon=False)
     near = {"passkey": "the passkey at depths 0.8-1", "copy": "the copy's strings of 8 and 16"}
     fig.suptitle(textwrap.fill(f"Near cells' exact match per reading ({', '.join(near[t] for t in tasks)}), each seed"
-                               f" a dot; grey: below 80% of the plain reading at the training length", 80), fontsize=9)
+                               f" a dot; grey: below 80% of the plain reading at the training length; a clamp counts"
+                               f" only the cells whose answer lies within it", 90), fontsize=9)
     fig.tight_layout(rect=(0, 0.03, 1, 0.97))
     save(fig, path)
 
