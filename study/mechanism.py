@@ -334,8 +334,9 @@ MARKERS = ((1, "s", "0.45", 0.0), (2, "o", "tab:blue", -0.22), (4, "^", "tab:red
 
 def plot(tasks, path):
     """A row of panels per task, a panel per variant: the near cells' exact match of each reading at 1x (squares,
-    what the reading costs where nothing is unseen), 2x (circles) and 4x (triangles), each seed a dot; shaded where it is below 80% of the plain reading at the training length
-    (the mean over seeds: the restore line, which the tables apply cell by cell and seed by seed)."""
+    what the reading costs where nothing is unseen), 2x (circles) and 4x (triangles), each seed a dot; shaded
+    where it is below 80% of the plain reading at the training length (the mean over seeds: the restore line,
+    which the tables apply cell by cell and seed by seed)."""
     rows_of = {task: by_variant(results) for task, results in tasks.items()}
     columns = max(len(v) for v in rows_of.values())
     fig, axes = plt.subplots(len(tasks), columns, figsize=(max(1.9 * columns + 1.6, 6.0), 5.4 * len(tasks)), dpi=110,

@@ -167,12 +167,11 @@ STUDIES = {
                           "by depth"),
     "copy": task_study("copy", "a random string of letters, a separator, the string again", "by length"),
     "mechanism": Study(
-        "why RoPE cannot use what lies past its training length: the passkey runs of RoPE, both hybrids, none and T5 read"
-        " with the readings that separate the explanations (truncation, far keys masked, the clamp at 16-63, count"
-        " controls, logit offsets, a temperature) and their"
-        " far-key attention mass, beside the windowed hybrid (RoPE layers in a window of 32) and RoPE windowed alone; the"
-        " Shakespeare loss"
-        " read likewise (1 seed) and the windowed variants' val loss; 3 seeds",
+        "why RoPE cannot use what lies past its training length: the passkey runs of RoPE, both hybrids, none and"
+        " T5 read with the readings that separate the explanations (truncation, far keys masked, the clamp at 16-63,"
+        " count controls, logit offsets, a temperature) and their far-key attention mass, beside the windowed hybrid"
+        " (RoPE layers in a window of 32) and RoPE windowed alone; the Shakespeare loss read likewise (1 seed) and"
+        " the windowed variants' val loss; 3 seeds",
         "plots/mechanism", SEEDS, mechanism_task("passkey"),
         (("compare", CPU, "--task", "passkey", "--pos-encodings", WINDOWED_RUNS, *task_budget("passkey"),
           "--extrapolate", "--extrapolate-methods", "none", "--seeds", "{seeds}", "--plots-dir", "{plots_dir}/windowed"),

@@ -115,6 +115,9 @@ def runs_of(results):
 def at_64(files):
     """The rung at 64 from the task studies' retrieval.json files: the rows of this study's variants and
     readings, the first file's where two hold the same one; None where a file is missing."""
+    def key(row):
+        return variant(row["runs"][0], 64), row["method"]
+
     merged = None
     for path in map(Path, files):
         if not path.exists():
@@ -124,9 +127,6 @@ def at_64(files):
             merged = {**results, "rows": []}
         elif (results["lengths"], results["cells"]) != (merged["lengths"], merged["cells"]):
             raise UserError(f"{path} reads other lengths or cells than {files[0]}: rerun both studies")
-        def key(row):
-            return variant(row["runs"][0], 64), row["method"]
-
         held = {key(r) for r in merged["rows"]}
         merged["rows"] += [r for r in results["rows"] if r["method"] in METHODS and key(r)[0] in VARIANTS
                            and key(r) not in held]

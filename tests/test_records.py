@@ -165,6 +165,11 @@ def test_records_regenerate_the_committed_tables(study, tmp_path):
 FINETUNES_RECORDED = {"passkey": 12, "copy": 12}
 
 
+def rooted(flags):
+    """A study command's flags with its config/ file named from the repository, for a run in tmp_path."""
+    return [str(ROOT / f) if f.startswith("config/") else f for f in flags]
+
+
 @pytest.mark.parametrize("study", list(FINETUNES_RECORDED))
 def test_task_fine_tunes_regenerate_their_committed_table(study, tmp_path):
     (module, *flags), = [c for c in STUDIES[study].commands(plots_dir="plots") if c[0] == "study.finetune"]
@@ -172,7 +177,7 @@ def test_task_fine_tunes_regenerate_their_committed_table(study, tmp_path):
     prepare_data(tmp_path)
     for name in (folder, f"{folder}_finetune"):
         shutil.copytree(ROOT / "records" / name, tmp_path / "out" / name)
-    flags = [str(ROOT / f) if f.startswith("config/") else f for f in flags]
+    flags = rooted(flags)
     # (run where the records' init_from, out/<config>-<task>/rope_seedN, points: in tmp_path)
     proc = run(module, *flags, "--data-dir", "data", "--out-dir", "out", cwd=tmp_path)
     assert proc.stdout.count("finished earlier, reusing it") == FINETUNES_RECORDED[study]
@@ -239,7 +244,7 @@ def test_the_mechanism_study_s_task_tables_regenerate_from_the_records(folder, t
     (module, *flags), = commands
     prepare_data(tmp_path)
     shutil.copytree(ROOT / "records" / "shakespeare_char_cpu-passkey", tmp_path / "out" / "shakespeare_char_cpu-passkey")
-    flags = [str(ROOT / f) if f.startswith("config/") else f for f in flags]
+    flags = rooted(flags)
     proc = run(module, *flags, "--data-dir", "data", "--out-dir", "out", cwd=tmp_path)
     assert proc.stdout.count("finished earlier, reusing it") == MECHANISM_RECORDED[folder]
     committed = ROOT / "plots" / "mechanism" / folder / "retrieval.md"
@@ -255,7 +260,7 @@ def test_the_training_length_study_regenerates_from_the_records(tmp_path):
         shutil.copytree(ROOT / "records" / f"shakespeare_char_cpu-{group}", tmp_path / "out" / f"shakespeare_char_cpu-{group}")
     *trains, (module, *flags) = STUDIES["train_length"].commands(plots_dir="plots/train_length")
     for train_module, *train_flags in trains:
-        train_flags = [str(ROOT / f) if f.startswith("config/") else f for f in train_flags]
+        train_flags = rooted(train_flags)
         proc = run(train_module, *train_flags, "--data-dir", "data", "--out-dir", "out", cwd=tmp_path)
         assert proc.stdout.count("finished earlier, reusing it") == 21  # 7 variants x 3 seeds, none retrained
     run(module, *flags, cwd=tmp_path)
