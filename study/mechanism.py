@@ -329,17 +329,19 @@ SHORT = {"none": "plain", "truncate": "truncated to the last 64", "mask": "far k
          **{f"clamp-{w}": f"clamp at {w}" for w in (16, 32, 48, 56, 63)}}
 
 
-MARKERS = ((1, "s", "0.45", 0.0), (2, "o", "tab:blue", -0.22), (4, "^", "tab:red", 0.22))  # length, its marker
+MARKERS = ((1, "s", "0.45", 0.0), (2, "o", "tab:blue", -0.3), (4, "^", "tab:red", 0.3))  # length, its marker
+SEED_STEP = 0.11  # the vertical step between the seeds of one reading and length
 
 
 def plot(tasks, path):
     """A row of panels per task, a panel per variant: the near cells' exact match of each reading at 1x (squares,
     what the reading costs where nothing is unseen), 2x (circles) and 4x (triangles), each seed a dot; shaded
     where it is below 80% of the plain reading at the training length (the mean over seeds: the restore line,
-    which the tables apply cell by cell and seed by seed)."""
+    which the tables apply cell by cell and seed by seed). The seeds of one reading and length sit one above
+    the other in seed order, so seeds that agree do not hide each other."""
     rows_of = {task: by_variant(results) for task, results in tasks.items()}
     columns = max(len(v) for v in rows_of.values())
-    fig, axes = plt.subplots(len(tasks), columns, figsize=(max(1.9 * columns + 1.6, 6.0), 5.4 * len(tasks)), dpi=110,
+    fig, axes = plt.subplots(len(tasks), columns, figsize=(max(1.9 * columns + 1.6, 6.0), 7.2 * len(tasks)), dpi=110,
                              squeeze=False, sharex=True)
     for r, (task, variants) in enumerate(rows_of.items()):
         results, block = tasks[task], tasks[task]["block_size"]
@@ -358,7 +360,9 @@ def plot(tasks, path):
                         if method in rows else "n/a"
                     if text != "n/a":
                         xs = [float(x) / 100 for x in text.split("/")]
-                        ax.scatter(xs, [y + dy] * len(xs), marker=marker, color=color, s=14, alpha=0.75)
+                        # each seed a little lower than the one before: seeds that agree stay apart
+                        ys = [y + dy + SEED_STEP * (i - (len(xs) - 1) / 2) for i in range(len(xs))]
+                        ax.scatter(xs, ys, marker=marker, color=color, s=10, alpha=0.75)
             ax.set_yticks(range(len(methods)), [SHORT.get(m, m) for m in methods] if c == 0 else [], fontsize=7)
             ax.set_ylim(len(methods) - 0.5, -0.5)
             ax.set_xlim(-0.04, 1.04)
@@ -373,7 +377,7 @@ def plot(tasks, path):
     fig.legend(handles=handles, loc="lower center", ncol=len(MARKERS), fontsize=8, frameon=False)
     near = {"passkey": "the passkey at depths 0.8-1", "copy": "the copy's strings of 8 and 16"}
     fig.suptitle(textwrap.fill(f"Near cells' exact match per reading ({', '.join(near[t] for t in tasks)}), each seed"
-                               f" a dot; grey: below 80% of the plain reading at the training length; a clamp counts"
+                               f" a dot, seeds in order from the top; grey: below 80% of the plain reading at the training length; a clamp counts"
                                f" only the cells whose answer lies within it", 90), fontsize=9)
     fig.tight_layout(rect=(0, 0.03, 1, 0.97))
     save(fig, path)
