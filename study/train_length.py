@@ -300,7 +300,7 @@ def transfer_table(data):
     closer (by ratio, by absolute length, neither, or both where neither moves)."""
     lines = ["| variant | L1 → L2 | same characters: L1 / L2 (mean distance) | same ratio: L1 / L2 (mean distance) |"
              " closer |", "|---|---|---|---|---|"]
-    for (label, _), by_length in data.items():
+    for (label, _, _), by_length in data.items():
         trained = sorted(by_length)
         mean = {L: dict(zip(lengths, values.mean(0))) for L, (lengths, values) in by_length.items()}
         for L1, L2 in zip(trained, trained[1:]):
@@ -330,8 +330,8 @@ def transfer_table(data):
 
 
 def series(found, task):
-    """{(label, encoding): {training length: (reading lengths, (seeds, lengths) exact match)}} read plainly, a
-    variant's label the one at its shortest training length."""
+    """{(label, variant, encoding): {training length: (reading lengths, (seeds, lengths) exact match)}} read
+    plainly, a variant's label the one at its shortest training length."""
     out, names = {}, {}
     for (t, L), results in found.items():
         if t != task:
@@ -340,7 +340,7 @@ def series(found, task):
             if method != "none":
                 continue
             lengths = [x for x in sorted(scores) if scores[x] is not None]
-            key = names.setdefault(name, (label, encoding))
+            key = names.setdefault(name, (label, name, encoding))
             out.setdefault(key, {})[L] = (lengths, np.array([scores[x] for x in lengths]).T)
     return out
 
@@ -359,7 +359,7 @@ def plot_lengths(found, task, path, ratio):
     shades = plt.get_cmap("viridis")(np.linspace(0, 0.85, len(trained)))
     ticks = sorted({x / (L if ratio else 1) for by_length in data.values() for L, (xs, _) in by_length.items()
                     for x in xs})
-    for ax, ((label, encoding), by_length) in zip(axes.flat, data.items()):
+    for ax, ((label, _, encoding), by_length) in zip(axes.flat, data.items()):
         for L, (lengths, values) in sorted(by_length.items()):
             color = shades[trained.index(L)]
             x = np.array(lengths) / (L if ratio else 1)
@@ -384,11 +384,13 @@ def plot_lengths(found, task, path, ratio):
     save(fig, path)
 
 
-def style(label):
-    """(line style, marker) that tell the RoPE family apart where they share RoPE's colour."""
-    if "rope_window" in label:
+def style(name):
+    """(line style, marker) from a variant's settings (its name: encoding-setting=value-...), telling the RoPE
+    family apart where it shares RoPE's colour."""
+    settings = {part.partition("=")[0] for part in name.split("-")[1:]}
+    if "rope_window" in settings:
         return ":", "^"
-    return ("--", "s") if "NoPE every" in label else ("-", "o")
+    return ("--", "s") if "nope_every" in settings else ("-", "o")
 
 
 def plot_context(found, task, path, threshold=THRESHOLDS[0]):
@@ -397,14 +399,14 @@ def plot_context(found, task, path, threshold=THRESHOLDS[0]):
     bound), a marker at half the training length where it misses at 1x."""
     fig, ax = plt.subplots(figsize=(6.5, 5), dpi=110)
     trained = sorted({L for (t, L) in found if t == task})
-    for (label, encoding), by_length in series(found, task).items():
+    for (label, name, encoding), by_length in series(found, task).items():
         xs, ys, bound = [], [], []
         for L, (lengths, values) in sorted(by_length.items()):
             reach = statistics.median_low(effective(dict(zip(lengths, seed)), lengths, L, threshold) for seed in values)
             xs.append(L)
             ys.append(reach if reach else L / 2)
             bound.append(reach == lengths[-1])
-        color, (line, marker) = COLORS.get(encoding), style(label)
+        color, (line, marker) = COLORS.get(encoding), style(name)
         ax.plot(xs, ys, color=color, linestyle=line, marker=marker, label=label, zorder=3)
         ax.scatter([x for x, b in zip(xs, bound) if b], [y for y, b in zip(ys, bound) if b], s=150,
                    facecolors="none", edgecolors=color, zorder=3)

@@ -120,9 +120,9 @@ def test_transfer_table_tells_ratio_from_absolute_length():
         lengths = [L, 2 * L, 4 * L, 8 * L]
         return lengths, np.array([[curve(x, L) for x in lengths]])
 
-    data = {("by ratio", "alibi"): {L: run(L, lambda x, L: 1.0 / (x / L)) for L in (32, 64)},
-            ("by characters", "t5"): {L: run(L, lambda x, L: 1.0 if x <= 64 else 64 / x) for L in (32, 64)},
-            ("flat", "none"): {L: run(L, lambda x, L: 0.98) for L in (32, 64)}}
+    data = {("by ratio", "alibi", "alibi"): {L: run(L, lambda x, L: 1.0 / (x / L)) for L in (32, 64)},
+            ("by characters", "t5", "t5"): {L: run(L, lambda x, L: 1.0 if x <= 64 else 64 / x) for L in (32, 64)},
+            ("flat", "none", "none"): {L: run(L, lambda x, L: 0.98) for L in (32, 64)}}
     rows = {r.split(" | ")[0].lstrip("| "): r for r in tl.transfer_table(data).splitlines()[2:]}
     # by ratio: 2x 50/50, 4x 25/25, 8x 12.5/12.5; at 128 and 256 characters 25 vs 50 and 12.5 vs 25
     assert rows["by ratio"].endswith("| 128: 25 / 50, 256: 12 / 25 (18.8) | 2x: 50 / 50, 4x: 25 / 25, 8x: 12 / 12 (0.0) |"
@@ -130,3 +130,10 @@ def test_transfer_table_tells_ratio_from_absolute_length():
     assert rows["by characters"].split(" | ")[2] == "128: 50 / 50, 256: 25 / 25 (0.0)"
     assert rows["by characters"].endswith("| by absolute length |")
     assert rows["flat"].endswith("| both (the same either way) |")
+
+
+def test_line_style_follows_the_variants_settings_not_its_label():
+    assert tl.style("rope-nope_every=2-rope_window=L/2") == (":", "^")
+    assert tl.style("rope-nope_every=4") == ("--", "s")
+    assert tl.style("rope") == tl.style("alibi") == ("-", "o")
+    assert tl.style("rope-rope_window=32") == (":", "^")
