@@ -67,7 +67,8 @@ class GPTConfig:
     # log_scale_length=n multiplies query i's logits q.k/sqrt(d) by max(1, ln(i + 1) / ln n) and
     # logit_scale=tau every logit by tau, before any additive bias; attention_window=w lets every layer
     # attend only to the keys 0 .. w - 1 back, and attention_sink keeps the first token in view of that
-    # window (not of a trained rope_window: a reading must not open what the model never saw)
+    # window (not of a trained rope_window: a reading must not open what the model never saw);
+    # nope_window=w lets only the NoPE layers of a RoPE/NoPE hybrid attend to the keys 0 .. w - 1 back
     yarn_temperature: bool = True
     clamp_distance: int = 0
     clamp_offset: float = 0.0
@@ -75,6 +76,7 @@ class GPTConfig:
     logit_scale: float = 1.0
     attention_window: int = 0
     attention_sink: bool = False
+    nope_window: int = 0
 
     def __post_init__(self):
         if self.pos_encoding not in POS_ENCODINGS:
@@ -93,9 +95,9 @@ class GPTConfig:
                              f" clamp_offset {self.clamp_offset} with clamp_distance {self.clamp_distance}")
         if not self.logit_scale > 0:
             raise ValueError(f"logit_scale must be positive, got {self.logit_scale}")
-        if self.attention_window < 0 or self.rope_window < 0:
-            raise ValueError(f"a window is 1 or more keys (0: off), got attention_window {self.attention_window} and"
-                             f" rope_window {self.rope_window}")
+        if min(self.attention_window, self.rope_window, self.nope_window) < 0:
+            raise ValueError(f"a window is 1 or more keys (0: off), got attention_window {self.attention_window},"
+                             f" rope_window {self.rope_window} and nope_window {self.nope_window}")
         if self.attention_sink and not self.attention_window:
             raise ValueError("attention_sink keeps the first token in view of attention_window: set it")
         POS_ENCODINGS[self.pos_encoding].check_config(self)
@@ -244,12 +246,13 @@ class RotaryPositionalEncoding(PositionalEncoding):
 
     options = ("rope_theta", "rope_fraction", "rope_scaling", "rope_scaling_factor", "yarn_alpha", "yarn_beta",
                "rope_original_length", "nope_every", "rope_window", "yarn_temperature", "clamp_distance",
-               "clamp_offset")
+               "clamp_offset", "nope_window")
 
     def __init__(self, config):
         super().__init__(config)
         self.head_dim, self.nope_every, self.clamp = config.head_dim, config.nope_every, config.clamp_distance
-        self.rope_window, self.clamp_offset = config.rope_window, config.clamp_offset
+        self.rope_window, self.nope_window = config.rope_window, config.nope_window
+        self.clamp_offset = config.clamp_offset
         self.scores_itself = self.clamp > 0
         d, s, kind = config.head_dim, config.rope_scaling_factor, config.rope_scaling
         self.theta = config.rope_theta * (s ** (d / (d - 2)) if kind == "ntk" else 1.0)
@@ -291,12 +294,14 @@ class RotaryPositionalEncoding(PositionalEncoding):
                              f" (1 would leave no RoPE layer, more than n_layer no NoPE layer), got {config.nope_every}")
         if config.rope_window and config.clamp_distance:
             raise ValueError("rope_window hides the keys a clamp_distance would score as near: use one of them")
+        if config.nope_window and not config.nope_every:
+            raise ValueError("nope_window masks the NoPE layers of a RoPE/NoPE hybrid: set nope_every too")
 
     def acts_on(self, layer):
         return not self.nope_every or (layer + 1) % self.nope_every != 0
 
     def window(self, layer):
-        return self.rope_window if self.acts_on(layer) else 0
+        return self.rope_window if self.acts_on(layer) else self.nope_window
 
     def table(self, stop, device):
         """The rotations of positions 0 .. stop - 1, grown on demand."""

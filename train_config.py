@@ -84,6 +84,8 @@ class TrainConfig:
                                       " inference-time ablation)")
     attention_sink: bool = option(False, "with a window (--attention-window or --rope-window), the first token"
                                          " stays in view")
+    nope_window: int = option(0, "the NoPE layers of a RoPE/NoPE hybrid (--nope-every) attend only to the keys"
+                                 " 0 .. w - 1 back (0: off; an inference-time ablation; only for rope)")
     sinusoidal_scale: bool = option(True, "scale the token embeddings by sqrt(n_embd) before adding the waves, as"
                                           " in the paper (only for --pos-encoding sinusoidal)")
     # optimisation

@@ -109,6 +109,20 @@ TASK_OUTCOMES = (  # how the outcomes decide, read in this order
     "clamps at 16-48 restore, clamp-63 and the counts fail: rarely trained last distances is supported",
     "any other pattern, or a mixed reading among those a hypothesis needs: that hypothesis is undecided",
 )
+# Which layers carry what lies far back in the windowed hybrids (RoPE layers in a window of 32, NoPE layers seeing
+# every key), read with nope-mask: keys 64 or more back hidden from the NoPE layers too, so that no layer sees that
+# far (stacked windows still could: two windows of 32 and two of 64 reach some 190 characters). Judged per seed at
+# 2x, 4x and 8x against the plain reading at the same length, on two groups of passkey cells: *within*, whose
+# answer needs nothing 64 or more back, and *beyond*, whose answer needs something that far; a seed is judged
+# only where its plain reading finds at least JUDGED_FROM of the beyond cells' keys.
+NOPE_KEEPS, NOPE_DROPS, JUDGED_FROM = 0.8, 0.2, 0.5
+WINDOWED_PREDICTIONS = {
+    "the NoPE layers carry it": f"nope-mask keeps less than {NOPE_DROPS:.0%} of the plain exact match on the beyond"
+                                f" cells in every judged seed, and at least {NOPE_KEEPS:.0%} on the within cells",
+    "the windowed RoPE layers relay it": f"nope-mask keeps at least {NOPE_KEEPS:.0%} of the plain exact match on the"
+                                         f" beyond cells in every judged seed",
+    "neither alone": "anything between, or seeds that disagree: undecided",
+}
 # The Shakespeare loss (1 seed of each of plots/rope_break's runs): its prediction is that it cannot decide.
 # The loss needs only the last 2-10 characters (plots/encodings, the attention distances), so every reading
 # that hides the far keys or makes them harmless repairs it under all three hypotheses: truncation (the

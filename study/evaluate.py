@@ -48,6 +48,8 @@ sliding window is not). Seeds of one variant are averaged (mean ± std over seed
                        sliding window row, which every run gets)
   mask, mask-sink      keys B or more back not attended in any layer (mask-sink: the first token kept)
   rope-mask            keys B or more back not attended in the RoPE layers of a RoPE/NoPE hybrid only
+  nope-mask            keys B or more back not attended in its NoPE layers only (a hybrid, windowed or not:
+                       whether the layers without position carry what lies far back)
   count-1, count-8     the clamp at B - 1 with only the K nearest keys beyond it in view (none: the K
                        nearest, unclamped); RoPE, T5 and none
   offset-2, offset-8   the clamp at B - 1 with the clamped keys' logits lowered by b (RoPE, T5)
@@ -93,11 +95,11 @@ SCALING_LABELS = {"linear": "PI", "ntk": "NTK", "dynamic-ntk": "dynamic NTK", "y
 # encoding), a clamp of the distance at w (RoPE as ReRoPE, T5 with the bucket of w), YaRN's ramp alone (RoPE)
 CLAMPS = (16, 32, 48, 56, 63)
 ABLATIONS = ("log-scale", *(f"clamp-{w}" for w in CLAMPS), "yarn-no-temperature", "truncate", "mask", "mask-sink",
-             "rope-mask", "count-1", "count-8", "offset-2", "offset-8", "temp-1.5", "temp-2")
+             "rope-mask", "nope-mask", "count-1", "count-8", "offset-2", "offset-8", "temp-1.5", "temp-2")
 READ_BY = ("rope", "t5", "none")  # the encodings the readings of the mechanism study apply to (besides log-scale)
 YARN_ALPHA, YARN_BETAS = 1.0, (32.0, 8.0)  # the paper's alpha and beta (set for Llama's 4096), and beta for 64
 MARKERS = {"none": "o", "linear": "s", "ntk": "^", "dynamic-ntk": "v", "sliding": "x", "log": "d", "clamp": "<",
-           "mask": ">", "rope": "p", "count": "h", "offset": "H", "temp": "*", "truncate": "X"}
+           "mask": ">", "rope": "p", "nope": "P", "count": "h", "offset": "H", "temp": "*", "truncate": "X"}
 YARN_MARKERS = ("D", "P", "*", "h")  # one per --yarn-beta
 DEFAULT_MULTIPLES = (1, 2, 4, 8)
 PANELS_PER_ROW = 4  # the length figure wraps: a study with many variants read with the ablations has many panels
@@ -214,6 +216,8 @@ def ablation_settings(name, encoding, block, hybrid=False, windowed=False):
         return {"attention_window": block, **({"attention_sink": True} if name == "mask-sink" else {})}
     if name == "rope-mask" and hybrid and not windowed:
         return {"rope_window": block}
+    if name == "nope-mask" and hybrid:
+        return {"nope_window": block}
     if kind == "count":
         return {**({"clamp_distance": block - 1} if clamps else {}), "attention_window": block + int(value)}
     if kind == "offset" and clamps:
@@ -273,6 +277,8 @@ def ablation_label(key, extra):
         return f"logits × {extra['logit_scale']:g}"
     if "rope_window" in extra:
         return f"keys ≥ {extra['rope_window']} back masked in RoPE layers"
+    if "nope_window" in extra:
+        return f"keys ≥ {extra['nope_window']} back masked in NoPE layers"
     clamp = f"clamp at {extra['clamp_distance']}" if "clamp_distance" in extra else None
     if "attention_window" in extra:
         w = extra["attention_window"]
@@ -534,7 +540,7 @@ METHOD_COLORS = {"none": "tab:blue", "linear": "tab:red", "ntk": "tab:green", "d
                  "yarn": ("tab:purple", "tab:brown", "tab:pink", "tab:cyan"), "sliding": "black"}
 ABLATION_COLORS = {"log-scale": "tab:orange", "clamp-16": "tab:olive", "clamp-32": "tab:cyan", "clamp-48": "tab:blue",
                    "clamp-56": "tab:purple", "clamp-63": "tab:gray", "mask": "tab:green", "mask-sink": "tab:red",
-                   "rope-mask": "tab:brown", "count-1": "gold", "count-8": "darkkhaki", "offset-2": "navy",
+                   "rope-mask": "tab:brown", "nope-mask": "sienna", "count-1": "gold", "count-8": "darkkhaki", "offset-2": "navy",
                    "offset-8": "teal", "temp-1.5": "magenta", "temp-2": "crimson", "truncate": "black"}  # (YaRN's: dashed)
 
 

@@ -42,6 +42,17 @@ def test_a_rope_layer_sees_w_keys_back_and_a_nope_layer_sees_all():
         assert (far == 0.0) if rope else (far > 0.0), layer  # distance w: outside it (exactly) in RoPE layers only
 
 
+def test_a_nope_window_masks_the_nope_layers_only_and_keeps_a_trained_rope_window():
+    w, T = 4, 12
+    for rope_window, rope_far in ((0, True), (3, False)):  # a plain hybrid, and a windowed one read so
+        model = sharp(GPT(GPTConfig(**SMALL, nope_every=2, rope_window=rope_window, nope_window=w), seed=0))
+        for layer, rope in ((0, True), (1, False), (2, True), (3, False)):
+            far = last_query_moves(model, layer, T - 1 - w)  # distance w: beyond the NoPE layers' window
+            assert (far > 0.0) == (rope and rope_far), (rope_window, layer)
+            if not rope:
+                assert last_query_moves(model, layer, T - w) > 0.0, layer  # distance w - 1: in view
+
+
 def test_an_attention_window_acts_in_every_layer_and_a_sink_keeps_the_first_token():
     w, T = 3, 12
     for enc in ("rope", "none", "alibi", "t5"):
@@ -105,7 +116,9 @@ def test_a_window_as_long_as_the_block_is_plain_rope():
     (dict(attention_sink=True), "attention_sink keeps the first token in view of attention_window"),
     (dict(clamp_offset=2.0), "clamp_offset lowers the clamped keys' logits by b >= 0: it needs clamp_distance"),
     (dict(clamp_distance=4, clamp_offset=-1.0), "it needs clamp_distance"),
-    (dict(logit_scale=0.0), "logit_scale must be positive")])
+    (dict(logit_scale=0.0), "logit_scale must be positive"),
+    (dict(nope_window=8), "nope_window masks the NoPE layers of a RoPE/NoPE hybrid: set nope_every too"),
+    (dict(nope_every=2, nope_window=-1), "a window is 1 or more keys")])
 def test_meaningless_window_and_reading_settings_are_refused(settings, message):
     with pytest.raises(ValueError, match=message):
         GPTConfig(**{**SMALL, **settings})
@@ -163,3 +176,8 @@ def test_a_windowed_run_is_read_without_the_readings_its_window_makes_meaningles
     assert ablation_settings("count-8", "rope", 64, hybrid=True, windowed=True) == {"attention_window": 72}
     assert ablation_settings("mask", "rope", 64, windowed=True) == {"attention_window": 64}
     assert ablation_settings("truncate", "rope", 64, windowed=True) == {"truncate": 64}
+    # the NoPE layers' far keys are masked in any hybrid, windowed or not; a model without NoPE layers has none
+    assert ablation_settings("nope-mask", "rope", 64, hybrid=True) == {"nope_window": 64}
+    assert ablation_settings("nope-mask", "rope", 64, hybrid=True, windowed=True) == {"nope_window": 64}
+    assert ablation_settings("nope-mask", "rope", 64, windowed=True) is None
+    assert ablation_settings("nope-mask", "t5", 64) is None
