@@ -2,14 +2,15 @@
 Why RoPE cannot use what lies past its training length: the mechanism study's readings (study/studies.py)
 judged against the predictions fixed before any of them was read (study/ablations.py).
 
-  python -m study.mechanism --plots-dir plots/mechanism    # reads passkey/, copy/ and loss_readings/ there
+  python -m study.mechanism --plots-dir plots/mechanism    # reads passkey/, copy/, windowed/, loss_readings/
 
 Reads the retrieval.json that study.compare wrote for each task (the runs read with every reading and their
-far-key attention mass) and the extrapolation.json of the loss readings (loss_readings/, seed 1337), and
-writes <plots-dir>/mechanism.md (the hypotheses and predictions; per task and reading the near cells and all
-cells, seed by seed, the far-key mass and each reading's outcome; the verdicts; the loss), far_mass.md (the
-far-key mass per layer and head) and mechanism.png (the near cells' exact match per reading, seeds as dots).
-It measures nothing.
+far-key attention mass) and for the windowed hybrids (windowed/, read with nope-mask), and the
+extrapolation.json of the loss readings (loss_readings/, seed 1337), and writes <plots-dir>/mechanism.md (the
+hypotheses and predictions; per task and reading the near cells and all cells, seed by seed, the far-key mass
+and each reading's outcome; the verdicts; which layers carry the far key in the windowed hybrids; the loss),
+far_mass.md (the far-key mass per layer and head) and mechanism.png (the near cells' exact match per reading,
+seeds as dots). It measures nothing.
 
 A cell's outcome, as study/ablations.py defines it: a reading restores a cell of one seed at one length when
 its exact match there is at least RESTORE of the plain reading's at the training length on the same cell in
@@ -29,8 +30,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from common import ArgumentParser, UserError, command_line, read_json, run_cli, write_text  # noqa: E402
-from study.ablations import (FAILS, HYPOTHESES, LOSS_PREDICTION, RESTORE, RESTORES, TASK_OUTCOMES,  # noqa: E402
-                             TASK_PREDICTIONS, per_seed, repairs, variant_table)
+from study.ablations import (FAILS, HYPOTHESES, JUDGED_FROM, LOSS_PREDICTION, NOPE_DROPS, NOPE_KEEPS,  # noqa: E402
+                             RESTORE, RESTORES, TASK_OUTCOMES, TASK_PREDICTIONS, WINDOWED_PREDICTIONS, per_seed,
+                             repairs, variant_table)
 from study.flags import add_plots_dir_flag  # noqa: E402
 from study.plot import save  # noqa: E402
 from study.retrieval import cell_accuracy, headline_cells, near_cells  # noqa: E402
@@ -85,13 +87,19 @@ def outcome(results, row, plain, length):
     return verdict, "/".join(map(str, restored.sum(1))) + f" of {cells.sum()}" if verdict == "mixed" else ""
 
 
-def pooled_exact(row, length, cells):
-    """Each seed's exact match (%) pooled over `cells` at `length`, '100/98/95'; n/a where not read."""
+def seed_exact(row, length, cells):
+    """Each seed's exact match (a share) pooled over `cells` at `length`; None where not read."""
     got = row["results"].get(str(length))
     if got is None or isinstance(got, str) or not cells.any():
-        return "n/a"
-    c = np.array(got, dtype=float)[:, cells].sum(1)
-    return "/".join(f"{100 * r / t:.0f}" for r, t in c)
+        return None
+    right, total = np.array(got, dtype=float)[:, cells].sum(1).T
+    return right / total
+
+
+def pooled_exact(row, length, cells):
+    """Each seed's exact match (%) pooled over `cells` at `length`, '100/98/95'; n/a where not read."""
+    shares = seed_exact(row, length, cells)
+    return "n/a" if shares is None else "/".join(f"{100 * x:.0f}" for x in shares)
 
 
 def far_mass(row, length, over="near"):
@@ -267,7 +275,60 @@ def loss_section(results):
     return [f"The prediction, fixed before these readings: {LOSS_PREDICTION}. It {verdict}.{quiet}", *lines]
 
 
-def report(tasks, loss, command):
+def within_beyond(results, length):
+    """The passkey cells at `length` whose answer needs nothing the training length or more back (within) and
+    those whose answer needs something that far (beyond); a cell whose answer lies exactly at it is in neither."""
+    block = results["block_size"]
+    need = np.array([needed_distance(results["task"], c, length) for c in results["cells"]])
+    return need < block, need > block
+
+
+def nope_outcome(plain, masked):
+    """nope-mask's outcome at one length by WINDOWED_PREDICTIONS, from each seed's exact match (shares) read
+    plainly and masked on the within and beyond cells: (outcome, the seeds judged)."""
+    judged = plain["beyond"] >= JUDGED_FROM
+    if not judged.any():
+        return f"not judged (plain finds less than {JUDGED_FROM:.0%} beyond)", 0
+    kept = masked["beyond"][judged] / plain["beyond"][judged]
+    near = masked["within"][judged] >= NOPE_KEEPS * plain["within"][judged] - 1e-9
+    if (kept < NOPE_DROPS).all() and near.all():
+        return "the NoPE layers carry it", judged.sum()
+    if (kept >= NOPE_KEEPS - 1e-9).all():
+        return "the windowed RoPE layers relay it", judged.sum()
+    return "undecided", judged.sum()
+
+
+def windowed_section(results):
+    """The windowed hybrids read with nope-mask: per variant and length past the training length, the within
+    and beyond cells plainly and masked, seed by seed, and the outcome."""
+    block = results["block_size"]
+    lines = ["| variant | length | within: plain | within: nope-mask | beyond: plain | beyond: nope-mask | outcome"
+             " (seeds judged) |", "|---|---:|---|---|---|---|---|"]
+    for variant, rows in by_variant(results).items():
+        if "nope-mask" not in rows:
+            continue
+        for L in (int(x) for x in results["lengths"] if int(x) > block):
+            cells = dict(zip(("within", "beyond"), within_beyond(results, L)))
+            shares = {r: {g: seed_exact(rows[m], L, c) for g, c in cells.items()}
+                      for r, m in (("plain", "none"), ("masked", "nope-mask"))}
+            if any(v is None for got in shares.values() for v in got.values()):
+                continue
+            verdict, seeds = nope_outcome(shares["plain"], shares["masked"])
+            text = {f"{g}: {r}": "/".join(f"{100 * x:.0f}" for x in shares[k][g])
+                    for g in cells for r, k in (("plain", "plain"), ("nope-mask", "masked"))}
+            lines.append(f"| {variant} | {L} ({L // block}x) | {text['within: plain']} | {text['within: nope-mask']} |"
+                         f" {text['beyond: plain']} | {text['beyond: nope-mask']} | {verdict}"
+                         + (f" ({seeds})" if seeds else "") + " |")
+    return ["Does what lies far back reach the answer through the NoPE layers? The hybrids read with nope-mask:"
+            f" keys {block} or more back hidden from their NoPE layers too (a windowed hybrid's RoPE layers already"
+            f" see only their window). Exact match (%) seed by seed on the passkey cells whose answer needs nothing"
+            f" {block} or more back (*within*) and those whose answer needs something that far (*beyond*). The"
+            " predictions, fixed before this reading:", "",
+            *(f"- **{k}**: {v}." for k, v in WINDOWED_PREDICTIONS.items()), "",
+            f"A seed is judged where its plain reading finds at least {JUDGED_FROM:.0%} beyond.", "", "\n".join(lines)]
+
+
+def report(tasks, loss, command, windowed=None):
     """mechanism.md's text."""
     out = [
         "# Why RoPE cannot use what lies past its training length: the readings, seed by seed",
@@ -314,6 +375,8 @@ def report(tasks, loss, command):
                 f" {block} or more back at the near cells' answer positions, mean over seeds (per head:"
                 f" [far_mass.md](far_mass.md)); – where nothing is that far or it was not measured.",
                 "", task_table(results)]
+    if windowed is not None and any(r["method"] == "nope-mask" for r in windowed["rows"]):
+        out += ["", "## The windowed hybrids: which layers carry the far key", "", *windowed_section(windowed)]
     if loss is not None:
         out += ["", "## The Shakespeare loss", "", *loss_section(loss)]
     return "\n".join(out) + "\n"
@@ -395,7 +458,9 @@ def main():
                         f" mechanism first")
     loss_path = plots / "loss_readings" / "extrapolation.json"
     loss = read_json(loss_path, "rerun the study") if loss_path.exists() else None
-    text = report(tasks, loss, command_line())
+    windowed_path = plots / "windowed" / "retrieval.json"
+    windowed = read_json(windowed_path, "rerun the study") if windowed_path.exists() else None
+    text = report(tasks, loss, command_line(), windowed)
     write_text(plots / "mechanism.md", text)
     write_text(plots / "far_mass.md", far_mass_tables(tasks))
     plot(tasks, plots / "mechanism.png")

@@ -35,16 +35,16 @@ TASK_ENCODINGS = "all," + DESIGNS
 # Why RoPE cannot use what lies past its training length (study.mechanism; the predictions in study/ablations.py):
 # the passkey runs of RoPE, both hybrids, none and T5 read with every reading that separates the explanations
 # (where it applies: none has no distance to clamp) and their far-key attention mass; the windowed hybrid current
-# models use (RoPE layers in a sliding window of 32, NoPE layers global: RNoPE-SWA) and RoPE windowed alone (the
-# control without NoPE layers) trained on the passkey and read plainly beside RoPE and the plain hybrid; the
-# Shakespeare loss read likewise (truncation is the sliding-window row every run gets). Not yet read (all of one
-# run's readings at 64, 128 and 256 together cost 15-25 min on one core): the copy task; the windowed hybrid k = 4
-# on the tasks (trained on Shakespeare).
+# models use (RoPE layers in a sliding window of 32, NoPE layers global: RNoPE-SWA) with NoPE every 2 and every 4
+# layers, and RoPE windowed alone (the control without NoPE layers), trained on the passkey and read plainly beside
+# RoPE and the plain hybrid, the hybrids also with their NoPE layers' far keys masked (nope-mask); the Shakespeare
+# loss read likewise (truncation is the sliding-window row every run gets). Not yet read (all of one run's readings
+# at 64, 128 and 256 together cost 15-25 min on one core): the copy task; the windowed variants on the copy.
 MECHANISM = ("truncate,mask,mask-sink,rope-mask,count-1,count-8,clamp-16,clamp-32,clamp-48,clamp-56,clamp-63,"
              "offset-2,offset-8,temp-1.5,temp-2")
 WINDOWED = "rope:nope_every=2:rope_window=32,rope:nope_every=4:rope_window=32,rope:rope_window=32"
 MECHANISM_RUNS = "rope,rope:nope_every=2,rope:nope_every=4,none,t5"
-WINDOWED_RUNS = "rope,rope:nope_every=2,rope:nope_every=2:rope_window=32,rope:rope_window=32"
+WINDOWED_RUNS = "rope,rope:nope_every=2," + WINDOWED
 BEST = "learning_rate=0.004:min_lr=0.0004"  # rope_break's best rate for RoPE, both hybrids and T5 (none: 0.002)
 LOSS_RUNS = ",".join(f"{v}:{BEST}" for v in ("rope", "rope:nope_every=2", "rope:nope_every=4", "t5", *WINDOWED.split(",")))
 LOSS_RUNS += ",none:learning_rate=0.002:min_lr=0.0002"
@@ -174,7 +174,8 @@ STUDIES = {
         " the windowed variants' val loss; 3 seeds",
         "plots/mechanism", SEEDS, mechanism_task("passkey"),
         (("compare", CPU, "--task", "passkey", "--pos-encodings", WINDOWED_RUNS, *task_budget("passkey"),
-          "--extrapolate", "--extrapolate-methods", "none", "--seeds", "{seeds}", "--plots-dir", "{plots_dir}/windowed"),
+          "--extrapolate", "--extrapolate-methods", "none", "--ablations", "nope-mask", "--seeds", "{seeds}",
+          "--plots-dir", "{plots_dir}/windowed"),
          ("compare", CPU, "--pos-encodings", LOSS_RUNS, "--seeds", "{seeds}", "--plots-dir", "{plots_dir}/loss"),
          ("compare", CPU, "--pos-encodings", LOSS_RUNS, "--seeds", "{first_seed}", "--extrapolate",
           "--extrapolate-methods", "none", "--ablations", LOSS_READINGS, "--plots-dir", "{plots_dir}/loss_readings"),

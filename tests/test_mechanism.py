@@ -6,7 +6,9 @@ import json
 
 from conftest import ROOT, run
 from study.ablations import HYPOTHESES
-from study.mechanism import counted, needed_distance, outcome, verdicts
+import numpy as np
+
+from study.mechanism import counted, needed_distance, nope_outcome, outcome, verdicts, within_beyond
 
 CELLS = ["string of 8", "string of 16", "string of 32", "string of 64", "string of 128"]
 SEEDS = ["x/rope_seed1", "x/rope_seed2"]
@@ -78,6 +80,28 @@ def test_the_verdicts_follow_the_predictions():
     assert set(got) == set(HYPOTHESES)
 
 
+def test_within_and_beyond_split_the_passkey_cells_at_the_training_length():
+    depths = [f"depth {d / 10:g}" for d in range(11)]
+    r = {"task": "passkey", "block_size": 64, "cells": depths}
+    within, beyond = within_beyond(r, 128)  # room 116: depth 0.5 needs 65 characters back, 0.6 needs 53
+    assert beyond.tolist() == [True] * 6 + [False] * 5 and within.tolist() == [False] * 6 + [True] * 5
+    assert within_beyond(r, 64)[0].all()  # at the training length every answer lies within it
+
+
+def test_nope_mask_outcomes_follow_the_windowed_predictions():
+    def shares(within, beyond):
+        return {"within": np.array(within), "beyond": np.array(beyond)}
+    plain = shares([1.0, 0.9], [0.9, 0.95])
+    assert nope_outcome(plain, shares([0.95, 0.8], [0.05, 0.18])) == ("the NoPE layers carry it", 2)
+    assert nope_outcome(plain, shares([1.0, 0.9], [0.72, 0.9])) == ("the windowed RoPE layers relay it", 2)
+    assert nope_outcome(plain, shares([1.0, 0.9], [0.05, 0.9]))[0] == "undecided"  # the seeds disagree
+    assert nope_outcome(plain, shares([0.5, 0.9], [0.0, 0.0]))[0] == "undecided"  # the near cells fall too
+    # a seed whose plain reading finds less than half beyond is not judged
+    assert nope_outcome(shares([1.0, 1.0], [0.9, 0.3]), shares([1.0, 1.0], [0.0, 0.3])) == (
+        "the NoPE layers carry it", 1)
+    assert nope_outcome(shares([1.0, 1.0], [0.1, 0.3]), shares([1.0, 1.0], [0.0, 0.0]))[0].startswith("not judged")
+
+
 def test_the_report_and_figure_are_written_from_the_json(tmp_path):
     r = results(PLAIN, row("truncate", **everywhere([100, 100], [100, 100])), row("clamp-63", **everywhere([0, 0], [0, 0])))
     for task in ("copy",):
@@ -94,7 +118,8 @@ def test_the_report_and_figure_are_written_from_the_json(tmp_path):
 
 def test_the_committed_mechanism_tables_regenerate_from_their_json(tmp_path):
     committed = ROOT / "plots" / "mechanism"
-    for name in ("passkey/retrieval.json", "copy/retrieval.json", "loss_readings/extrapolation.json"):
+    for name in ("passkey/retrieval.json", "copy/retrieval.json", "windowed/retrieval.json",
+                 "loss_readings/extrapolation.json"):
         if (committed / name).exists():
             (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
             (tmp_path / name).write_text((committed / name).read_text())
