@@ -277,10 +277,10 @@ def loss_section(results):
 
 def within_beyond(results, length):
     """The passkey cells at `length` whose answer needs nothing the training length or more back (within) and
-    those whose answer needs something that far (beyond); a cell whose answer lies exactly at it is in neither."""
+    those whose answer needs something that far (beyond), by needed_distance."""
     block = results["block_size"]
     need = np.array([needed_distance(results["task"], c, length) for c in results["cells"]])
-    return need < block, need > block
+    return need < block, need >= block
 
 
 def nope_outcome(plain, masked):
