@@ -233,8 +233,8 @@ def test_the_recall_pilots_records_give_the_control_their_readme_quotes(tmp_path
     assert f"RoPE at step {rope[0]}, {rope[1]} and {rope[2]}" in code["tasks.py"]
 
 
-# the mechanism study's task commands (study/studies.py), each with the runs it reuses from records/<config>-passkey,
-# whose retrieval.json keep every reading's counts and far-key mass
+# the mechanism study's task commands (study/studies.py), each with the runs it reuses from records/ (the folder of
+# its --out-dir below out/, then <config>-<task>), whose retrieval.json keep every reading's counts and far-key mass
 MECHANISM_RECORDED = {"passkey": 15, "windowed": 15}
 
 
@@ -243,9 +243,11 @@ def test_the_mechanism_study_s_task_tables_regenerate_from_the_records(folder, t
     commands = [c for c in STUDIES["mechanism"].commands(plots_dir="plots") if f"plots/{folder}" in c]
     (module, *flags), = commands
     prepare_data(tmp_path)
-    shutil.copytree(ROOT / "records" / "shakespeare_char_cpu-passkey", tmp_path / "out" / "shakespeare_char_cpu-passkey")
-    flags = rooted(flags)
-    proc = run(module, *flags, "--data-dir", "data", "--out-dir", "out", cwd=tmp_path)
+    out = flags[flags.index("--out-dir") + 1] if "--out-dir" in flags else "out"
+    group = Path(out).relative_to("out") / f"shakespeare_char_cpu-{flags[flags.index('--task') + 1]}"
+    shutil.copytree(ROOT / "records" / group, tmp_path / "out" / group)
+    flags = rooted(flags) + ([] if "--out-dir" in flags else ["--out-dir", "out"])
+    proc = run(module, *flags, "--data-dir", "data", cwd=tmp_path)
     assert proc.stdout.count("finished earlier, reusing it") == MECHANISM_RECORDED[folder]
     committed = ROOT / "plots" / "mechanism" / folder / "retrieval.md"
     assert (tmp_path / "plots" / folder / "retrieval.md").read_text() == committed.read_text()
