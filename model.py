@@ -15,7 +15,8 @@ the hook(s) it needs (`pos` is a Python range of the tokens' absolute positions)
   scores(q, k, q_pos, k_pos) the q.k products themselves, where they are no single rotation of q and
                              k (RoPE with clamp_distance; it sets scores_itself), written-out attention
   window(layer)              the keys a layer's queries may see, distances 0 .. w - 1 (RoPE with
-                             rope_window: a sliding window in its RoPE layers)
+                             rope_window: a sliding window in its RoPE layers; nope_window, a
+                             reading: in a hybrid's NoPE layers)
 and an encoding with parameters that must not start from the model's random
 initialisation (FIRE's c and L) sets them in init_weights(generator). An encoding that
 leaves some layers without position (a RoPE/NoPE hybrid) says which in acts_on(layer):
@@ -550,8 +551,9 @@ class CausalSelfAttention(nn.Module):
     def windowed(self, bias, pos_enc, pos, Tk, device):
         """The bias with the keys outside this layer's windows masked too (attention_window, whose first
         token attention_sink keeps in view, and the encoding's own: RoPE's rope_window in its RoPE
-        layers, which a reading's sink does not open): an explicit bias holding the causal mask, where
-        `bias` may be None for plain causal attention. Unchanged without a window."""
+        layers and nope_window in its NoPE layers, which a reading's sink does not open): an explicit
+        bias holding the causal mask, where `bias` may be None for plain causal attention. Unchanged
+        without a window."""
         own = pos_enc.window(self.layer)
         if not (self.attention_window or own):
             return bias

@@ -48,8 +48,8 @@ sliding window is not). Seeds of one variant are averaged (mean ± std over seed
                        sliding window row, which every run gets)
   mask, mask-sink      keys B or more back not attended in any layer (mask-sink: the first token kept)
   rope-mask            keys B or more back not attended in the RoPE layers of a RoPE/NoPE hybrid only
-  nope-mask            keys B or more back not attended in its NoPE layers only (a hybrid, windowed or not:
-                       whether the layers without position carry what lies far back)
+  nope-mask            keys B or more back not attended in a RoPE/NoPE hybrid's NoPE layers only (windowed
+                       or not: whether the layers without position carry what lies far back)
   count-1, count-8     the clamp at B - 1 with only the K nearest keys beyond it in view (none: the K
                        nearest, unclamped); RoPE, T5 and none
   offset-2, offset-8   the clamp at B - 1 with the clamped keys' logits lowered by b (RoPE, T5)
@@ -540,8 +540,9 @@ METHOD_COLORS = {"none": "tab:blue", "linear": "tab:red", "ntk": "tab:green", "d
                  "yarn": ("tab:purple", "tab:brown", "tab:pink", "tab:cyan"), "sliding": "black"}
 ABLATION_COLORS = {"log-scale": "tab:orange", "clamp-16": "tab:olive", "clamp-32": "tab:cyan", "clamp-48": "tab:blue",
                    "clamp-56": "tab:purple", "clamp-63": "tab:gray", "mask": "tab:green", "mask-sink": "tab:red",
-                   "rope-mask": "tab:brown", "nope-mask": "sienna", "count-1": "gold", "count-8": "darkkhaki", "offset-2": "navy",
-                   "offset-8": "teal", "temp-1.5": "magenta", "temp-2": "crimson", "truncate": "black"}  # (YaRN's: dashed)
+                   "rope-mask": "tab:brown", "nope-mask": "sienna", "count-1": "gold", "count-8": "darkkhaki",
+                   "offset-2": "navy", "offset-8": "teal", "temp-1.5": "magenta", "temp-2": "crimson",
+                   "truncate": "black"}  # (YaRN's: dashed)
 
 
 def row_styles(results):

@@ -122,10 +122,14 @@ def by_variant(results):
     return {names[key]: rows for key, rows in out.items()}
 
 
+def windowed(rows):
+    """Whether a variant was trained with rope_window (its runs' folder names carry their settings)."""
+    return "rope_window=" in Path(rows["none"]["runs"][0]).name
+
+
 def judged(rows):
     """Whether the predictions are about this variant: RoPE (hybrids included, not the windowed ones) and T5."""
-    plain = rows["none"]
-    return plain["encoding"] in ("rope", "t5") and "window" not in plain["label"]
+    return rows["none"]["encoding"] in ("rope", "t5") and not windowed(rows)
 
 
 def prediction_keys(key):
@@ -286,21 +290,23 @@ def within_beyond(results, length):
 def nope_outcome(plain, masked):
     """nope-mask's outcome at one length by WINDOWED_PREDICTIONS, from each seed's exact match (shares) read
     plainly and masked on the within and beyond cells: (outcome, the seeds judged)."""
+    carry, relay, neither = WINDOWED_PREDICTIONS  # the outcomes, named as the predictions name them
     judged = plain["beyond"] >= JUDGED_FROM
     if not judged.any():
         return f"not judged (plain finds less than {JUDGED_FROM:.0%} beyond)", 0
     kept = masked["beyond"][judged] / plain["beyond"][judged]
     near = masked["within"][judged] >= NOPE_KEEPS * plain["within"][judged] - 1e-9
     if (kept < NOPE_DROPS).all() and near.all():
-        return "the NoPE layers carry it", judged.sum()
+        return carry, judged.sum()
     if (kept >= NOPE_KEEPS - 1e-9).all():
-        return "the windowed RoPE layers relay it", judged.sum()
-    return "undecided", judged.sum()
+        return relay, judged.sum()
+    return neither, judged.sum()
 
 
 def windowed_section(results):
-    """The windowed hybrids read with nope-mask: per variant and length past the training length, the within
-    and beyond cells plainly and masked, seed by seed, and the outcome."""
+    """The hybrids read with nope-mask: per variant and length past the training length, the within and beyond
+    cells plainly and masked, seed by seed, and for the windowed ones the outcome (the predictions are theirs: a
+    plain hybrid's RoPE layers see every key)."""
     block = results["block_size"]
     lines = ["| variant | length | within: plain | within: nope-mask | beyond: plain | beyond: nope-mask | outcome"
              " (seeds judged) |", "|---|---:|---|---|---|---|---|"]
@@ -309,15 +315,13 @@ def windowed_section(results):
             continue
         for L in (int(x) for x in results["lengths"] if int(x) > block):
             cells = dict(zip(("within", "beyond"), within_beyond(results, L)))
-            shares = {r: {g: seed_exact(rows[m], L, c) for g, c in cells.items()}
-                      for r, m in (("plain", "none"), ("masked", "nope-mask"))}
+            shares = {m: {g: seed_exact(rows[m], L, c) for g, c in cells.items()} for m in ("none", "nope-mask")}
             if any(v is None for got in shares.values() for v in got.values()):
                 continue
-            verdict, seeds = nope_outcome(shares["plain"], shares["masked"])
-            text = {f"{g}: {r}": "/".join(f"{100 * x:.0f}" for x in shares[k][g])
-                    for g in cells for r, k in (("plain", "plain"), ("nope-mask", "masked"))}
-            lines.append(f"| {variant} | {L} ({L // block}x) | {text['within: plain']} | {text['within: nope-mask']} |"
-                         f" {text['beyond: plain']} | {text['beyond: nope-mask']} | {verdict}"
+            verdict, seeds = nope_outcome(shares["none"], shares["nope-mask"]) if windowed(rows) else \
+                ("not judged (not windowed)", 0)
+            text = [pooled_exact(rows[m], L, cells[g]) for g in cells for m in shares]
+            lines.append(f"| {variant} | {L} ({L // block}x) | " + " | ".join(text) + f" | {verdict}"
                          + (f" ({seeds})" if seeds else "") + " |")
     return ["Does what lies far back reach the answer through the NoPE layers? The hybrids read with nope-mask:"
             f" keys {block} or more back hidden from their NoPE layers too (a windowed hybrid's RoPE layers already"
@@ -419,12 +423,13 @@ def plot(tasks, path):
             ax.axvspan(0, RESTORE * np.mean([float(x) for x in plain.split("/")]) / 100, color="0.92", zorder=0)
             for y, method in enumerate(methods):
                 for m, marker, color, dy in MARKERS:
-                    text = pooled_exact(rows[method], m * block, counted(results, method, m * block)) \
-                        if method in rows else "n/a"
-                    if text != "n/a":
-                        xs = [float(x) / 100 for x in text.split("/")]
-                        # each seed a little lower than the one before: seeds that agree stay apart
-                        ys = [y + dy + SEED_STEP * (i - (len(xs) - 1) / 2) for i in range(len(xs))]
+                    xs = seed_exact(rows[method], m * block, counted(results, method, m * block)) \
+                        if method in rows else None
+                    if xs is not None:
+                        # each seed a little lower than the one before: seeds that agree stay apart (3 seeds
+                        # span 2 * SEED_STEP; more share that span)
+                        step = SEED_STEP * 2 / max(2, len(xs) - 1)
+                        ys = [y + dy + step * (i - (len(xs) - 1) / 2) for i in range(len(xs))]
                         ax.scatter(xs, ys, marker=marker, color=color, s=10, alpha=0.75)
             ax.set_yticks(range(len(methods)), [SHORT.get(m, m) for m in methods] if c == 0 else [], fontsize=7)
             ax.set_ylim(len(methods) - 0.5, -0.5)
@@ -440,15 +445,17 @@ def plot(tasks, path):
     fig.legend(handles=handles, loc="lower center", ncol=len(MARKERS), fontsize=8, frameon=False)
     near = {"passkey": "the passkey at depths 0.8-1", "copy": "the copy's strings of 8 and 16"}
     fig.suptitle(textwrap.fill(f"Near cells' exact match per reading ({', '.join(near[t] for t in tasks)}), each seed"
-                               f" a dot, seeds in order from the top; grey: below 80% of the plain reading at the training length; a clamp counts"
-                               f" only the cells whose answer lies within it", 90), fontsize=9)
+                               f" a dot, seeds in order from the top; grey: below 80% of the plain reading at the"
+                               f" training length; a clamp counts only the cells whose answer lies within it", 90),
+                 fontsize=9)
     fig.tight_layout(rect=(0, 0.03, 1, 0.97))
     save(fig, path)
 
 
 def main():
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_plots_dir_flag(parser, "mechanism.md, far_mass.md and mechanism.png (from passkey/, copy/ and loss_readings/ there)")
+    add_plots_dir_flag(parser, "mechanism.md, far_mass.md and mechanism.png (from passkey/, copy/, windowed/ and"
+                               " loss_readings/ there)")
     args = parser.parse_args()
     plots = Path(args.plots_dir)
     tasks = {t: read_json(plots / t / "retrieval.json", "run the mechanism study first (python -m study mechanism)")

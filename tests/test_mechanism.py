@@ -3,11 +3,10 @@ the verdicts the predictions give, on hand-made counts whose answers are known."
 
 import json
 
-
-from conftest import ROOT, run
-from study.ablations import HYPOTHESES
 import numpy as np
 
+from conftest import ROOT, run
+from study.ablations import HYPOTHESES, WINDOWED_PREDICTIONS
 from study.mechanism import counted, needed_distance, nope_outcome, outcome, verdicts, within_beyond
 
 CELLS = ["string of 8", "string of 16", "string of 32", "string of 64", "string of 128"]
@@ -91,11 +90,16 @@ def test_within_and_beyond_split_the_passkey_cells_at_the_training_length():
 def test_nope_mask_outcomes_follow_the_windowed_predictions():
     def shares(within, beyond):
         return {"within": np.array(within), "beyond": np.array(beyond)}
+    carry, relay, neither = WINDOWED_PREDICTIONS
     plain = shares([1.0, 0.9], [0.9, 0.95])
-    assert nope_outcome(plain, shares([0.95, 0.8], [0.05, 0.18])) == ("the NoPE layers carry it", 2)
-    assert nope_outcome(plain, shares([1.0, 0.9], [0.72, 0.9])) == ("the windowed RoPE layers relay it", 2)
-    assert nope_outcome(plain, shares([1.0, 0.9], [0.05, 0.9]))[0] == "undecided"  # the seeds disagree
-    assert nope_outcome(plain, shares([0.5, 0.9], [0.0, 0.0]))[0] == "undecided"  # the near cells fall too
+    # at the edges: 20% of 0.9 is 0.18 (kept below it: carried), 80% of 0.9 is 0.72 (kept at it: within holds,
+    # and relayed)
+    assert nope_outcome(plain, shares([0.95, 0.72], [0.05, 0.189])) == (carry, 2)
+    assert nope_outcome(plain, shares([0.95, 0.8], [0.05, 0.19]))[0] == neither  # 0.19 is 20% of 0.95
+    assert nope_outcome(plain, shares([0.95, 0.71], [0.05, 0.1]))[0] == neither  # within below 80%
+    assert nope_outcome(plain, shares([1.0, 0.9], [0.72, 0.9])) == (relay, 2)
+    assert nope_outcome(plain, shares([1.0, 0.9], [0.71, 0.9]))[0] == neither
+    assert nope_outcome(plain, shares([1.0, 0.9], [0.05, 0.9]))[0] == neither  # the seeds disagree
     # a seed whose plain reading finds less than half beyond is not judged
     assert nope_outcome(shares([1.0, 1.0], [0.9, 0.3]), shares([1.0, 1.0], [0.0, 0.3])) == (
         "the NoPE layers carry it", 1)

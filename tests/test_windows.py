@@ -88,7 +88,8 @@ def test_the_window_mask_is_its_definition():
 
 
 @pytest.mark.parametrize("settings", [dict(nope_every=2, rope_window=4), dict(rope_window=4),
-                                      dict(pos_encoding="none", attention_window=5, attention_sink=True)])
+                                      dict(pos_encoding="none", attention_window=5, attention_sink=True),
+                                      dict(nope_every=2, rope_window=3, nope_window=5)])
 def test_windowed_models_are_causal_and_sample_the_same_with_a_kv_cache(settings):
     model = GPT(GPTConfig(**{**SMALL, **settings}), seed=0).eval()
     idx = torch.randint(0, 20, (2, 16), generator=torch.Generator().manual_seed(0))
