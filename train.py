@@ -150,7 +150,10 @@ class StopRequested:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print("\nCtrl-C: saving a checkpoint after this step (press again to abort without saving)", file=sys.stderr)
+        if sys.stderr.isatty():  # a hint for a person at a terminal: a pipe (a scheduler's log, a test, or
+            # study.compare stopping the runs beside one that failed) gets the error lines alone
+            print("\nCtrl-C: saving a checkpoint after this step (press again to abort without saving)",
+                  file=sys.stderr)
 
     def __exit__(self, *exc):
         signal.signal(signal.SIGINT, self.previous)
