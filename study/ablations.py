@@ -19,13 +19,12 @@ over the window is what breaks; the share of it an ablation closes is
 """
 
 import argparse
-import re
 from pathlib import Path
 
 from common import ArgumentParser, UserError, command_line, read_json, run_cli, write_text
 from study.evaluate import is_ablation_key, method_label, method_of, variant_of
 from study.flags import add_plots_dir_flag
-from study.runs import seed_of
+from study.runs import seed_of, variant_parts
 
 # Fixed before any Shakespeare run was read with an ablation (after the passkey study's exploratory
 # reading, where the two clamps disagree). A plain reading is *broken* at a length when it loses at
@@ -134,8 +133,7 @@ LOSS_PREDICTION = ("every reading that hides the far keys or neutralises them re
 
 def role_of(name):
     """Which of ROLES a variant's run name is, whatever its learning rate (else None)."""
-    parts = re.split(r"-(?=[a-z_]+=)", name)  # "rope-rope_fraction=0.25-lr=0.004" -> its settings
-    return ROLES.get("-".join(p for p in parts if not p.startswith(("lr=", "min_lr="))))
+    return ROLES.get("-".join(p for p in variant_parts(name) if not p.startswith(("lr=", "min_lr="))))
 
 
 def per_seed(results):

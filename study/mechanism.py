@@ -36,7 +36,7 @@ from study.ablations import (FAILS, HYPOTHESES, JUDGED_FROM, LOSS_PREDICTION, NO
 from study.flags import add_plots_dir_flag  # noqa: E402
 from study.plot import save  # noqa: E402
 from study.retrieval import cell_accuracy, headline_cells, near_cells  # noqa: E402
-from study.runs import seed_of  # noqa: E402
+from study.runs import seed_of, variant_parts  # noqa: E402
 from tasks import PASSKEY_DIGITS  # noqa: E402
 
 TASKS = ("passkey", "copy")
@@ -96,10 +96,14 @@ def seed_exact(row, length, cells):
     return right / total
 
 
+def percents(shares):
+    """Each seed's share as a whole percentage, '100/98/95'; n/a for None (not read)."""
+    return "n/a" if shares is None else "/".join(f"{100 * x:.0f}" for x in shares)
+
+
 def pooled_exact(row, length, cells):
     """Each seed's exact match (%) pooled over `cells` at `length`, '100/98/95'; n/a where not read."""
-    shares = seed_exact(row, length, cells)
-    return "n/a" if shares is None else "/".join(f"{100 * x:.0f}" for x in shares)
+    return percents(seed_exact(row, length, cells))
 
 
 def far_mass(row, length, over="near"):
@@ -124,7 +128,8 @@ def by_variant(results):
 
 def windowed(rows):
     """Whether a variant was trained with rope_window (its runs' folder names carry their settings)."""
-    return "rope_window=" in Path(rows["none"]["runs"][0]).name
+    name = Path(rows["none"]["runs"][0]).name.rsplit("_seed", 1)[0]
+    return any(part.startswith("rope_window=") for part in variant_parts(name)[1:])
 
 
 def judged(rows):
@@ -320,7 +325,7 @@ def windowed_section(results):
                 continue
             verdict, seeds = nope_outcome(shares["none"], shares["nope-mask"]) if windowed(rows) else \
                 ("not judged (not windowed)", 0)
-            text = [pooled_exact(rows[m], L, cells[g]) for g in cells for m in shares]
+            text = [percents(shares[m][g]) for g in cells for m in shares]
             lines.append(f"| {variant} | {L} ({L // block}x) | " + " | ".join(text) + f" | {verdict}"
                          + (f" ({seeds})" if seeds else "") + " |")
     return ["Does what lies far back reach the answer through the NoPE layers? The hybrids read with nope-mask:"
@@ -332,8 +337,8 @@ def windowed_section(results):
             f"A seed is judged where its plain reading finds at least {JUDGED_FROM:.0%} beyond.", "", "\n".join(lines)]
 
 
-def report(tasks, loss, command, windowed=None):
-    """mechanism.md's text."""
+def report(tasks, loss, command, nope_masked=None):
+    """mechanism.md's text; nope_masked: the windowed variants' retrieval.json, its hybrids read with nope-mask."""
     out = [
         "# Why RoPE cannot use what lies past its training length: the readings, seed by seed",
         "",
@@ -379,8 +384,8 @@ def report(tasks, loss, command, windowed=None):
                 f" {block} or more back at the near cells' answer positions, mean over seeds (per head:"
                 f" [far_mass.md](far_mass.md)); – where nothing is that far or it was not measured.",
                 "", task_table(results)]
-    if windowed is not None and any(r["method"] == "nope-mask" for r in windowed["rows"]):
-        out += ["", "## The windowed hybrids: which layers carry the far key", "", *windowed_section(windowed)]
+    if nope_masked is not None and any(r["method"] == "nope-mask" for r in nope_masked["rows"]):
+        out += ["", "## The windowed hybrids: which layers carry the far key", "", *windowed_section(nope_masked)]
     if loss is not None:
         out += ["", "## The Shakespeare loss", "", *loss_section(loss)]
     return "\n".join(out) + "\n"
@@ -465,9 +470,9 @@ def main():
                         f" mechanism first")
     loss_path = plots / "loss_readings" / "extrapolation.json"
     loss = read_json(loss_path, "rerun the study") if loss_path.exists() else None
-    windowed_path = plots / "windowed" / "retrieval.json"
-    windowed = read_json(windowed_path, "rerun the study") if windowed_path.exists() else None
-    text = report(tasks, loss, command_line(), windowed)
+    nope_path = plots / "windowed" / "retrieval.json"
+    nope_masked = read_json(nope_path, "rerun the study") if nope_path.exists() else None
+    text = report(tasks, loss, command_line(), nope_masked)
     write_text(plots / "mechanism.md", text)
     write_text(plots / "far_mass.md", far_mass_tables(tasks))
     plot(tasks, plots / "mechanism.png")

@@ -14,6 +14,7 @@ KEY a train.py setting with underscores: "rope", "sinusoidal:sinusoidal_scale=fa
 
 import json
 import math
+import re
 from pathlib import Path
 
 from common import UserError, load_checkpoint, read_json
@@ -108,6 +109,12 @@ def variant_name(encoding, overrides):
     """Directory-name part of a variant: 'rope', 'rope-lr=0.002', 'sinusoidal-sinusoidal_scale=false'."""
     parts = [f"{SHORT.get(k, k)}={format_value(v)}" for k, v in overrides.items() if shown(overrides, k)]
     return "-".join([encoding, *parts])
+
+
+def variant_parts(name):
+    """A variant's directory name (variant_name's) split into its encoding and its settings:
+    'rope-nope_every=2-lr=1e-05' -> ['rope', 'nope_every=2', 'lr=1e-05'] (a '-' inside a value stays)."""
+    return re.split(r"-(?=[a-z_]+=)", name)
 
 
 def seed_of(run_dir):

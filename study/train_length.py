@@ -39,7 +39,7 @@ from study.flags import add_plots_dir_flag  # noqa: E402
 from study.plot import save  # noqa: E402
 from study.report import run_still_improving  # noqa: E402
 from study.retrieval import headline_cells, pooled  # noqa: E402
-from study.runs import COLORS  # noqa: E402
+from study.runs import COLORS, variant_parts  # noqa: E402
 from study.studies import LENGTH_ENCODINGS, TASK_STEPS  # noqa: E402
 
 CONTROL = 0.95  # the positive control: final val exact match at the training length
@@ -387,7 +387,7 @@ def plot_lengths(found, task, path, ratio):
 def style(name):
     """(line style, marker) from a variant's settings (its name: encoding-setting=value-...), telling the RoPE
     family apart where it shares RoPE's colour."""
-    settings = {part.partition("=")[0] for part in name.split("-")[1:]}
+    settings = {part.partition("=")[0] for part in variant_parts(name)[1:]}
     if "rope_window" in settings:
         return ":", "^"
     return ("--", "s") if "nope_every" in settings else ("-", "o")

@@ -137,3 +137,5 @@ def test_line_style_follows_the_variants_settings_not_its_label():
     assert tl.style("rope-nope_every=4") == ("--", "s")
     assert tl.style("rope") == tl.style("alibi") == ("-", "o")
     assert tl.style("rope-rope_window=32") == (":", "^")
+    from study.runs import variant_parts
+    assert variant_parts("rope-nope_every=2-lr=1e-05") == ["rope", "nope_every=2", "lr=1e-05"]  # a '-' in a value
