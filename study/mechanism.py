@@ -217,13 +217,14 @@ def reading_name(row):
 
 
 def verdict_table(tasks):
-    lines = ["| task | variant | " + " | ".join(HYPOTHESES) + " |", "|---|---|" + "---|" * len(HYPOTHESES)]
+    lines = ["| task | variant | seeds | " + " | ".join(HYPOTHESES) + " |", "|---|---|---|" + "---|" * len(HYPOTHESES)]
     for task, results in tasks.items():
+        seeds = "/".join(seed_of(r) for r in results["rows"][0]["runs"])
         for variant, rows in by_variant(results).items():
             if not judged(rows):
                 continue
             v = verdicts(results, rows)
-            lines.append(f"| {task} | {variant} | " + " | ".join(
+            lines.append(f"| {task} | {variant} | {seeds} | " + " | ".join(
                 f"**{v[h][0]}**" + (f" ({v[h][1]})" if v[h][1] else "") for h in HYPOTHESES) + " |")
     return "\n".join(lines)
 
@@ -442,7 +443,8 @@ def plot(tasks, path):
             ax.tick_params(axis="x", labelsize=7)
             ax.grid(alpha=0.3, axis="x")
             ax.set_title(textwrap.fill(variant.replace("RoPE, RoPE/NoPE", "RoPE/NoPE"), 24), fontsize=8)
-        axes[r, 0].set_ylabel(task, fontsize=10)
+        seeds = [seed_of(run) for run in results["rows"][0]["runs"]]
+        axes[r, 0].set_ylabel(f"{task} (seed{'s' * (len(seeds) > 1)} {'/'.join(seeds)})", fontsize=10)
     for ax in axes[-1]:
         ax.set_xlabel("exact match", fontsize=7)
     handles = [plt.Line2D([], [], marker=mk, color=col, linestyle="none", label=f"{m}x the training length")

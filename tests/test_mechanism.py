@@ -113,7 +113,7 @@ def test_the_report_and_figure_are_written_from_the_json(tmp_path):
         (tmp_path / task / "retrieval.json").write_text(json.dumps(r))
     proc = run("study.mechanism", "--plots-dir", tmp_path)
     text = (tmp_path / "mechanism.md").read_text()
-    assert "| copy | RoPE | **refuted** (clamp-63 at 2x fails; clamp-63 at 4x fails) |" in text
+    assert "| copy | RoPE | 1/2 | **refuted** (clamp-63 at 2x fails; clamp-63 at 4x fails) |" in text
     assert "| RoPE | clamp-63 | 95/100 | 0/0 | 0/0 | fails | fails | 0/0 | 0/0 | – | – |" in text
     assert (tmp_path / "mechanism.png").read_bytes()[:4] == b"\x89PNG" and "wrote" in proc.stdout
     proc = run("study.mechanism", "--plots-dir", tmp_path / "none", check=False)
