@@ -2,10 +2,10 @@
 Why RoPE cannot use what lies past its training length: the mechanism study's readings (study/studies.py)
 judged against the predictions fixed before any of them was read (study/ablations.py).
 
-  python -m study.mechanism --plots-dir plots/mechanism    # reads passkey/, copy/, windowed/, loss_readings/
+  python -m study.mechanism --plots-dir plots/mechanism    # reads passkey/, copy/, windowed*/, loss_readings/
 
 Reads the retrieval.json that study.compare wrote for each task (the runs read with every reading and their
-far-key attention mass) and for the windowed hybrids (windowed/, read with nope-mask), and the
+far-key attention mass) and for the windowed hybrids (windowed/ and windowed_copy/, read with nope-mask), and the
 extrapolation.json of the loss readings (loss_readings/, seed 1337), and writes <plots-dir>/mechanism.md (the
 hypotheses and predictions; per task and reading the near cells and all cells, seed by seed, the far-key mass
 and each reading's outcome; the verdicts; which layers carry the far key in the windowed hybrids; the loss),
@@ -40,6 +40,7 @@ from study.runs import seed_of, variant_parts  # noqa: E402
 from tasks import PASSKEY_DIGITS  # noqa: E402
 
 TASKS = ("passkey", "copy")
+WINDOWED_FOLDERS = {"passkey": "windowed", "copy": "windowed_copy"}  # the windowed variants of each task
 JUDGED_AT = (2, 4)  # the multiples of the training length the predictions are for
 LOSS_READINGS = ("mask", "mask-sink", "rope-mask", "clamp-16", "clamp-32", "clamp-48", "clamp-56", "clamp-63")
 ORDER = ("none", "truncate", "mask", "mask-sink", "rope-mask", "clamp-16", "clamp-32", "clamp-48", "clamp-56",
@@ -331,15 +332,16 @@ def windowed_section(results):
                          + (f" ({seeds})" if seeds else "") + " |")
     return ["Does what lies far back reach the answer through the NoPE layers? The hybrids read with nope-mask:"
             f" keys {block} or more back hidden from their NoPE layers too (a windowed hybrid's RoPE layers already"
-            f" see only their window). Exact match (%) seed by seed on the passkey cells whose answer needs nothing"
+            f" see only their window). Exact match (%) seed by seed on the {results['task']} cells whose answer needs nothing"
             f" {block} or more back (*within*) and those whose answer needs something that far (*beyond*). The"
             " predictions, fixed before this reading:", "",
             *(f"- **{k}**: {v}." for k, v in WINDOWED_PREDICTIONS.items()), "",
             f"A seed is judged where its plain reading finds at least {JUDGED_FROM:.0%} beyond.", "", "\n".join(lines)]
 
 
-def report(tasks, loss, command, nope_masked=None):
-    """mechanism.md's text; nope_masked: the windowed variants' retrieval.json, its hybrids read with nope-mask."""
+def report(tasks, loss, command, nope_masked=()):
+    """mechanism.md's text; nope_masked: per task, the windowed variants' retrieval.json, its hybrids read with
+    nope-mask."""
     out = [
         "# Why RoPE cannot use what lies past its training length: the readings, seed by seed",
         "",
@@ -385,8 +387,10 @@ def report(tasks, loss, command, nope_masked=None):
                 f" {block} or more back at the near cells' answer positions, mean over seeds (per head:"
                 f" [far_mass.md](far_mass.md)); – where nothing is that far or it was not measured.",
                 "", task_table(results)]
-    if nope_masked is not None and any(r["method"] == "nope-mask" for r in nope_masked["rows"]):
-        out += ["", "## The windowed hybrids: which layers carry the far key", "", *windowed_section(nope_masked)]
+    for task, results in dict(nope_masked).items():
+        if any(r["method"] == "nope-mask" for r in results["rows"]):
+            out += ["", "## The windowed hybrids: which layers carry the far key" + (f" ({task})" if task != "passkey"
+                    else ""), "", *windowed_section(results)]
     if loss is not None:
         out += ["", "## The Shakespeare loss", "", *loss_section(loss)]
     return "\n".join(out) + "\n"
@@ -461,8 +465,8 @@ def plot(tasks, path):
 
 def main():
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_plots_dir_flag(parser, "mechanism.md, far_mass.md and mechanism.png (from passkey/, copy/, windowed/ and"
-                               " loss_readings/ there)")
+    add_plots_dir_flag(parser, "mechanism.md, far_mass.md and mechanism.png (from passkey/, copy/, windowed/,"
+                               " windowed_copy/ and loss_readings/ there)")
     args = parser.parse_args()
     plots = Path(args.plots_dir)
     tasks = {t: read_json(plots / t / "retrieval.json", "run the mechanism study first (python -m study mechanism)")
@@ -472,8 +476,8 @@ def main():
                         f" mechanism first")
     loss_path = plots / "loss_readings" / "extrapolation.json"
     loss = read_json(loss_path, "rerun the study") if loss_path.exists() else None
-    nope_path = plots / "windowed" / "retrieval.json"
-    nope_masked = read_json(nope_path, "rerun the study") if nope_path.exists() else None
+    nope_masked = {task: read_json(plots / folder / "retrieval.json", "rerun the study")
+                   for task, folder in WINDOWED_FOLDERS.items() if (plots / folder / "retrieval.json").exists()}
     text = report(tasks, loss, command_line(), nope_masked)
     write_text(plots / "mechanism.md", text)
     write_text(plots / "far_mass.md", far_mass_tables(tasks))

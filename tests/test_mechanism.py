@@ -120,10 +120,30 @@ def test_the_report_and_figure_are_written_from_the_json(tmp_path):
     assert proc.returncode == 2 and "run python -m study mechanism first" in proc.stderr
 
 
+def test_each_task_s_windowed_variants_get_their_own_nope_mask_section(tmp_path):
+    runs = ["x/rope-nope_every=2-rope_window=32_seed1", "x/rope-nope_every=2-rope_window=32_seed2"]
+
+    def windowed(method, **by_length):
+        return {**row(method, **by_length), "runs": runs, "label": "windowed k = 2" + (method != "none") * " + m"}
+    # the copy at 128: strings of 8, 16 and 32 lie within 64, the string of 64 (65 back) beyond
+    plain = windowed("none", L64=PLAIN["results"]["64"], L128=counts([100, 100, 100, 90, None], [100, 100, 90, 80, None]))
+    masked = windowed("nope-mask", L128=counts([100, 100, 100, 0, None], [100, 100, 90, 10, None]))
+    (tmp_path / "copy").mkdir()
+    (tmp_path / "copy" / "retrieval.json").write_text(json.dumps(results(PLAIN)))
+    (tmp_path / "windowed_copy").mkdir()
+    (tmp_path / "windowed_copy" / "retrieval.json").write_text(json.dumps(
+        {**results(plain, masked), "lengths": [64, 128]}))
+    run("study.mechanism", "--plots-dir", tmp_path)
+    text = (tmp_path / "mechanism.md").read_text()
+    assert "## The windowed hybrids: which layers carry the far key (copy)" in text
+    assert "on the copy cells whose answer needs nothing 64 or more back" in text
+    assert "| windowed k = 2 | 128 (2x) | 100/97 | 100/97 | 90/80 | 0/10 | the NoPE layers carry it (2) |" in text
+
+
 def test_the_committed_mechanism_tables_regenerate_from_their_json(tmp_path):
     committed = ROOT / "plots" / "mechanism"
     for name in ("passkey/retrieval.json", "copy/retrieval.json", "windowed/retrieval.json",
-                 "loss_readings/extrapolation.json"):
+                 "windowed_copy/retrieval.json", "loss_readings/extrapolation.json"):
         if (committed / name).exists():
             (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
             (tmp_path / name).write_text((committed / name).read_text())

@@ -240,7 +240,8 @@ MECHANISM_RECORDED = {"passkey": 15, "windowed": 15, "copy": 5}
 
 @pytest.mark.parametrize("folder", list(MECHANISM_RECORDED))
 def test_the_mechanism_study_s_task_tables_regenerate_from_the_records(folder, tmp_path):
-    commands = [c for c in STUDIES["mechanism"].commands(plots_dir="plots") if f"plots/{folder}" in c]
+    commands = [c for c in STUDIES["mechanism"].commands(plots_dir="plots")
+                if "--plots-dir" in c and c[c.index("--plots-dir") + 1] == f"plots/{folder}"]
     (module, *flags), = commands
     prepare_data(tmp_path)
     out = flags[flags.index("--out-dir") + 1] if "--out-dir" in flags else "out"
