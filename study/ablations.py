@@ -111,7 +111,7 @@ TASK_OUTCOMES = (  # how the outcomes decide, read in this order
 # Which layers carry what lies far back in the windowed hybrids (RoPE layers in a window of 32, NoPE layers seeing
 # every key), read with nope-mask: keys 64 or more back hidden from the NoPE layers too, so that no layer sees that
 # far (stacked windows still could: two windows of 32 and two of 64 reach some 190 characters). Judged per seed at
-# 2x, 4x and 8x against the plain reading at the same length, on two groups of passkey cells: *within*, whose
+# 2x, 4x and 8x against the plain reading at the same length, on two groups of the task's cells: *within*, whose
 # answer needs nothing 64 or more back, and *beyond*, whose answer needs something that far; a seed is judged
 # only where its plain reading finds at least JUDGED_FROM of the beyond cells' keys.
 NOPE_KEEPS, NOPE_DROPS, JUDGED_FROM = 0.8, 0.2, 0.5

@@ -127,6 +127,11 @@ def by_variant(results):
     return {names[key]: rows for key, rows in out.items()}
 
 
+def seeds_of(rows):
+    """A variant's seeds, as its plain reading names its runs: '1337/1338/1339'."""
+    return "/".join(seed_of(run) for run in rows["none"]["runs"])
+
+
 def windowed(rows):
     """Whether a variant was trained with rope_window (its runs' folder names carry their settings)."""
     name = Path(rows["none"]["runs"][0]).name.rsplit("_seed", 1)[0]
@@ -220,12 +225,11 @@ def reading_name(row):
 def verdict_table(tasks):
     lines = ["| task | variant | seeds | " + " | ".join(HYPOTHESES) + " |", "|---|---|---|" + "---|" * len(HYPOTHESES)]
     for task, results in tasks.items():
-        seeds = "/".join(seed_of(r) for r in results["rows"][0]["runs"])
         for variant, rows in by_variant(results).items():
             if not judged(rows):
                 continue
             v = verdicts(results, rows)
-            lines.append(f"| {task} | {variant} | {seeds} | " + " | ".join(
+            lines.append(f"| {task} | {variant} | {seeds_of(rows)} | " + " | ".join(
                 f"**{v[h][0]}**" + (f" ({v[h][1]})" if v[h][1] else "") for h in HYPOTHESES) + " |")
     return "\n".join(lines)
 
@@ -287,7 +291,7 @@ def loss_section(results):
 
 
 def within_beyond(results, length):
-    """The passkey cells at `length` whose answer needs nothing the training length or more back (within) and
+    """The task's cells at `length` whose answer needs nothing the training length or more back (within) and
     those whose answer needs something that far (beyond), by needed_distance."""
     block = results["block_size"]
     need = np.array([needed_distance(results["task"], c, length) for c in results["cells"]])
@@ -315,8 +319,8 @@ def windowed_section(results):
     cells plainly and masked, seed by seed, and for the windowed ones the outcome (the predictions are theirs: a
     plain hybrid's RoPE layers see every key)."""
     block = results["block_size"]
-    lines = ["| variant | length | within: plain | within: nope-mask | beyond: plain | beyond: nope-mask | outcome"
-             " (seeds judged) |", "|---|---:|---|---|---|---|---|"]
+    lines = ["| variant | seeds | length | within: plain | within: nope-mask | beyond: plain | beyond: nope-mask |"
+             " outcome (seeds judged) |", "|---|---|---:|---|---|---|---|---|"]
     for variant, rows in by_variant(results).items():
         if "nope-mask" not in rows:
             continue
@@ -325,15 +329,15 @@ def windowed_section(results):
             shares = {m: {g: seed_exact(rows[m], L, c) for g, c in cells.items()} for m in ("none", "nope-mask")}
             if any(v is None for got in shares.values() for v in got.values()):
                 continue
-            verdict, seeds = nope_outcome(shares["none"], shares["nope-mask"]) if windowed(rows) else \
+            verdict, judged_seeds = nope_outcome(shares["none"], shares["nope-mask"]) if windowed(rows) else \
                 ("not judged (not windowed)", 0)
             text = [percents(shares[m][g]) for g in cells for m in shares]
-            lines.append(f"| {variant} | {L} ({L // block}x) | " + " | ".join(text) + f" | {verdict}"
-                         + (f" ({seeds})" if seeds else "") + " |")
+            lines.append(f"| {variant} | {seeds_of(rows)} | {L} ({L // block}x) | " + " | ".join(text)
+                         + f" | {verdict}" + (f" ({judged_seeds})" if judged_seeds else "") + " |")
     return ["Does what lies far back reach the answer through the NoPE layers? The hybrids read with nope-mask:"
             f" keys {block} or more back hidden from their NoPE layers too (a windowed hybrid's RoPE layers already"
-            f" see only their window). Exact match (%) seed by seed on the {results['task']} cells whose answer needs nothing"
-            f" {block} or more back (*within*) and those whose answer needs something that far (*beyond*). The"
+            f" see only their window). Exact match (%) seed by seed on the {results['task']} cells whose answer needs"
+            f" nothing {block} or more back (*within*) and those whose answer needs something that far (*beyond*). The"
             " predictions, fixed before this reading:", "",
             *(f"- **{k}**: {v}." for k, v in WINDOWED_PREDICTIONS.items()), "",
             f"A seed is judged where its plain reading finds at least {JUDGED_FROM:.0%} beyond.", "", "\n".join(lines)]
@@ -478,6 +482,10 @@ def main():
     loss = read_json(loss_path, "rerun the study") if loss_path.exists() else None
     nope_masked = {task: read_json(plots / folder / "retrieval.json", "rerun the study")
                    for task, folder in WINDOWED_FOLDERS.items() if (plots / folder / "retrieval.json").exists()}
+    for task, results in nope_masked.items():
+        if results["task"] != task:
+            raise UserError(f"{plots / WINDOWED_FOLDERS[task] / 'retrieval.json'} holds the {results['task']} task's"
+                            f" runs, not the {task}'s: rerun the study")
     text = report(tasks, loss, command_line(), nope_masked)
     write_text(plots / "mechanism.md", text)
     write_text(plots / "far_mass.md", far_mass_tables(tasks))

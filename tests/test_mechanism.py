@@ -85,6 +85,8 @@ def test_within_and_beyond_split_the_passkey_cells_at_the_training_length():
     within, beyond = within_beyond(r, 128)  # room 116: depth 0.5 needs 65 characters back, 0.6 needs 53
     assert beyond.tolist() == [True] * 6 + [False] * 5 and within.tolist() == [False] * 6 + [True] * 5
     assert within_beyond(r, 64)[0].all()  # at the training length every answer lies within it
+    within, beyond = within_beyond(results(PLAIN), 128)  # the copy: a string of n is copied from n + 1 back
+    assert within.tolist() == [True, True, True, False, False] and beyond.tolist() == [False] * 3 + [True] * 2
 
 
 def test_nope_mask_outcomes_follow_the_windowed_predictions():
@@ -121,23 +123,38 @@ def test_the_report_and_figure_are_written_from_the_json(tmp_path):
 
 
 def test_each_task_s_windowed_variants_get_their_own_nope_mask_section(tmp_path):
-    runs = ["x/rope-nope_every=2-rope_window=32_seed1", "x/rope-nope_every=2-rope_window=32_seed2"]
-
-    def windowed(method, **by_length):
+    def windowed(task, method, seeds, **by_length):
+        runs = [f"x/rope-nope_every=2-rope_window=32_seed{s}" for s in seeds]
         return {**row(method, **by_length), "runs": runs, "label": "windowed k = 2" + (method != "none") * " + m"}
-    # the copy at 128: strings of 8, 16 and 32 lie within 64, the string of 64 (65 back) beyond
-    plain = windowed("none", L64=PLAIN["results"]["64"], L128=counts([100, 100, 100, 90, None], [100, 100, 90, 80, None]))
-    masked = windowed("nope-mask", L128=counts([100, 100, 100, 0, None], [100, 100, 90, 10, None]))
-    (tmp_path / "copy").mkdir()
-    (tmp_path / "copy" / "retrieval.json").write_text(json.dumps(results(PLAIN)))
-    (tmp_path / "windowed_copy").mkdir()
-    (tmp_path / "windowed_copy" / "retrieval.json").write_text(json.dumps(
-        {**results(plain, masked), "lengths": [64, 128]}))
+
+    def write(folder, task, cells, *rows):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "retrieval.json").write_text(json.dumps(
+            {"task": task, "block_size": 64, "lengths": [64, 128], "cells": cells, "rows": list(rows)}))
+    write("copy", "copy", CELLS, PLAIN)
+    # the copy at 128: strings of 8, 16 and 32 lie within 64, the string of 64 (65 back) beyond; two seeds
+    write("windowed_copy", "copy", CELLS,
+          windowed("copy", "none", (1, 2), L128=counts([100, 100, 100, 90, None], [100, 100, 90, 80, None])),
+          windowed("copy", "nope-mask", (1, 2), L128=counts([100, 100, 100, 0, None], [100, 100, 90, 10, None])))
+    # the passkey at 128: depth 0 needs 123 characters back (beyond), depth 1 needs 7 (within); three seeds
+    write("windowed", "passkey", ["depth 0", "depth 1"],
+          windowed("passkey", "none", (1, 2, 3), L128=counts([90, 100], [100, 100], [100, 100])),
+          windowed("passkey", "nope-mask", (1, 2, 3), L128=counts([90, 100], [100, 100], [100, 100])))
     run("study.mechanism", "--plots-dir", tmp_path)
     text = (tmp_path / "mechanism.md").read_text()
-    assert "## The windowed hybrids: which layers carry the far key (copy)" in text
-    assert "on the copy cells whose answer needs nothing 64 or more back" in text
-    assert "| windowed k = 2 | 128 (2x) | 100/97 | 100/97 | 90/80 | 0/10 | the NoPE layers carry it (2) |" in text
+    passkey = text.index("## The windowed hybrids: which layers carry the far key\n")
+    copy = text.index("## The windowed hybrids: which layers carry the far key (copy)\n")
+    assert passkey < copy
+    assert "on the passkey cells whose answer needs" in text[passkey:copy]
+    assert "| windowed k = 2 | 1/2/3 | 128 (2x) | 100/100/100 | 100/100/100 | 90/100/100 | 90/100/100 |" \
+           " the windowed RoPE layers relay it (3) |" in text[passkey:copy]
+    assert "on the copy cells whose answer needs nothing 64 or more back" in text[copy:]
+    assert "| windowed k = 2 | 1/2 | 128 (2x) | 100/97 | 100/97 | 90/80 | 0/10 | the NoPE layers carry it (2) |" \
+           in text[copy:]
+    # a folder holding another task's runs is refused with one line
+    (tmp_path / "windowed" / "retrieval.json").replace(tmp_path / "windowed_copy" / "retrieval.json")
+    proc = run("study.mechanism", "--plots-dir", tmp_path, check=False)
+    assert proc.returncode == 2 and "holds the passkey task's runs, not the copy's" in proc.stderr
 
 
 def test_the_committed_mechanism_tables_regenerate_from_their_json(tmp_path):
