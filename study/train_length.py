@@ -242,8 +242,9 @@ def budget_table(found):
             cells = [("n/a" if e not in runs else f"{100 * runs[e].exact:.1f}%"
                       + (" (still improving)" if runs[e].improving else "")) for e in ("rope", *RIVALS)]
             walls = [run.wall_s for run in runs.values()]
+            wall = "-".join(dict.fromkeys(f"{w:.0f}" for w in (min(walls), max(walls))))  # one value once
             lines.append(f"| {task} | {L} | {steps} | {steps / TASK_STEPS[task]:g} | " + " | ".join(cells)
-                         + f" | {rung(runs)} | {min(walls):.0f}-{max(walls):.0f} ({runs['rope'].threads}) |")
+                         + f" | {rung(runs)} | {wall} ({runs['rope'].threads}) |")
         decided.append(f"- {task} at {L}: {budget(by_steps, task)}")
     return "\n".join(lines), decided
 

@@ -56,13 +56,14 @@ def test_budgets_report_reads_the_pilot_folders(tmp_path):
     flat = [2.0, 1.0, 1.1, 1.2, 1.3]
     write_run(root / "passkey-L128-2000-steps" / "rope_seed1337", "rope", 0.985, improving, wall=2379)
     write_run(root / "passkey-L128-2000-steps" / "alibi_seed1337", "alibi", 0.132, flat, wall=1553)
-    write_run(root / "passkey-L32-2000-steps" / "rope_seed1337", "rope", 1.0, flat)
-    write_run(root / "passkey-L32-2000-steps" / "t5_seed1337", "t5", 0.97, flat)
+    write_run(root / "passkey-L32-2000-steps" / "rope_seed1337", "rope", 1.0, flat, wall=811)
+    write_run(root / "passkey-L32-2000-steps" / "t5_seed1337", "t5", 0.97, flat, wall=811)
     write_run(root / "copy-2000-steps" / "rope_seed1337", "rope", 1.0, flat)  # no length: not a budget pilot
     text = tl.budgets_report(tl.pilots(root), "cmd")
     rows = [line for line in text.splitlines() if line.startswith("| passkey")]
     assert [r.split(" | ")[1] for r in rows] == ["32", "128"]  # by length, not by name
     assert "| 98.5% (still improving) | 13.2% | n/a | n/a | undecided | 1553-2379 (1) |" in rows[1]
+    assert "| 100.0% | n/a | 97.0% | n/a | passes | 811 (1) |" in rows[0]  # one wall time is not a range
     assert "- passkey at 32: **2000 steps** (1x)" in text
     assert "- passkey at 128: not decided: 2000 steps (1x) needs T5, FIRE or ALiBi trained" in text
 
