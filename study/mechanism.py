@@ -36,7 +36,7 @@ from study.ablations import (FAILS, HYPOTHESES, JUDGED_FROM, LOSS_PREDICTION, NO
 from study.flags import add_plots_dir_flag  # noqa: E402
 from study.plot import save  # noqa: E402
 from study.retrieval import cell_accuracy, headline_cells, near_cells  # noqa: E402
-from study.runs import seed_of, variant_parts  # noqa: E402
+from study.runs import seed_of, variant_of_run, variant_parts  # noqa: E402
 from tasks import PASSKEY_DIGITS  # noqa: E402
 
 TASKS = ("passkey", "copy")
@@ -132,10 +132,14 @@ def seeds_of(rows):
     return "/".join(seed_of(run) for run in rows["none"]["runs"])
 
 
+def task_seeds(results):
+    """The seeds of a task's readings, as its first row names its runs: '1337/1338/1339'."""
+    return "/".join(seed_of(run) for run in results["rows"][0]["runs"])
+
+
 def windowed(rows):
     """Whether a variant was trained with rope_window (its runs' folder names carry their settings)."""
-    name = Path(rows["none"]["runs"][0]).name.rsplit("_seed", 1)[0]
-    return any(part.startswith("rope_window=") for part in variant_parts(name)[1:])
+    return any(part.startswith("rope_window=") for part in variant_parts(variant_of_run(rows["none"]["runs"][0]))[1:])
 
 
 def judged(rows):
@@ -385,7 +389,7 @@ def report(tasks, loss, command, nope_masked=()):
     for task, results in tasks.items():
         block = results["block_size"]
         out += ["", f"## {task}: the near cells and all cells per reading", "",
-                f"Exact match (%) seed by seed ({'/'.join(seed_of(r) for r in results['rows'][0]['runs'])}): near,"
+                f"Exact match (%) seed by seed ({task_seeds(results)}): near,"
                 f" the near cells the reading counts for; all, the cells held at {block}. The outcome at 2x and"
                 f" 4x as defined above. Far mass: per layer, the largest of its heads' attention mass on keys"
                 f" {block} or more back at the near cells' answer positions, mean over seeds (per head:"
@@ -451,8 +455,8 @@ def plot(tasks, path):
             ax.tick_params(axis="x", labelsize=7)
             ax.grid(alpha=0.3, axis="x")
             ax.set_title(textwrap.fill(variant.replace("RoPE, RoPE/NoPE", "RoPE/NoPE"), 24), fontsize=8)
-        seeds = [seed_of(run) for run in results["rows"][0]["runs"]]
-        axes[r, 0].set_ylabel(f"{task} (seed{'s' * (len(seeds) > 1)} {'/'.join(seeds)})", fontsize=10)
+        seeds = task_seeds(results)
+        axes[r, 0].set_ylabel(f"{task} (seed{'s' * ('/' in seeds)} {seeds})", fontsize=10)
     for ax in axes[-1]:
         ax.set_xlabel("exact match", fontsize=7)
     handles = [plt.Line2D([], [], marker=mk, color=col, linestyle="none", label=f"{m}x the training length")

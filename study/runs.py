@@ -117,6 +117,11 @@ def variant_parts(name):
     return re.split(r"-(?=[a-z_]+=)", name)
 
 
+def variant_of_run(run_dir):
+    """A run's variant, from its name (<variant>_seed<seed>): its folder name without the seed."""
+    return Path(run_dir).name.rsplit("_seed", 1)[0]
+
+
 def seed_of(run_dir):
     """A run's seed, from its name (<variant>_seed<seed>)."""
     return Path(run_dir).name.rsplit("_seed", 1)[-1]

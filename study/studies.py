@@ -99,23 +99,26 @@ class Study:
         return [main] + [command(*step) for step in self.after]
 
 
+def mechanism_out(task):
+    """The --out-dir flag of the mechanism study's runs on `task` (none where they are the task study's)."""
+    return ("--out-dir", MECHANISM_OUT[task]) if task in MECHANISM_OUT else ()
+
+
 def mechanism_task(task, seeds="{seeds}"):
     """The mechanism study's command on one task: its runs trained as the task study trains them (the
     passkey's reused from it; the copy's its own, in MECHANISM_OUT), read at 64 to 512 plainly and to 256 with
     every reading, with their far-key attention mass, into plots_dir/task."""
-    out = ("--out-dir", MECHANISM_OUT[task]) if task in MECHANISM_OUT else ()
     return ("compare", CPU, "--task", task, "--pos-encodings", MECHANISM_RUNS, *task_budget(task), "--extrapolate",
             "--extrapolate-methods", "none", "--ablations", MECHANISM, "--far-mass",
-            "--readings-up-to", "4", *out, "--seeds", seeds, "--plots-dir", "{plots_dir}/" + task)
+            "--readings-up-to", "4", *mechanism_out(task), "--seeds", seeds, "--plots-dir", "{plots_dir}/" + task)
 
 
 def windowed_task(task, seeds="{seeds}"):
     """The mechanism study's windowed variants on one task, beside RoPE and the plain hybrid (the runs of
     mechanism_task), read plainly and with nope-mask, into plots_dir/windowed (the passkey) or windowed_<task>."""
-    out = ("--out-dir", MECHANISM_OUT[task]) if task in MECHANISM_OUT else ()
     return ("compare", CPU, "--task", task, "--pos-encodings", WINDOWED_RUNS, *task_budget(task), "--extrapolate",
-            "--extrapolate-methods", "none", "--ablations", "nope-mask", *out, "--seeds", seeds, "--plots-dir",
-            "{plots_dir}/windowed" + ("" if task == "passkey" else f"_{task}"))
+            "--extrapolate-methods", "none", "--ablations", "nope-mask", *mechanism_out(task), "--seeds", seeds,
+            "--plots-dir", "{plots_dir}/windowed" + ("" if task == "passkey" else f"_{task}"))
 
 
 def length_task(task, length, steps):

@@ -23,7 +23,7 @@ from common import ArgumentParser, UserError, command_line, read_json, run_cli, 
 from study.flags import add_plots_dir_flag  # noqa: E402
 from study.plot import save  # noqa: E402
 from study.retrieval import headline_cells, pooled  # noqa: E402
-from study.runs import COLORS, LABELS  # noqa: E402
+from study.runs import COLORS, LABELS, variant_of_run  # noqa: E402
 
 SWEEP, PASSKEY = Path("plots/lr_sweep/lr_sweep.json"), Path("plots/passkey/retrieval.json")
 SEEDS = (1337, 1338, 1339)
@@ -36,7 +36,7 @@ def tuned_losses(sweep_path=SWEEP, records=Path("records")):
     for row in read_json(sweep_path, "run python -m study lr_sweep"):
         if row["settings"]:  # (a variant such as a hybrid: not one of the seven)
             continue
-        name = Path(row["runs"][f"{row['best_rate']:g}"]).name.rsplit("_seed", 1)[0]
+        name = variant_of_run(row["runs"][f"{row['best_rate']:g}"])
         group = Path(row["runs"][f"{row['best_rate']:g}"]).parent.name
         out[row["encoding"]] = {"rate": row["best_rate"], "losses": [
             read_json(records / group / f"{name}_seed{s}" / "summary.json", "its record is missing")["final_val_loss"]

@@ -39,7 +39,7 @@ from study.flags import add_plots_dir_flag  # noqa: E402
 from study.plot import save  # noqa: E402
 from study.report import run_still_improving  # noqa: E402
 from study.retrieval import headline_cells, pooled  # noqa: E402
-from study.runs import COLORS, variant_parts  # noqa: E402
+from study.runs import COLORS, variant_of_run, variant_parts  # noqa: E402
 from study.studies import LENGTH_ENCODINGS, TASK_STEPS  # noqa: E402
 
 CONTROL = 0.95  # the positive control: final val exact match at the training length
@@ -96,8 +96,7 @@ def context_text(reach, lengths, block):
 def variant(run, block):
     """A run's variant, named the same at every training length: its folder name without the seed, a window
     of half the training length written L/2."""
-    name = re.sub(r"_seed\d+$", "", Path(run).name)
-    return name.replace(f"rope_window={block // 2}", "rope_window=L/2")
+    return variant_of_run(run).replace(f"rope_window={block // 2}", "rope_window=L/2")
 
 
 def runs_of(results):

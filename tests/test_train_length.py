@@ -7,6 +7,7 @@ import pytest
 
 from common import UserError
 from study import train_length as tl
+from study.runs import variant_parts
 
 
 def write_run(folder, encoding, exact, val_losses, wall=100.0, threads=1):
@@ -138,5 +139,4 @@ def test_line_style_follows_the_variants_settings_not_its_label():
     assert tl.style("rope-nope_every=4") == ("--", "s")
     assert tl.style("rope") == tl.style("alibi") == ("-", "o")
     assert tl.style("rope-rope_window=32") == (":", "^")
-    from study.runs import variant_parts
     assert variant_parts("rope-nope_every=2-lr=1e-05") == ["rope", "nope_every=2", "lr=1e-05"]  # a '-' in a value
