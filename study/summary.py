@@ -36,8 +36,8 @@ def tuned_losses(sweep_path=SWEEP, records=Path("records")):
     for row in read_json(sweep_path, "run python -m study lr_sweep"):
         if row["settings"]:  # (a variant such as a hybrid: not one of the seven)
             continue
-        name = variant_of_run(row["runs"][f"{row['best_rate']:g}"])
-        group = Path(row["runs"][f"{row['best_rate']:g}"]).parent.name
+        best = Path(row["runs"][f"{row['best_rate']:g}"])
+        name, group = variant_of_run(best), best.parent.name
         out[row["encoding"]] = {"rate": row["best_rate"], "losses": [
             read_json(records / group / f"{name}_seed{s}" / "summary.json", "its record is missing")["final_val_loss"]
             for s in SEEDS]}
