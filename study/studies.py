@@ -39,9 +39,10 @@ TASK_ENCODINGS = "all," + DESIGNS
 # layers, and RoPE windowed alone (the control without NoPE layers), trained on the passkey and read plainly beside
 # RoPE and the plain hybrid, the hybrids also with their NoPE layers' far keys masked (nope-mask); the Shakespeare
 # loss read likewise (truncation is the sliding-window row every run gets); the copy task's own runs read likewise
-# (all of one run's readings at 64, 128 and 256 together cost 15-25 min on one core), and the windowed variants
-# trained on the copy, seeds 1338 and 1339 only: seed 1337's plain hybrid k = 2 was trained on another CPU and its
-# checkpoint is gone before it was read with nope-mask, which that table sets beside the windowed hybrids'.
+# (all of one run's readings at 64, 128 and 256 together: 15-25 min on one AVX2 core, about 6 on an AVX-512 one),
+# and the windowed variants trained on the copy, seeds 1338 and 1339 only: seed 1337's plain hybrid k = 2 was
+# trained on another CPU and its checkpoint is gone before it was read with nope-mask, which that table sets beside
+# the windowed hybrids'.
 # The copy runs cannot be rebuilt from their records on every CPU: retrained on an AVX2 CPU at the recorded thread
 # count, the copy study's RoPE seed 1337 differs from its record from step 0 (train loss 4.3154358 against
 # 4.3154359; final val loss 0.00023 against 0.00005). So the mechanism study trains its own copy runs, in
@@ -193,7 +194,7 @@ STUDIES = {
         " count controls, logit offsets, a temperature) and their far-key attention mass, beside the windowed hybrid"
         " (RoPE layers in a window of 32, NoPE every 2 or 4 layers) and RoPE windowed alone; the copy task's own"
         " runs read likewise, and the windowed variants trained on it; the Shakespeare loss read likewise (1 seed)"
-        " and the windowed variants' val loss; 3 seeds (the windowed variants on the copy: not yet trained)",
+        " and the windowed variants' val loss; 3 seeds (the windowed variants on the copy: seeds 1338 and 1339, RoPE windowed alone not yet trained)",
         "plots/mechanism", SEEDS, mechanism_task("passkey"),
         (windowed_task("passkey"),
          ("compare", CPU, "--pos-encodings", LOSS_RUNS, "--seeds", "{seeds}", "--plots-dir", "{plots_dir}/loss"),
