@@ -194,7 +194,7 @@ STUDIES = {
         " count controls, logit offsets, a temperature) and their far-key attention mass, beside the windowed hybrid"
         " (RoPE layers in a window of 32, NoPE every 2 or 4 layers) and RoPE windowed alone; the copy task's own"
         " runs read likewise, and the windowed variants trained on it; the Shakespeare loss read likewise (1 seed)"
-        " and the windowed variants' val loss; 3 seeds (the windowed variants on the copy: seeds 1338 and 1339, RoPE windowed alone not yet trained)",
+        " and the windowed variants' val loss; 3 seeds (the windowed variants on the copy: seeds 1338 and 1339)",
         "plots/mechanism", SEEDS, mechanism_task("passkey"),
         (windowed_task("passkey"),
          ("compare", CPU, "--pos-encodings", LOSS_RUNS, "--seeds", "{seeds}", "--plots-dir", "{plots_dir}/loss"),
