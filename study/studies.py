@@ -105,13 +105,13 @@ def mechanism_out(task):
     return ("--out-dir", MECHANISM_OUT[task]) if task in MECHANISM_OUT else ()
 
 
-def mechanism_task(task, seeds="{seeds}"):
+def mechanism_task(task):
     """The mechanism study's command on one task: its runs trained as the task study trains them (the
     passkey's reused from it; the copy's its own, in MECHANISM_OUT), read at 64 to 512 plainly and to 256 with
     every reading, with their far-key attention mass, into plots_dir/task."""
     return ("compare", CPU, "--task", task, "--pos-encodings", MECHANISM_RUNS, *task_budget(task), "--extrapolate",
             "--extrapolate-methods", "none", "--ablations", MECHANISM, "--far-mass",
-            "--readings-up-to", "4", *mechanism_out(task), "--seeds", seeds, "--plots-dir", "{plots_dir}/" + task)
+            "--readings-up-to", "4", *mechanism_out(task), "--seeds", "{seeds}", "--plots-dir", "{plots_dir}/" + task)
 
 
 def windowed_task(task):
