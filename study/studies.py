@@ -61,10 +61,10 @@ RATE_CHECK = ",".join(f"rope:nope_every=2:rope_window=32:learning_rate={r}:min_l
 TASK_STEPS = {"passkey": 2000, "copy": 6000}
 # Do the task findings survive a longer training length? Each task and length trains every encoding and seed at
 # one budget, chosen on seed 1337 by study.train_length's ladder (plots/train_length/budgets.md, from the pilots in
-# records/pilots/). Only the lengths whose budget is decided are here; the passkey at 128 and 256 and the copy
-# at 128 join when their rungs are trained.
+# records/pilots/). Only the lengths whose runs are all trained are here; the passkey at 128 (budget 4000) joins
+# when its runs are, 256 and the copy at 128 once their budgets are decided.
 LENGTH_ENCODINGS = "rope,alibi,none,t5,fire,rope:nope_every=2"
-LENGTH_BUDGETS = {("passkey", 32): 2000}  # the passkey at 128: 4000 (budgets.md), its runs not yet trained
+LENGTH_BUDGETS = {("passkey", 32): 2000}
 
 
 def task_budget(task, steps=None):
@@ -130,7 +130,24 @@ def length_task(task, length, steps):
             "--seeds", "{seeds}", "--plots-dir", f"{{plots_dir}}/{task}-L{length}")
 
 
+# Each length trains its own budget, so what changes between two lengths may come from the steps: a variant also
+# trained at one length for another's budget tells the two apart ((task, length, steps): encodings; the passkey at
+# 128 trains 4000 steps, twice 64's, and ALiBi's reach past 64 is the finding in question)
+STEPS_CHECKS = {("passkey", 64, 4000): "alibi"}
+
+
+def steps_check(task, length, steps, encodings):
+    """The train_length study's command for encodings trained at `length` for `steps` steps (another length's
+    budget), read at 1x to 8x. Its flags keep the task's budget at 64 and each variant sets the steps, so that
+    they name its runs (alibi-max_iters=4000-lr_decay_iters=4000_seed1337, not the budget's alibi_seed1337)."""
+    variants = ",".join(f"{e}:max_iters={steps}:lr_decay_iters={steps}" for e in encodings.split(","))
+    return ("compare", CPU, "--task", task, "--block-size", str(length), "--pos-encodings", variants,
+            *task_budget(task), "--extrapolate", "--extrapolate-methods", "none", "--seeds", "{seeds}",
+            "--plots-dir", f"{{plots_dir}}/{task}-L{length}-{steps}-steps")
+
+
 LENGTH_TASKS = [length_task(task, length, steps) for (task, length), steps in LENGTH_BUDGETS.items()]
+LENGTH_TASKS += [steps_check(*check, encodings) for check, encodings in STEPS_CHECKS.items()]
 
 
 def task_study(task, what, cells):
@@ -206,7 +223,8 @@ STUDIES = {
     "train_length": Study(
         "do the task findings survive a longer training length? each task trained at other lengths (the passkey at"
         " 32 so far) at the budget its seed-1337 pilots chose, 3 seeds, read at 1x to 8x, by absolute length and"
-        " by ratio, with each run's effective context",
+        " by ratio, with each run's effective context; ALiBi also at 64 for 4000 steps, to tell the steps from the"
+        " length",
         "plots/train_length", SEEDS, LENGTH_TASKS[0],
         (*LENGTH_TASKS[1:], ("train_length", "--plots-dir", "{plots_dir}"))),
     "summary": Study(

@@ -11,7 +11,8 @@ and three figures: exact match against the reading length in characters (one pan
 training length, seeds as dots), the same against reading length / training length, and the effective
 context against the training length (log-log, with the line "effective context = training length"). Where an
 encoding's lines coincide against the ratio, it generalizes by ratio; where they coincide against characters,
-by absolute length. It measures nothing.
+by absolute length. A steps check (<task>-L<L>-<steps>-steps/: a variant trained at L for another length's
+budget) gets a table beside that variant's runs at every length. It measures nothing.
 
 - **not learned**: a run whose final val exact match at L (its training's own val set) is below CONTROL; its
   readings past L are shown but not ranked.
@@ -45,7 +46,8 @@ from study.studies import LENGTH_ENCODINGS, TASK_STEPS  # noqa: E402
 CONTROL = 0.95  # the positive control: final val exact match at the training length
 THRESHOLDS = (0.8, 0.2)  # effective context: YaRN's passkey threshold, PI's k_max one
 FOLDER = re.compile(r"^(passkey|copy|recall)-L(\d+)$")
-PILOT = re.compile(r"^(passkey|copy)-L(\d+)-(\d+)-steps$")  # records/pilots/<task>-L<L>-<steps>-steps/
+# <task>-L<L>-<steps>-steps: a budget's pilot (records/pilots/) or a steps check (under --plots-dir)
+AT_STEPS = re.compile(r"^(passkey|copy|recall)-L(\d+)-(\d+)-steps$")
 MULTIPLES = (1, 2, 4)  # the budgets tried at another length: these multiples of the budget at 64
 RIVALS = ("alibi", "t5", "fire")  # RoPE and one of these must pass the control for a budget to be chosen
 # The rung at 64 is the task studies' own runs and readings (the windowed hybrid's are the mechanism study's),
@@ -132,6 +134,38 @@ def at_64(files):
     return merged
 
 
+def load_steps(plots_dir):
+    """{(task, training length, steps): retrieval.json} of every <task>-L<L>-<steps>-steps/ folder under plots_dir:
+    variants trained at L for another length's budget (studies.py's STEPS_CHECKS)."""
+    found = {}
+    for folder in sorted(Path(plots_dir).iterdir()):
+        match = AT_STEPS.match(folder.name)
+        if match and (folder / "retrieval.json").exists():
+            found[match.group(1), int(match.group(2)), int(match.group(3))] = read_json(folder / "retrieval.json",
+                                                                                        "rerun the study")
+    return found
+
+
+def steps_rows(found, checks, task):
+    """The readings of the steps checks of `task`, each beside its variant's plain rows at every training length:
+    [retrieval.json with only those rows], by training length, then steps."""
+    def name(row, results):  # the variant without the steps that name a check's runs
+        parts = variant_parts(variant(row["runs"][0], results["block_size"]))
+        return "-".join(p for p in parts if p.partition("=")[0] not in ("max_iters", "lr_decay_iters"))
+
+    def plain(results, wanted):
+        return {**results, "rows": [r for r in results["rows"] if r["method"] == "none" and name(r, results) in wanted]}
+
+    checked = [results for (t, _, _), results in checks.items() if t == task]
+    wanted = {name(r, results) for results in checked for r in results["rows"]}
+    readings = [plain(results, wanted) for (t, _), results in found.items() if t == task]
+    readings = [results for results in readings + [plain(c, wanted) for c in checked] if results["rows"]]
+
+    def steps(results):
+        return read_json(record(results["rows"][0]["runs"][0]) / "config.json", "retrain the run")["max_iters"]
+    return sorted(readings, key=lambda results: (results["block_size"], steps(results)))
+
+
 def load(plots_dir):
     """{(task, training length): retrieval.json} of every <task>-L<L>/ folder under plots_dir, and for each such
     task the rung at 64 from the task studies' committed readings (at_64), where they exist."""
@@ -150,13 +184,15 @@ def load(plots_dir):
     return dict(sorted(found.items()))
 
 
-def run_table(task, by_length):
-    """One row per variant, training length and reading: budget, control and still improving per seed, exact
-    match at 1x-8x (pooled over the cells held at L: all seeds, then each), both effective contexts."""
+def run_table(readings):
+    """One row per variant, training length and reading, of each retrieval.json in `readings`: budget, control and
+    still improving per seed, exact match at 1x-8x (pooled over the cells held at L: all seeds, then each), both
+    effective contexts."""
     head = ["variant", "L", "steps", "control at L (val exact)", "still improving", "1x", "2x", "4x", "8x",
             "effective context ≥ 80% (median; seeds)", "effective context ≥ 20% (median; seeds)"]
     lines = ["| " + " | ".join(head) + " |", "|---|---:|---:|---|---|" + "---:|" * 4 + "---|---|"]
-    for L, results in by_length.items():
+    for results in readings:
+        L = results["block_size"]
         for label, _, encoding, method, runs, scores in runs_of(results):
             summaries = [read_json(record(r) / "summary.json", "retrain the run") for r in runs]
             steps = read_json(record(runs[0]) / "config.json", "retrain the run")["max_iters"]
@@ -193,7 +229,7 @@ def pilots(root):
     (<task>-L<L>-<steps>-steps/<encoding>_seed1337)."""
     found = {}
     for folder in sorted(Path(root).iterdir()) if Path(root).is_dir() else []:
-        match = PILOT.match(folder.name)
+        match = AT_STEPS.match(folder.name)
         if not match:
             continue
         task, L, steps = match.group(1), int(match.group(2)), int(match.group(3))
@@ -264,7 +300,7 @@ def budgets_report(found, command):
         table, "", "The budgets:", "", *decided, ""])
 
 
-def report(found, command):
+def report(found, checks, command):
     tasks = sorted({task for task, _ in found})
     out = ["# Do the task findings survive a longer training length?", "",
            f"Each task trained at several lengths L (4 layers, 4 heads, 128 wide, batch 32, lr 1e-3), 3 seeds, and each"
@@ -281,13 +317,24 @@ def report(found, command):
            f" not retrained. Written by `{command}`.", ""]
     for task in tasks:
         by_length = {L: r for (t, L), r in found.items() if t == task}
-        out += [f"## {task}", "", run_table(task, by_length), "", f"### {task}: by ratio or by absolute length?", "",
+        out += [f"## {task}", "", run_table(by_length.values()), "", f"### {task}: by ratio or by absolute length?", "",
                 f"Each variant read plainly, for each two training lengths L1 < L2: the mean exact match over seeds at"
                 f" the same reading lengths in characters past both (what an encoding that generalizes by absolute"
                 f" length keeps equal) and at the same multiples 2x-8x (what one that generalizes by ratio keeps"
                 f" equal), and the mean distance between the two in points. *Closer*: the smaller distance where it is"
                 f" less than half the other, else neither; under {AGREE} points on both sides, both"
                 f" (the same either way).", "", transfer_table(series(found, task)), ""]
+        checked = [(L, steps, results) for (t, L, steps), results in checks.items() if t == task]
+        if checked:
+            which = "; ".join(f"{', '.join(dict.fromkeys(r['label'] for r in results['rows'] if r['method'] == 'none'))}"
+                              f" at {L} for {steps} steps ({steps / TASK_STEPS[task]:g}x the budget at 64)"
+                              for L, steps, results in checked)
+            out += [f"### {task}: the training length or the steps?", "",
+                    f"Each length trains its own budget, so what changes between two lengths may come from the steps."
+                    f" Trained at one length for another length's budget, the cosine schedule following the steps:"
+                    f" {which}. Each is shown beside the same variant's runs at every training length read (the"
+                    f" steps column tells them apart), read plainly.", "",
+                    run_table(steps_rows(found, checks, task)), ""]
     return "\n".join(out)
 
 
@@ -441,7 +488,7 @@ def main():
     if args.budgets_only:
         return
     found = load(plots)
-    text = report(found, command_line())
+    text = report(found, load_steps(plots), command_line())
     write_text(plots / "lengths.md", text)
     for task in sorted({t for t, _ in found}):
         plot_lengths(found, task, plots / f"{task}_by_characters.png", ratio=False)

@@ -83,7 +83,7 @@ def test_run_table_marks_not_learned_runs_and_gives_each_seeds_effective_context
                "rows": [{"label": "RoPE", "encoding": "rope", "method": "none", "runs": runs,
                          "results": {"32": counts(10, 9), "64": counts(9, 10), "128": counts(3, 9),
                                      "256": counts(0, 8)}}]}
-    table = tl.run_table("passkey", {32: results})
+    table = tl.run_table([results])
     row = table.splitlines()[2].split(" | ")
     assert row[1:5] == ["32", "500", "99.0/90.0 (not learned)", "no/no"]
     assert row[5:9] == ["95.0% (100/90)", "95.0% (90/100)", "60.0% (30/90)", "40.0% (0/80)"]
@@ -113,6 +113,32 @@ def test_the_rung_at_64_is_the_task_studies_rows_of_this_studys_variants(tmp_pat
     (tmp_path / "windowed.json").write_text(json.dumps({**windowed, "lengths": [64, 256]}))
     with pytest.raises(UserError, match="reads other lengths or cells"):
         tl.at_64([tmp_path / "task.json", tmp_path / "windowed.json"])
+
+
+def test_a_steps_check_is_shown_beside_its_variants_plain_rows_at_every_length(tmp_path):
+    def results(block, *runs, method="none"):
+        rows = []
+        for name, losses in runs:
+            run = tmp_path / "out" / f"g{block}" / f"{name}_seed1337"
+            if not run.exists():
+                write_run(run, name.split("-")[0], 1.0, losses)
+            rows.append({"label": name, "encoding": name.split("-")[0], "method": method, "runs": [str(run)],
+                         "results": {str(block): [[[10, 10]]]}})
+        return {"block_size": block, "lengths": [block], "cells": ["depth 0.0"], "rows": rows}
+
+    five, ten = [1.0] * 5, [1.0] * 10  # 500 and 1000 steps
+    found = {("passkey", 32): results(32, ("alibi", five), ("rope", five)),
+             ("passkey", 64): results(64, ("alibi", ten), ("t5", ten))}
+    found["passkey", 32]["rows"] += results(32, ("alibi", five), method="ntk")["rows"]  # not a plain reading
+    checks = {("passkey", 32, 1000): results(32, ("alibi-max_iters=1000-lr_decay_iters=1000", ten)),
+              ("passkey", 64, 500): results(64, ("alibi-max_iters=500-lr_decay_iters=500", five))}
+    shown = tl.steps_rows(found, checks, "passkey")
+    assert [(r["block_size"], [row["label"] for row in r["rows"]]) for r in shown] == [
+        (32, ["alibi"]), (32, ["alibi-max_iters=1000-lr_decay_iters=1000"]),
+        (64, ["alibi-max_iters=500-lr_decay_iters=500"]), (64, ["alibi"])]  # by length, then steps
+    rows = tl.run_table(shown).splitlines()[2:]
+    assert [row.split(" | ")[1:3] for row in rows] == [["32", "500"], ["32", "1000"], ["64", "500"], ["64", "1000"]]
+    assert tl.steps_rows(found, {}, "passkey") == []
 
 
 def test_transfer_table_tells_ratio_from_absolute_length():
