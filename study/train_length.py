@@ -134,16 +134,22 @@ def at_64(files):
     return merged
 
 
+def readings(plots_dir, pattern):
+    """{(task, numbers...): retrieval.json} of every folder under plots_dir whose name matches `pattern` (the task,
+    then the numbers it names) and that holds a retrieval.json."""
+    found = {}
+    for folder in sorted(Path(plots_dir).iterdir()):
+        match = pattern.match(folder.name)
+        if match and (folder / "retrieval.json").exists():
+            task, *numbers = match.groups()
+            found[(task, *map(int, numbers))] = read_json(folder / "retrieval.json", "rerun the study")
+    return found
+
+
 def load_steps(plots_dir):
     """{(task, training length, steps): retrieval.json} of every <task>-L<L>-<steps>-steps/ folder under plots_dir:
     variants trained at L for another length's budget (studies.py's STEPS_CHECKS)."""
-    found = {}
-    for folder in sorted(Path(plots_dir).iterdir()):
-        match = AT_STEPS.match(folder.name)
-        if match and (folder / "retrieval.json").exists():
-            found[match.group(1), int(match.group(2)), int(match.group(3))] = read_json(folder / "retrieval.json",
-                                                                                        "rerun the study")
-    return found
+    return readings(plots_dir, AT_STEPS)
 
 
 def steps_rows(found, checks, task):
@@ -169,11 +175,7 @@ def steps_rows(found, checks, task):
 def load(plots_dir):
     """{(task, training length): retrieval.json} of every <task>-L<L>/ folder under plots_dir, and for each such
     task the rung at 64 from the task studies' committed readings (at_64), where they exist."""
-    found = {}
-    for folder in sorted(Path(plots_dir).iterdir()):
-        match = FOLDER.match(folder.name)
-        if match and (folder / "retrieval.json").exists():
-            found[match.group(1), int(match.group(2))] = read_json(folder / "retrieval.json", "rerun the study")
+    found = readings(plots_dir, FOLDER)
     if not found:
         raise UserError(f"no <task>-L<length>/retrieval.json under {plots_dir}: run python -m study train_length"
                         f" first")

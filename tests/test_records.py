@@ -8,6 +8,7 @@ import re
 import shutil
 from collections import defaultdict
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -18,6 +19,7 @@ from study.ablations import report
 from study.compare import add_length_flags
 from study.probes import format_tables as format_probe_tables
 from study.studies import STUDIES
+from study.training import run_group
 
 CORPUS = Path(os.environ.get("SHAKESPEARE_INPUT", ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"))
 TIMING = ("wall time (s)", "ms/iter")  # measured, not computed: they differ from machine to machine
@@ -259,10 +261,10 @@ def test_the_training_length_study_regenerates_from_the_records(tmp_path):
     prepare_data(tmp_path)
     *trains, (module, *flags) = STUDIES["train_length"].commands(plots_dir="plots/train_length")
     for train_module, *train_flags in trains:
-        value = {flag: value for flag, value in zip(train_flags, train_flags[1:])}
-        # the group a run goes to (study.training.run_group): shakespeare_char_cpu-passkey-L32, and -passkey at 64
-        group = f"shakespeare_char_cpu-{value['--task']}" + ("" if value["--block-size"] == "64" else
-                                                             f"-L{value['--block-size']}")
+        value = dict(zip(train_flags, train_flags[1:]))
+        # the group its runs go to: shakespeare_char_cpu-passkey-L32, and shakespeare_char_cpu-passkey at 64
+        group = run_group(ROOT / train_flags[0], SimpleNamespace(task=value["--task"],
+                                                                 block_size=int(value["--block-size"])))
         if not (tmp_path / "out" / group).exists():
             shutil.copytree(ROOT / "records" / group, tmp_path / "out" / group)
         proc = run(train_module, *rooted(train_flags), "--data-dir", "data", "--out-dir", "out", cwd=tmp_path)
